@@ -1,0 +1,2 @@
+//! Placeholder until the connection manager lands.
+fn main() {}

@@ -1,0 +1,42 @@
+//! `cargo xtask bench`: criterion benchmarks of single crates.
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, cargo};
+
+/// Crates with criterion benchmarks: the name given on the command line and the package.
+const CRATES: &[(&str, &str)] = &[
+    ("proto", "streamproxy-proto"),
+    ("connmgr", "streamproxy-connmgr"),
+];
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut selected = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            name => match CRATES.iter().find(|(n, _)| *n == name) {
+                Some(entry) => selected.push(*entry),
+                None => bail!(
+                    "no benchmarks for `{name}`; known: {}",
+                    CRATES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            },
+        }
+    }
+    if selected.is_empty() {
+        selected.extend_from_slice(CRATES);
+    }
+    for (_, package) in selected {
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", package, "--"]);
+        if quick {
+            // A smoke run: every benchmark runs and reports, the figures are not meaningful.
+            cmd.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
+        }
+        cmd::run(&mut cmd)?;
+    }
+    Ok(())
+}
+

@@ -1,0 +1,43 @@
+//! Project automation, run as `cargo xtask <task>`.
+//!
+//! Each task lives in its own module. Tasks shell out to cargo and to system tools; they
+//! install missing Debian packages when run as root, and otherwise say what to install.
+
+mod bench;
+mod ci;
+mod cmd;
+mod fuzz;
+mod system;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  ci                              format, lint and test everything (the CI entry point)
+  bench [CRATE] [--quick]         criterion benchmarks of one crate (proto, connmgr, tls, dtls)
+                                  or of every crate that has some
+  fuzz TARGET [--seconds N]       run a cargo-fuzz target (needs a nightly toolchain);
+                                  targets: proto
+  deps                            install the system packages the build and tests need
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    match task.as_str() {
+        "ci" => ci::run(rest),
+        "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
+        "deps" => system::ensure_build_and_test_deps(),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}

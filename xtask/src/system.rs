@@ -1,0 +1,94 @@
+//! System packages: what the build and the tests need, installed with apt-get when missing.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{have_program, run};
+
+/// One thing the project needs from the system, and the Debian package that provides it.
+struct Need {
+    what: &'static str,
+    present: fn() -> bool,
+    package: &'static str,
+}
+
+const BUILD_AND_TEST: &[Need] = &[
+    Need {
+        what: "a C compiler (cc)",
+        present: || have_program("cc"),
+        package: "build-essential",
+    },
+    Need {
+        what: "pkg-config",
+        present: || have_program("pkg-config"),
+        package: "pkg-config",
+    },
+    Need {
+        what: "OpenSSL headers (openssl/ssl.h)",
+        present: || Path::new("/usr/include/openssl/ssl.h").exists(),
+        package: "libssl-dev",
+    },
+    Need {
+        what: "the openssl command line (interop tests)",
+        present: || have_program("openssl"),
+        package: "openssl",
+    },
+    Need {
+        what: "curl (shared-port tests)",
+        present: || have_program("curl"),
+        package: "curl",
+    },
+];
+
+/// Makes sure everything the workspace build and `cargo test` need is installed.
+pub(crate) fn ensure_build_and_test_deps() -> Result<()> {
+    ensure(BUILD_AND_TEST)
+}
+
+fn ensure(needs: &[Need]) -> Result<()> {
+    let missing: Vec<&Need> = needs.iter().filter(|n| !(n.present)()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    for need in &missing {
+        eprintln!("missing: {} (Debian package {})", need.what, need.package);
+    }
+    apt_install(&packages)?;
+    let still: Vec<&str> = missing
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.what)
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after install: {}", still.join(", "));
+    }
+    Ok(())
+}
+
+/// Installs Debian packages with apt-get when running as root on Debian; otherwise fails with
+/// the exact command to run.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    let command = format!("apt-get install -y {}", packages.join(" "));
+    if !have_program("apt-get") {
+        bail!("cannot install {}: no apt-get here; install them with your package manager", packages.join(" "));
+    }
+    if !is_root() {
+        bail!("cannot install packages without root; run: sudo {command}");
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages))
+    .map_err(|e| anyhow::anyhow!("{e}\ninstall failed; run: {command}"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
