@@ -3,7 +3,7 @@
 use core::fmt;
 use core::ops::Deref;
 
-use crate::checksum::crc32;
+use crate::checksum::crc32_with_zero_run;
 use crate::consts::{MAX_HEADER_LEN, MAX_HOST_LEN, MAX_PORT_LEN};
 use crate::field;
 use crate::{EncodeError, HeaderError, HostError, PortError, Version};
@@ -206,7 +206,7 @@ impl<'a> Header<'a> {
                 field::v0_1_0::CHECKSUM
             }
         };
-        let crc = crc32(&out[..checksum.start]);
+        let crc = checksum_of(out, host.len(), checksum.start);
         out[checksum].copy_from_slice(&crc.to_be_bytes());
         Ok(len)
     }
@@ -242,7 +242,8 @@ impl<'a> Header<'a> {
                 Flags::from_bits(bytes[field::v0_1_0::FLAGS]),
             ),
         };
-        let computed = crc32(&bytes[..checksum.start]);
+        let host_len = usize::from(bytes[field::HOST_LEN]);
+        let computed = checksum_of(bytes, host_len, checksum.start);
         let mut carried = [0u8; 4];
         carried.copy_from_slice(&bytes[checksum]);
         let carried = u32::from_be_bytes(carried);
@@ -254,7 +255,6 @@ impl<'a> Header<'a> {
         }
         let health_check = flags.contains(Flags::CLOSE_IMMEDIATELY);
 
-        let host_len = usize::from(bytes[field::HOST_LEN]);
         let host = validate_host(&bytes[field::HOST][..host_len], health_check)?;
 
         let port_len = usize::from(bytes[field::PORT_LEN]);
@@ -325,6 +325,18 @@ impl AsRef<[u8]> for HeaderBytes {
 impl fmt::Debug for HeaderBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("HeaderBytes").field(&&**self).finish()
+    }
+}
+
+/// The checksum of `bytes[..end]`, jumping over the host's padding when it is all zero (it is
+/// in every header this crate writes; any other padding takes the plain path).
+fn checksum_of(bytes: &[u8], host_len: usize, end: usize) -> u32 {
+    let padding_start = field::HOST.start + host_len;
+    let padding = &bytes[padding_start..field::HOST.end];
+    if padding.iter().fold(0u8, |acc, &b| acc | b) == 0 {
+        crc32_with_zero_run(&bytes[..padding_start], padding.len(), &bytes[field::HOST.end..end])
+    } else {
+        crc32_with_zero_run(&bytes[..end], 0, &[])
     }
 }
 
