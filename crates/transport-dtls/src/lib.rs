@@ -1,6 +1,61 @@
-//! DTLS 1.2 over UDP for the stream proxy protocol, on OpenSSL and tokio-openssl.
+//! DTLS 1.2 over UDP for the stream proxy protocol, on OpenSSL.
 //!
-//! This crate will hold the DTLS client, a demultiplexing listener (one UDP socket, many
-//! mutually authenticated sessions, cookie exchange, bounded resources) and a datagram session
-//! type with `send`/`recv` of whole records.
+//! What it is: a [`connect`]ing client and a [`DtlsListener`] that serves many peers on one UDP
+//! socket, both mutually authenticated (ECDSA certificates checked against a CA, the server
+//! name checked by the client, extended master secret required), producing a [`DtlsSession`]
+//! with datagram semantics: one [`send`](DtlsSession::send) is one record in one datagram, one
+//! [`recv`](DtlsSession::recv) is one record. It interoperates with GoDoxy's pion/dtls peer
+//! (DTLS 1.2, `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`, server name `godoxy.agent`).
+//!
+//! What it does not do: read the stream proxy header (that is the proxy's job), resume
+//! sessions, fragment payloads (anything over [`MaxPayload`] is refused, never split), keep
+//! sessions alive (an idle timeout belongs to the application), or provide flow control.
+//!
+//! ```no_run
+//! # async fn demo(
+//! #     id: streamproxy_dtls::Identity,
+//! #     ca: streamproxy_dtls::CaCerts,
+//! #     server_id: streamproxy_dtls::Identity,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use streamproxy_dtls::{ClientConfig, DtlsListener, ServerConfig, connect};
+//!
+//! let mut listener =
+//!     DtlsListener::bind("127.0.0.1:0".parse()?, ServerConfig::new(server_id, ca.clone())).await?;
+//! let addr = listener.local_addr();
+//! let client = tokio::spawn(async move {
+//!     let session = connect(addr, &ClientConfig::new(id, ca)).await?;
+//!     session.send(b"ping").await?;
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! });
+//! let mut session = listener.accept().await?;
+//! let mut buf = vec![0; session.max_payload()];
+//! let n = session.recv(&mut buf).await?.expect("not closed");
+//! assert_eq!(&buf[..n], b"ping");
+//! # client.await?.map_err(|e| e.to_string())?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
+
+mod client;
+mod config;
+mod cookie;
+mod demux;
+mod error;
+mod ffi;
+mod io;
+mod record;
+mod server;
+mod session;
+
+pub use client::{DtlsConnector, connect};
+pub use config::{
+    CaCerts, ClientConfig, ConfigError, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity,
+    MaxPayload, Mtu, PemError, ServerConfig,
+};
+pub use error::{AcceptError, ConnectError, HandshakeError, ListenError, RecvError, SendError};
+pub use server::{DtlsListener, ListenerHandle, ListenerStats};
+pub use session::{DtlsSession, RecvHalf, SendHalf};
+
+/// Re-exported so callers can build identities from parsed certificates and keys.
+pub use openssl;

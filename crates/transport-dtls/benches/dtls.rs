@@ -1,0 +1,2 @@
+//! Placeholder: the DTLS benchmark.
+fn main() {}

@@ -1,0 +1,113 @@
+//! The client: a DTLS session over a UDP socket connected to the server.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::ssl::{Ssl, SslContext, SslStream};
+use tokio::net::UdpSocket;
+
+use crate::config::{ClientConfig, Common, ConfigError};
+use crate::error::{ConnectError, HandshakeError};
+use crate::io::DatagramIo;
+use crate::session::{self, DtlsSession, Input};
+
+/// Connects to `server` with a fresh ephemeral UDP socket and completes the handshake.
+///
+/// Builds the OpenSSL context on each call; to connect repeatedly with one configuration,
+/// build a [`DtlsConnector`] once.
+pub async fn connect(server: SocketAddr, config: &ClientConfig) -> Result<DtlsSession, ConnectError> {
+    DtlsConnector::new(config)?.connect(server).await
+}
+
+/// A client configuration turned into an OpenSSL context, ready for many connections.
+#[derive(Clone)]
+pub struct DtlsConnector {
+    ctx: SslContext,
+    server_name: String,
+    common: Common,
+}
+
+impl std::fmt::Debug for DtlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsConnector")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsConnector {
+    /// Builds the context; fails on bad certificates, cipher list or server name.
+    pub fn new(config: &ClientConfig) -> Result<Self, ConfigError> {
+        let connector = Self {
+            ctx: config.context()?,
+            server_name: config.server_name.clone(),
+            common: config.common.clone(),
+        };
+        connector.ssl()?;
+        Ok(connector)
+    }
+
+    fn ssl(&self) -> Result<Ssl, ConfigError> {
+        let name_error = |source| ConfigError::ServerName {
+            name: self.server_name.clone(),
+            source,
+        };
+        let mut ssl = Ssl::new(&self.ctx).map_err(ConfigError::Context)?;
+        ssl.set_hostname(&self.server_name).map_err(name_error)?;
+        ssl.param_mut()
+            .set_host(&self.server_name)
+            .map_err(name_error)?;
+        ssl.set_mtu(self.common.mtu.get())
+            .map_err(ConfigError::Context)?;
+        ssl.set_connect_state();
+        Ok(ssl)
+    }
+
+    /// Connects from a fresh ephemeral socket of the server's address family.
+    pub async fn connect(&self, server: SocketAddr) -> Result<DtlsSession, ConnectError> {
+        let local: SocketAddr = match server {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).await.map_err(ConnectError::Socket)?;
+        self.connect_with(socket, server).await
+    }
+
+    /// Connects from an already bound socket (for example one reusing a known local port).
+    pub async fn connect_with(
+        &self,
+        socket: UdpSocket,
+        server: SocketAddr,
+    ) -> Result<DtlsSession, ConnectError> {
+        socket.connect(server).await.map_err(ConnectError::Socket)?;
+        let socket = Arc::new(socket);
+        let mut stream = SslStream::new(self.ssl()?, DatagramIo::connected(socket.clone()))
+            .map_err(ConfigError::Context)?;
+        let mut input = Input::Socket;
+        let timeout = self.common.handshake_timeout;
+        let done = tokio::time::timeout(
+            timeout,
+            session::handshake(&mut stream, &socket, &mut input, VecDeque::new()),
+        )
+        .await;
+        match done {
+            Ok(r) => r?,
+            Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
+        }
+        Ok(DtlsSession::new(
+            stream,
+            socket,
+            server,
+            input,
+            self.common.max_payload.get(),
+            None,
+        ))
+    }
+
+    /// The handshake timeout in effect.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.common.handshake_timeout
+    }
+}

@@ -1,0 +1,498 @@
+//! Configuration: certificates and keys, bounds as types, and the OpenSSL contexts built from
+//! them. A [`ClientConfig`] cannot exist without a client identity and the CA that verifies the
+//! server; a [`ServerConfig`] cannot exist without a server identity and the CA that verifies
+//! clients: mutual TLS is not optional.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
+
+/// The cipher list offered by default: the only suite GoDoxy's pion/dtls peer accepts.
+pub const DEFAULT_CIPHER_LIST: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
+/// Default handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong reading a PEM file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// The file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid PEM of the expected kind.
+    #[error("{} is not a valid PEM {what}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was expected: "certificate" or "private key".
+        what: &'static str,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The file holds no certificate.
+    #[error("{} contains no certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A configuration value or certificate set that OpenSSL refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A PEM file could not be loaded.
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    /// An identity or CA set without any certificate.
+    #[error("no certificate given")]
+    NoCertificate,
+    /// The identity or CA certificates were refused by OpenSSL.
+    #[error("OpenSSL refused the certificates")]
+    Certificates(#[source] ErrorStack),
+    /// The cipher list names no usable cipher.
+    #[error("OpenSSL refused the cipher list {list:?}")]
+    CipherList {
+        /// The list given.
+        list: String,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The server name is not usable for SNI or hostname verification.
+    #[error("invalid server name {name:?}")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// A value is outside its allowed range.
+    #[error("{what} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// Lower bound.
+        min: usize,
+        /// Upper bound.
+        max: usize,
+        /// The value given.
+        got: usize,
+    },
+    /// Setting up the OpenSSL context failed.
+    #[error("OpenSSL context setup failed")]
+    Context(#[source] ErrorStack),
+}
+
+/// A certificate chain (leaf first) and its private key.
+#[derive(Clone)]
+pub struct Identity {
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub fn from_pem_files(
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<Self, ConfigError> {
+        let chain = read_certs(cert_path.as_ref())?;
+        let key_path = key_path.as_ref();
+        let pem = read(key_path)?;
+        let key = PKey::private_key_from_pem(&pem).map_err(|source| PemError::Parse {
+            path: key_path.to_owned(),
+            what: "private key",
+            source,
+        })?;
+        Self::new(chain, key)
+    }
+
+    /// An identity from parsed parts; checks that the key belongs to the leaf certificate.
+    pub fn new(chain: Vec<X509>, key: PKey<Private>) -> Result<Self, ConfigError> {
+        let leaf = chain.first().ok_or(ConfigError::NoCertificate)?;
+        let leaf_key = leaf.public_key().map_err(ConfigError::Certificates)?;
+        if !leaf_key.public_eq(&key) {
+            return Err(ConfigError::KeyMismatch);
+        }
+        Ok(Self { chain, key })
+    }
+
+    fn install(&self, b: &mut SslContextBuilder) -> Result<(), ConfigError> {
+        let (leaf, rest) = self
+            .chain
+            .split_first()
+            .ok_or(ConfigError::NoCertificate)?;
+        b.set_certificate(leaf).map_err(ConfigError::Certificates)?;
+        for cert in rest {
+            b.add_extra_chain_cert(cert.clone())
+                .map_err(ConfigError::Certificates)?;
+        }
+        b.set_private_key(&self.key)
+            .map_err(ConfigError::Certificates)?;
+        b.check_private_key().map_err(|_| ConfigError::KeyMismatch)
+    }
+}
+
+/// The CA certificates that verify the peer.
+#[derive(Clone, Debug)]
+pub struct CaCerts {
+    certs: Vec<X509>,
+}
+
+impl CaCerts {
+    /// Loads one or more PEM certificates.
+    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            certs: read_certs(path.as_ref())?,
+        })
+    }
+
+    /// CA certificates from parsed certificates (at least one).
+    pub fn new(certs: Vec<X509>) -> Result<Self, ConfigError> {
+        if certs.is_empty() {
+            return Err(ConfigError::NoCertificate);
+        }
+        Ok(Self { certs })
+    }
+
+    fn install(&self, b: &mut SslContextBuilder, name_in_request: bool) -> Result<(), ConfigError> {
+        let mut store = X509StoreBuilder::new().map_err(ConfigError::Context)?;
+        for cert in &self.certs {
+            store
+                .add_cert(cert.clone())
+                .map_err(ConfigError::Certificates)?;
+            if name_in_request {
+                b.add_client_ca(cert).map_err(ConfigError::Certificates)?;
+            }
+        }
+        b.set_verify_cert_store(store.build())
+            .map_err(ConfigError::Context)?;
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PemError> {
+    std::fs::read(path).map_err(|source| PemError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<X509>, PemError> {
+    let pem = read(path)?;
+    let certs = X509::stack_from_pem(&pem).map_err(|source| PemError::Parse {
+        path: path.to_owned(),
+        what: "certificate",
+        source,
+    })?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The path MTU handshake flights are packed for, in bytes (256..=65507).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtu(u32);
+
+impl Mtu {
+    /// Suitable for the Internet (IPv6 minimum 1280 minus headers, with margin).
+    pub const DEFAULT: Mtu = Mtu(1200);
+    const MIN: usize = 256;
+    const MAX: usize = 65507;
+
+    /// Checks the bounds.
+    pub fn new(bytes: usize) -> Result<Self, ConfigError> {
+        match u32::try_from(bytes) {
+            Ok(v) if (Self::MIN..=Self::MAX).contains(&bytes) => Ok(Mtu(v)),
+            _ => Err(ConfigError::OutOfRange {
+                what: "MTU",
+                min: Self::MIN,
+                max: Self::MAX,
+                got: bytes,
+            }),
+        }
+    }
+
+    /// The value in bytes.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for Mtu {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The largest application payload one record may carry (1..=16384).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPayload(usize);
+
+impl MaxPayload {
+    /// 8155 bytes: what pion/dtls can receive (its 8192-byte buffer minus 37 bytes of
+    /// AES-128-GCM record overhead).
+    pub const DEFAULT: MaxPayload = MaxPayload(8155);
+    /// The DTLS plaintext limit.
+    pub const MAX: usize = 16384;
+
+    /// Checks the bounds.
+    pub fn new(bytes: usize) -> Result<Self, ConfigError> {
+        if (1..=Self::MAX).contains(&bytes) {
+            Ok(Self(bytes))
+        } else {
+            Err(ConfigError::OutOfRange {
+                what: "maximum payload",
+                min: 1,
+                max: Self::MAX,
+                got: bytes,
+            })
+        }
+    }
+
+    /// The value in bytes.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl Default for MaxPayload {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Settings shared by both sides.
+#[derive(Debug, Clone)]
+pub(crate) struct Common {
+    pub(crate) cipher_list: String,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) mtu: Mtu,
+    pub(crate) max_payload: MaxPayload,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Self {
+            cipher_list: DEFAULT_CIPHER_LIST.to_owned(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            mtu: Mtu::DEFAULT,
+            max_payload: MaxPayload::DEFAULT,
+        }
+    }
+}
+
+impl Common {
+    fn context_builder(&self) -> Result<SslContextBuilder, ConfigError> {
+        let mut b = SslContext::builder(SslMethod::dtls()).map_err(ConfigError::Context)?;
+        b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+            .map_err(ConfigError::Context)?;
+        b.set_max_proto_version(Some(SslVersion::DTLS1_2))
+            .map_err(ConfigError::Context)?;
+        b.set_cipher_list(&self.cipher_list)
+            .map_err(|source| ConfigError::CipherList {
+                list: self.cipher_list.clone(),
+                source,
+            })?;
+        b.set_groups_list("P-256").map_err(ConfigError::Context)?;
+        // NO_QUERY_MTU: the MTU set per connection holds (the BIO would answer 0 otherwise).
+        // NO_RENEGOTIATION: after the handshake only the reading side ever reads the socket.
+        b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
+        b.set_mode(SslMode::AUTO_RETRY);
+        Ok(b)
+    }
+}
+
+/// Client configuration: the identity to present and the CA that verifies the server.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) identity: Identity,
+    pub(crate) ca: CaCerts,
+    pub(crate) server_name: String,
+    pub(crate) common: Common,
+}
+
+impl ClientConfig {
+    /// Defaults: server name [`proto::DEFAULT_SERVER_NAME`], cipher list
+    /// [`DEFAULT_CIPHER_LIST`], 10 s handshake timeout, [`Mtu::DEFAULT`],
+    /// [`MaxPayload::DEFAULT`].
+    pub fn new(identity: Identity, ca: CaCerts) -> Self {
+        Self {
+            identity,
+            ca,
+            server_name: proto::DEFAULT_SERVER_NAME.to_owned(),
+            common: Common::default(),
+        }
+    }
+
+    /// The name the server certificate must carry (also sent as SNI).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// The OpenSSL cipher list to offer.
+    pub fn cipher_list(mut self, list: impl Into<String>) -> Self {
+        self.common.cipher_list = list.into();
+        self
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.common.handshake_timeout = timeout;
+        self
+    }
+
+    /// The MTU handshake flights are packed for.
+    pub fn mtu(mut self, mtu: Mtu) -> Self {
+        self.common.mtu = mtu;
+        self
+    }
+
+    /// The largest payload [`send`](crate::DtlsSession::send) accepts.
+    pub fn max_payload(mut self, max: MaxPayload) -> Self {
+        self.common.max_payload = max;
+        self
+    }
+
+    pub(crate) fn context(&self) -> Result<SslContext, ConfigError> {
+        let mut b = self.common.context_builder()?;
+        self.identity.install(&mut b)?;
+        self.ca.install(&mut b, false)?;
+        b.set_verify(SslVerifyMode::PEER);
+        Ok(b.build())
+    }
+}
+
+/// Listener limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_half_open: usize,
+    pub(crate) peer_queue: usize,
+    pub(crate) accept_backlog: usize,
+    pub(crate) cookie_rotation: Duration,
+}
+
+/// Server configuration: the identity to present and the CA that verifies clients.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub(crate) identity: Identity,
+    pub(crate) client_ca: CaCerts,
+    pub(crate) common: Common,
+    pub(crate) limits: Limits,
+}
+
+impl ServerConfig {
+    /// Defaults: cipher list [`DEFAULT_CIPHER_LIST`], 10 s handshake timeout, [`Mtu::DEFAULT`],
+    /// [`MaxPayload::DEFAULT`], 256 half-open handshakes, 256 queued datagrams per peer, 64
+    /// sessions waiting for `accept`, cookie secret rotated every 60 s.
+    pub fn new(identity: Identity, client_ca: CaCerts) -> Self {
+        Self {
+            identity,
+            client_ca,
+            common: Common::default(),
+            limits: Limits {
+                max_half_open: 256,
+                peer_queue: 256,
+                accept_backlog: 64,
+                cookie_rotation: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// The OpenSSL cipher list to accept.
+    pub fn cipher_list(mut self, list: impl Into<String>) -> Self {
+        self.common.cipher_list = list.into();
+        self
+    }
+
+    /// How long a handshake may take, from the cookie check to `accept`.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.common.handshake_timeout = timeout;
+        self
+    }
+
+    /// The MTU handshake flights are packed for.
+    pub fn mtu(mut self, mtu: Mtu) -> Self {
+        self.common.mtu = mtu;
+        self
+    }
+
+    /// The largest payload [`send`](crate::DtlsSession::send) accepts.
+    pub fn max_payload(mut self, max: MaxPayload) -> Self {
+        self.common.max_payload = max;
+        self
+    }
+
+    /// Handshakes in progress beyond which valid ClientHellos are dropped (at least 1).
+    pub fn max_half_open(mut self, n: usize) -> Self {
+        self.limits.max_half_open = n.max(1);
+        self
+    }
+
+    /// Datagrams queued per peer before further ones are dropped (at least 1).
+    pub fn peer_queue(mut self, n: usize) -> Self {
+        self.limits.peer_queue = n.max(1);
+        self
+    }
+
+    /// Finished sessions waiting for [`accept`](crate::DtlsListener::accept) (at least 1).
+    pub fn accept_backlog(mut self, n: usize) -> Self {
+        self.limits.accept_backlog = n.max(1);
+        self
+    }
+
+    /// How often the cookie secret changes (a cookie stays valid for up to two periods).
+    pub fn cookie_rotation(mut self, period: Duration) -> Self {
+        self.limits.cookie_rotation = period;
+        self
+    }
+
+    /// Replaces the certificate material, keeping every other setting.
+    pub fn with_material(mut self, identity: Identity, client_ca: CaCerts) -> Self {
+        self.identity = identity;
+        self.client_ca = client_ca;
+        self
+    }
+
+    pub(crate) fn context(&self) -> Result<SslContext, ConfigError> {
+        let mut b = self.common.context_builder()?;
+        self.identity.install(&mut b)?;
+        self.client_ca.install(&mut b, true)?;
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        // Sessions are not resumed (pion never asks): no tickets to encrypt or leak.
+        b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+        crate::server::install_cookie_callbacks(&mut b).map_err(ConfigError::Context)?;
+        Ok(b.build())
+    }
+}

@@ -1,0 +1,174 @@
+//! One error type per operation.
+
+use std::io;
+use std::time::Duration;
+
+use openssl::x509::X509VerifyResult;
+
+use crate::config::ConfigError;
+
+/// A DTLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The handshake did not finish in time.
+    #[error("DTLS handshake timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The peer's certificate failed verification (unknown CA, wrong name, expired, ...).
+    #[error("peer certificate rejected: {0}")]
+    PeerCertificate(#[source] X509VerifyResult),
+    /// The TLS protocol failed: an alert from the peer, no shared cipher suite, no client
+    /// certificate, ...
+    #[error("DTLS handshake failed")]
+    Tls(#[source] openssl::ssl::Error),
+    /// The peer did not negotiate the extended master secret (RFC 7627), which is required.
+    #[error("peer did not negotiate the extended master secret")]
+    NoExtendedMasterSecret,
+    /// The socket failed.
+    #[error("socket error during the DTLS handshake")]
+    Io(#[source] io::Error),
+    /// The listener stopped routing datagrams to this handshake (it was replaced by a newer one
+    /// from the same address, or the listener closed).
+    #[error("the listener abandoned this handshake")]
+    Detached,
+}
+
+/// [`connect`](crate::connect) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Binding or connecting the UDP socket failed.
+    #[error("cannot set up the UDP socket")]
+    Socket(#[source] io::Error),
+    /// The handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+/// [`send`](crate::DtlsSession::send) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The payload exceeds the configured maximum; nothing was sent.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// An empty payload cannot be sent as a DTLS record.
+    #[error("empty payload")]
+    Empty,
+    /// The session was shut down (by this side or the peer).
+    #[error("the DTLS session is closed")]
+    Closed,
+    /// OpenSSL failed to encrypt or send.
+    #[error("DTLS write failed")]
+    Tls(#[source] openssl::ssl::Error),
+    /// The socket failed.
+    #[error("socket error while sending")]
+    Io(#[source] io::Error),
+}
+
+/// [`recv`](crate::DtlsSession::recv) failed. A clean close (close_notify) is not an error:
+/// `recv` returns `Ok(None)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The record was longer than the buffer; the rest of it was discarded.
+    #[error("record of {len} bytes truncated to the {capacity}-byte buffer")]
+    Truncated {
+        /// Record length.
+        len: usize,
+        /// Buffer length.
+        capacity: usize,
+    },
+    /// `recv` was given an empty buffer.
+    #[error("empty receive buffer")]
+    EmptyBuffer,
+    /// OpenSSL reported a fatal error (for example a fatal alert from the peer).
+    #[error("DTLS read failed")]
+    Tls(#[source] openssl::ssl::Error),
+    /// The socket failed.
+    #[error("socket error while receiving")]
+    Io(#[source] io::Error),
+    /// A new handshake from the same address replaced this session (the peer restarted).
+    #[error("replaced by a new session from the same address")]
+    Replaced,
+    /// The listener that fed this session is gone.
+    #[error("the listener closed")]
+    ListenerClosed,
+}
+
+/// [`DtlsListener::bind`](crate::DtlsListener::bind) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Binding the UDP socket failed.
+    #[error("cannot bind the UDP socket")]
+    Io(#[source] io::Error),
+    /// Generating the cookie secret failed.
+    #[error("cannot generate the cookie secret")]
+    Random(#[source] openssl::error::ErrorStack),
+}
+
+/// [`DtlsListener::accept`](crate::DtlsListener::accept) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// Receiving on the listener's socket failed; the listener has stopped.
+    #[error("the listener's socket failed")]
+    Socket(#[source] io::Error),
+    /// The listener has stopped.
+    #[error("the listener has stopped")]
+    Closed,
+}
+
+impl SendError {
+    pub(crate) fn from_ssl(e: openssl::ssl::Error) -> Self {
+        match e.into_io_error() {
+            Ok(io) => Self::Io(io),
+            Err(e) => Self::Tls(e),
+        }
+    }
+}
+
+impl RecvError {
+    pub(crate) fn from_ssl(e: openssl::ssl::Error) -> Self {
+        match e.into_io_error() {
+            Ok(io) => Self::Io(io),
+            Err(e) => Self::Tls(e),
+        }
+    }
+}
+
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> Self {
+        let kind = match &e {
+            SendError::TooLarge { .. } | SendError::Empty => io::ErrorKind::InvalidInput,
+            SendError::Closed => io::ErrorKind::BrokenPipe,
+            SendError::Io(io) => io.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl From<RecvError> for io::Error {
+    fn from(e: RecvError) -> Self {
+        let kind = match &e {
+            RecvError::Truncated { .. } | RecvError::EmptyBuffer => io::ErrorKind::InvalidInput,
+            RecvError::Replaced | RecvError::ListenerClosed => io::ErrorKind::ConnectionAborted,
+            RecvError::Io(io) => io.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}

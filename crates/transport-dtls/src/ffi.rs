@@ -1,0 +1,84 @@
+//! The three OpenSSL calls the `openssl` crate does not wrap. The only module allowed `unsafe`.
+#![allow(unsafe_code)]
+
+use std::time::Duration;
+
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::SslRef;
+
+/// `DTLS_CTRL_GET_TIMEOUT` (`DTLSv1_get_timeout` is a macro over `SSL_ctrl`).
+const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
+/// `SSL_CTRL_GET_EXTMS_SUPPORT` (`SSL_get_extms_support`).
+const SSL_CTRL_GET_EXTMS_SUPPORT: libc::c_int = 122;
+
+unsafe extern "C" {
+    fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> libc::size_t;
+}
+
+/// Time left on the DTLS retransmission timer; `None` when it is not running.
+///
+/// OpenSSL retransmits by itself the next time the handshake reads and finds the timer expired,
+/// so the caller only has to wake up then.
+pub(crate) fn dtls_timeout(ssl: &SslRef) -> Option<Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: `ssl` is a live SSL object for the duration of the borrow. For
+    // DTLS_CTRL_GET_TIMEOUT, SSL_ctrl writes one `struct timeval` through `parg` and nothing else;
+    // `tv` is a valid, exclusively borrowed timeval that outlives the call.
+    let running = unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_GET_TIMEOUT,
+            0,
+            (&raw mut tv).cast::<libc::c_void>(),
+        )
+    };
+    if running != 1 {
+        return None;
+    }
+    let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
+    let micros = u32::try_from(tv.tv_usec).unwrap_or(0);
+    Some(Duration::from_secs(secs) + Duration::from_micros(u64::from(micros)))
+}
+
+/// Whether the extended master secret (RFC 7627) was negotiated on this connection.
+pub(crate) fn extended_master_secret(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl` is a live SSL object. SSL_CTRL_GET_EXTMS_SUPPORT reads the session's flag,
+    // ignores `larg` and `parg` (null), and returns 1, 0 or -1 (no session yet).
+    let r = unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            SSL_CTRL_GET_EXTMS_SUPPORT,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    r == 1
+}
+
+/// The largest application payload that fits in one datagram of the configured MTU.
+pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
+    // SAFETY: `ssl` is a live SSL object; DTLS_get_data_mtu only reads it (and returns 0 when no
+    // cipher is negotiated yet or the object is not DTLS).
+    unsafe { DTLS_get_data_mtu(ssl.as_ptr()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use openssl::ssl::{Ssl, SslContext, SslMethod};
+
+    use super::*;
+
+    #[test]
+    fn calls_are_safe_on_a_fresh_dtls_object() {
+        let ctx = SslContext::builder(SslMethod::dtls()).unwrap().build();
+        let ssl = Ssl::new(&ctx).unwrap();
+        assert_eq!(dtls_timeout(&ssl), None, "no timer before the handshake");
+        assert!(!extended_master_secret(&ssl));
+        assert_eq!(data_mtu(&ssl), 0, "no cipher negotiated yet");
+    }
+    // The same functions on live connections: tests/session.rs (`data_mtu`, EMS checked on every
+    // handshake) and tests/loss.rs (the timer drives retransmissions).
+}

@@ -1,0 +1,538 @@
+//! The listener: one UDP socket, one driver task that owns its receiving side and
+//! demultiplexes datagrams by source address into per-peer bounded queues, one task per
+//! handshake, finished sessions handed out by [`DtlsListener::accept`].
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use openssl::error::ErrorStack;
+use openssl::memcmp;
+use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslStream};
+use openssl::x509::X509NameRef;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::config::{CaCerts, ConfigError, Identity, ServerConfig};
+use crate::cookie::CookieJar;
+use crate::demux::{Action, Context, Demux, DropReason, PeerState};
+use crate::error::{AcceptError, HandshakeError, ListenError};
+use crate::io::DatagramIo;
+use crate::record::COOKIE_LEN;
+use crate::session::{self, DtlsSession, Input, PeerLink};
+
+/// Datagrams read per wake-up before the driver looks at its timers again.
+const BATCH: usize = 64;
+/// How often closed sessions are swept from the table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Receive buffer: the largest UDP payload.
+const RECV_BUF: usize = 65536;
+/// Datagram copies are carved out of chunks of this size (amortises allocation).
+const POOL_CHUNK: usize = 256 * 1024;
+
+/// Counters for metrics. A snapshot; all counts since the listener started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStats {
+    /// Handshakes that produced a session.
+    pub handshakes_ok: u64,
+    /// Handshakes that failed (bad certificate, alert, timeout, ...).
+    pub handshakes_failed: u64,
+    /// Of the failed handshakes, those that timed out.
+    pub handshakes_timed_out: u64,
+    /// Stateless HelloVerifyRequests sent.
+    pub hello_verify_sent: u64,
+    /// Valid ClientHellos dropped: half-open limit reached, or the listener no longer accepts.
+    pub client_hellos_dropped: u64,
+    /// ClientHellos with a cookie this listener did not issue to the sender.
+    pub bad_cookies: u64,
+    /// Datagrams dropped because a peer's queue was full.
+    pub queue_overflows: u64,
+    /// Datagrams dropped as malformed or from unknown addresses.
+    pub bad_datagrams: u64,
+    /// Sessions replaced by a new handshake from the same address.
+    pub sessions_replaced: u64,
+    /// Finished sessions dropped because nobody called `accept` in time.
+    pub accept_overflows: u64,
+    /// Handshakes in progress now.
+    pub half_open: usize,
+    /// Addresses with a handshake or session now (sessions ended are swept each second).
+    pub peers: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    handshakes_ok: AtomicU64,
+    handshakes_failed: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    hello_verify_sent: AtomicU64,
+    client_hellos_dropped: AtomicU64,
+    bad_cookies: AtomicU64,
+    queue_overflows: AtomicU64,
+    bad_datagrams: AtomicU64,
+    sessions_replaced: AtomicU64,
+    accept_overflows: AtomicU64,
+    half_open: AtomicUsize,
+    peers: AtomicUsize,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Debug)]
+struct Shared {
+    ctx: RwLock<SslContext>,
+    config: Mutex<ServerConfig>,
+    counters: Counters,
+}
+
+/// A cloneable handle for metrics and certificate reloads, usable while the listener accepts.
+#[derive(Debug, Clone)]
+pub struct ListenerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ListenerHandle {
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ListenerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ListenerStats {
+            handshakes_ok: get(&c.handshakes_ok),
+            handshakes_failed: get(&c.handshakes_failed),
+            handshakes_timed_out: get(&c.handshakes_timed_out),
+            hello_verify_sent: get(&c.hello_verify_sent),
+            client_hellos_dropped: get(&c.client_hellos_dropped),
+            bad_cookies: get(&c.bad_cookies),
+            queue_overflows: get(&c.queue_overflows),
+            bad_datagrams: get(&c.bad_datagrams),
+            sessions_replaced: get(&c.sessions_replaced),
+            accept_overflows: get(&c.accept_overflows),
+            half_open: c.half_open.load(Ordering::Relaxed),
+            peers: c.peers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Uses new certificate material for handshakes that start from now on. On error nothing
+    /// changes: the old material stays in use. Established sessions are not affected.
+    pub fn reload(&self, identity: Identity, client_ca: CaCerts) -> Result<(), ConfigError> {
+        let mut config = self
+            .shared
+            .config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next = config.clone().with_material(identity, client_ca);
+        let ctx = next.context()?;
+        *self
+            .shared
+            .ctx
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = ctx;
+        *config = next;
+        Ok(())
+    }
+
+    /// [`reload`](Self::reload) from PEM files: the certificate chain, its key, the client CA.
+    pub fn reload_from_pem_files(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_ca: impl AsRef<Path>,
+    ) -> Result<(), ConfigError> {
+        let identity = Identity::from_pem_files(cert, key)?;
+        let ca = CaCerts::from_pem_file(client_ca)?;
+        self.reload(identity, ca)
+    }
+}
+
+/// A DTLS server on one UDP socket. Dropping it stops new handshakes; sessions already
+/// accepted keep working (the driver task runs until the last one ends).
+#[derive(Debug)]
+pub struct DtlsListener {
+    accepted: mpsc::Receiver<Result<DtlsSession, io::Error>>,
+    handle: ListenerHandle,
+    local_addr: SocketAddr,
+}
+
+impl DtlsListener {
+    /// Binds a UDP socket to `addr` and starts listening (call within a tokio runtime).
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, ListenError> {
+        let socket = UdpSocket::bind(addr).await.map_err(ListenError::Io)?;
+        Self::from_socket(socket, config)
+    }
+
+    /// Listens on an already bound socket (call within a tokio runtime).
+    pub fn from_socket(socket: UdpSocket, config: ServerConfig) -> Result<Self, ListenError> {
+        let ctx = config.context()?;
+        let local_addr = socket.local_addr().map_err(ListenError::Io)?;
+        let cookies = CookieJar::new(Instant::now(), config.limits.cookie_rotation)
+            .map_err(ListenError::Random)?;
+        let (accept_tx, accepted) = mpsc::channel(config.limits.accept_backlog);
+        let shared = Arc::new(Shared {
+            ctx: RwLock::new(ctx),
+            config: Mutex::new(config.clone()),
+            counters: Counters::default(),
+        });
+        let driver = Driver {
+            socket: Arc::new(socket),
+            shared: shared.clone(),
+            accept_tx,
+            demux: Demux::new(cookies, config.limits.max_half_open),
+            peers: HashMap::new(),
+            pool: BytesMut::new(),
+            config,
+        };
+        tokio::spawn(driver.run());
+        Ok(Self {
+            accepted,
+            handle: ListenerHandle { shared },
+            local_addr,
+        })
+    }
+
+    /// Waits for the next finished, mutually authenticated session.
+    pub async fn accept(&mut self) -> Result<DtlsSession, AcceptError> {
+        match self.accepted.recv().await {
+            Some(Ok(session)) => Ok(session),
+            Some(Err(e)) => Err(AcceptError::Socket(e)),
+            None => Err(AcceptError::Closed),
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for metrics and reloads.
+    pub fn handle(&self) -> ListenerHandle {
+        self.handle.clone()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ListenerStats {
+        self.handle.stats()
+    }
+
+    /// See [`ListenerHandle::reload`].
+    pub fn reload(&self, identity: Identity, client_ca: CaCerts) -> Result<(), ConfigError> {
+        self.handle.reload(identity, client_ca)
+    }
+}
+
+struct Peer {
+    tx: mpsc::Sender<Bytes>,
+    link: Arc<PeerLink>,
+}
+
+/// Owns the socket's receiving side and the address table. The only task that reads the socket.
+struct Driver {
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
+    demux: Demux,
+    peers: HashMap<SocketAddr, Peer>,
+    pool: BytesMut,
+    config: ServerConfig,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let accepting = !self.accept_tx.is_closed();
+            if !accepting
+                && self.peers.is_empty()
+                && self.shared.counters.half_open.load(Ordering::Relaxed) == 0
+            {
+                break;
+            }
+            tokio::select! {
+                biased;
+                r = self.socket.readable() => {
+                    if let Err(e) = r.and_then(|()| self.drain(&mut buf, accepting)) {
+                        tracing::warn!(error = %e, "DTLS listener socket failed; listener stops");
+                        let _ = self.accept_tx.try_send(Err(e));
+                        break;
+                    }
+                }
+                _ = sweep.tick() => self.sweep(),
+                () = self.accept_tx.closed(), if accepting => {}
+            }
+        }
+    }
+
+    fn drain(&mut self, buf: &mut [u8], accepting: bool) -> io::Result<()> {
+        for _ in 0..BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, source)) => self.on_datagram(source, &buf[..n], accepting),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // ICMP errors reported on the socket concern one peer, not the listener.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self) {
+        self.peers.retain(|_, p| !p.tx.is_closed());
+        self.publish_peers();
+    }
+
+    fn publish_peers(&self) {
+        self.shared
+            .counters
+            .peers
+            .store(self.peers.len(), Ordering::Relaxed);
+    }
+
+    fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8], accepting: bool) {
+        let counters = &self.shared.counters;
+        let peer = match self.peers.get(&source) {
+            None => PeerState::Unknown,
+            Some(p) if p.tx.is_closed() => {
+                self.peers.remove(&source);
+                PeerState::Unknown
+            }
+            Some(p) if p.link.is_established() => PeerState::Established,
+            Some(_) => PeerState::Handshaking,
+        };
+        let cx = Context {
+            now: Instant::now(),
+            source,
+            peer,
+            half_open: counters.half_open.load(Ordering::Relaxed),
+            accepting,
+        };
+        match self.demux.decide(cx, datagram) {
+            Action::Deliver => self.deliver(source, datagram),
+            Action::HelloVerify => {
+                let hvr = self.demux.hello_verify_request();
+                // Best effort, like any datagram: the client retransmits its ClientHello.
+                if self.socket.try_send_to(hvr, source).is_ok() {
+                    bump(&counters.hello_verify_sent);
+                }
+            }
+            Action::Start {
+                replace,
+                cookie,
+                first_hello,
+            } => {
+                if replace {
+                    if let Some(old) = self.peers.remove(&source) {
+                        old.link.set_replaced();
+                        bump(&counters.sessions_replaced);
+                    }
+                }
+                let second = self.copy(datagram);
+                self.start(source, cookie, Bytes::from(first_hello), second);
+            }
+            Action::Drop(reason) => {
+                let counter = match reason {
+                    DropReason::Malformed(_) | DropReason::UnknownPeer => &counters.bad_datagrams,
+                    DropReason::BadCookie => &counters.bad_cookies,
+                    DropReason::TooShortToAnswer
+                    | DropReason::HalfOpenLimit
+                    | DropReason::NotAccepting
+                    | DropReason::CookieFailure => &counters.client_hellos_dropped,
+                };
+                bump(counter);
+            }
+        }
+    }
+
+    fn deliver(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let bytes = self.copy(datagram);
+        let Some(peer) = self.peers.get(&source) else {
+            return;
+        };
+        match peer.tx.try_send(bytes) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => bump(&self.shared.counters.queue_overflows),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.peers.remove(&source);
+                self.publish_peers();
+            }
+        }
+    }
+
+    fn copy(&mut self, datagram: &[u8]) -> Bytes {
+        if self.pool.capacity() - self.pool.len() < datagram.len() {
+            self.pool.reserve(POOL_CHUNK.max(datagram.len()));
+        }
+        self.pool.extend_from_slice(datagram);
+        self.pool.split().freeze()
+    }
+
+    fn start(&mut self, source: SocketAddr, cookie: [u8; COOKIE_LEN], first: Bytes, second: Bytes) {
+        let counters = &self.shared.counters;
+        let ctx = self
+            .shared
+            .ctx
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let stream = match new_server_stream(&ctx, &self.config, cookie, &self.socket, source) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %source, error = %e, "cannot create DTLS server state");
+                bump(&counters.handshakes_failed);
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(self.config.limits.peer_queue);
+        let link = Arc::new(PeerLink::default());
+        counters.half_open.fetch_add(1, Ordering::Relaxed);
+        self.peers.insert(
+            source,
+            Peer {
+                tx,
+                link: link.clone(),
+            },
+        );
+        self.publish_peers();
+        let handshake = Handshake {
+            stream,
+            socket: self.socket.clone(),
+            source,
+            input: Input::Queue(rx),
+            first: VecDeque::from([first, second]),
+            link,
+            shared: self.shared.clone(),
+            accept_tx: self.accept_tx.clone(),
+            timeout: self.config.common.handshake_timeout,
+            max_payload: self.config.common.max_payload.get(),
+        };
+        tokio::spawn(handshake.run());
+    }
+}
+
+fn new_server_stream(
+    ctx: &SslContext,
+    config: &ServerConfig,
+    cookie: [u8; COOKIE_LEN],
+    socket: &Arc<UdpSocket>,
+    peer: SocketAddr,
+) -> Result<SslStream<DatagramIo>, ErrorStack> {
+    let mut ssl = Ssl::new(ctx)?;
+    ssl.set_mtu(config.common.mtu.get())?;
+    ssl.set_ex_data(cookie_index()?, cookie);
+    ssl.set_accept_state();
+    SslStream::new(ssl, DatagramIo::demultiplexed(socket.clone(), peer))
+}
+
+/// One handshake in its own task; decrements the half-open count when it ends, however.
+struct Handshake {
+    stream: SslStream<DatagramIo>,
+    socket: Arc<UdpSocket>,
+    source: SocketAddr,
+    input: Input,
+    first: VecDeque<Bytes>,
+    link: Arc<PeerLink>,
+    shared: Arc<Shared>,
+    accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
+    timeout: Duration,
+    max_payload: usize,
+}
+
+struct HalfOpen(Arc<Shared>);
+
+impl Drop for HalfOpen {
+    fn drop(&mut self) {
+        self.0.counters.half_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Handshake {
+    async fn run(mut self) {
+        let _half_open = HalfOpen(self.shared.clone());
+        let counters = &self.shared.counters;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let first = std::mem::take(&mut self.first);
+        let result = tokio::time::timeout_at(
+            deadline,
+            session::handshake(&mut self.stream, &self.socket, &mut self.input, first),
+        )
+        .await
+        .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
+        if let Err(e) = result {
+            bump(&counters.handshakes_failed);
+            if matches!(e, HandshakeError::TimedOut(_)) {
+                bump(&counters.handshakes_timed_out);
+            }
+            tracing::debug!(peer = %self.source, error = %e, "DTLS handshake failed");
+            return;
+        }
+        bump(&counters.handshakes_ok);
+        self.link.set_established();
+        let session = DtlsSession::new(
+            self.stream,
+            self.socket,
+            self.source,
+            self.input,
+            self.max_payload,
+            Some(self.link),
+        );
+        let handed = tokio::time::timeout_at(deadline, self.accept_tx.send(Ok(session))).await;
+        if !matches!(handed, Ok(Ok(()))) {
+            bump(&counters.accept_overflows);
+        }
+    }
+}
+
+fn cookie_index() -> Result<openssl::ex_data::Index<Ssl, [u8; COOKIE_LEN]>, ErrorStack> {
+    static INDEX: OnceLock<openssl::ex_data::Index<Ssl, [u8; COOKIE_LEN]>> = OnceLock::new();
+    if let Some(index) = INDEX.get() {
+        return Ok(*index);
+    }
+    let index = Ssl::new_ex_index()?;
+    Ok(*INDEX.get_or_init(|| index))
+}
+
+/// OpenSSL's cookie callbacks. The listener has already checked the client's cookie before it
+/// created this connection's state; it stores that cookie in the connection, and OpenSSL, which
+/// replays the exchange (see `demux`), issues and checks exactly that one.
+pub(crate) fn install_cookie_callbacks(b: &mut SslContextBuilder) -> Result<(), ErrorStack> {
+    let index = cookie_index()?;
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let cookie = ssl.ex_data(index).ok_or_else(ErrorStack::get)?;
+        let dst = out.get_mut(..COOKIE_LEN).ok_or_else(ErrorStack::get)?;
+        dst.copy_from_slice(cookie);
+        Ok(COOKIE_LEN)
+    });
+    b.set_cookie_verify_cb(move |ssl, presented| {
+        ssl.ex_data(index)
+            .is_some_and(|c| presented.len() == COOKIE_LEN && memcmp::eq(c, presented))
+    });
+    Ok(())
+}
+
+/// `CN=client, O=org` from a certificate name.
+pub(crate) fn format_name(name: &X509NameRef) -> String {
+    let mut out = String::new();
+    for entry in name.entries() {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(entry.object().nid().short_name().unwrap_or("?"));
+        out.push('=');
+        match entry.data().to_string() {
+            Ok(s) => out.push_str(&s),
+            Err(_) => out.push('?'),
+        }
+    }
+    out
+}
