@@ -1,5 +1,14 @@
 //! Stream proxy protocol servers, clients and relay.
 //!
-//! This crate will hold the TCP-over-TLS and UDP-over-DTLS servers and clients, the byte
-//! relay, health checks, the destination policy, limits and the ALPN-shared HTTPS API.
+//! This crate is the product's core. It reads request headers from TLS streams and DTLS
+//! sessions, checks destinations against a [`Policy`](policy::Policy), dials them and relays
+//! bytes or datagrams; it also holds the matching clients. Transports come from the layers
+//! below: `streamproxy-tls`, `streamproxy-dtls`, and `streamproxy-connmgr` for per-client UDP
+//! sessions. It does not parse command lines or configuration files.
 #![deny(missing_docs)]
+
+pub mod dial;
+pub mod metrics;
+pub mod policy;
+pub mod relay;
+pub mod request;
