@@ -1,0 +1,260 @@
+//! Shared test support: a generated PKI, configurations, an echo server, a lossy relay.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use streamproxy_dtls::{
+    CaCerts, ClientConfig, DtlsListener, DtlsSession, Identity, ListenerHandle, ServerConfig,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+
+/// Files of a generated PKI: one CA with a server and a client, and another CA with a client
+/// and a server of its own.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn identity(&self, name: &str) -> Identity {
+        Identity::from_pem_files(self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")))
+            .unwrap()
+    }
+
+    pub fn ca(&self, name: &str) -> CaCerts {
+        CaCerts::from_pem_file(self.path(&format!("{name}.pem"))).unwrap()
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig::new(self.identity("server"), self.ca("ca"))
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.identity("client"), self.ca("ca"))
+    }
+}
+
+fn issuer(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    CertifiedIssuer::self_signed(params, key).unwrap()
+}
+
+fn leaf(
+    dir: &std::path::Path,
+    name: &str,
+    cn: &str,
+    server: bool,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) {
+    let sans = if server { vec![cn.to_owned()] } else { Vec::new() };
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.distinguished_name.push(DnType::OrganizationName, "streamproxy tests");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+/// Generates the PKI into a fresh temporary directory.
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = issuer("streamproxy test CA");
+    let other = issuer("some other CA");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), other.pem()).unwrap();
+    leaf(dir.path(), "server", proto::DEFAULT_SERVER_NAME, true, &ca);
+    leaf(dir.path(), "client", "agent-client", false, &ca);
+    leaf(dir.path(), "other-client", "intruder", false, &other);
+    leaf(dir.path(), "other-server", proto::DEFAULT_SERVER_NAME, true, &other);
+    Pki { dir }
+}
+
+/// Echoes every record back until the peer closes; then closes too.
+pub async fn echo(mut session: DtlsSession) {
+    let mut buf = vec![0u8; session.max_payload()];
+    while let Ok(Some(n)) = session.recv(&mut buf).await {
+        if session.send(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = session.shutdown().await;
+}
+
+/// A listener whose accepted sessions are echoed, each in its own task.
+pub async fn echo_server(config: ServerConfig) -> (SocketAddr, ListenerHandle) {
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let handle = listener.handle();
+    tokio::spawn(async move {
+        while let Ok(session) = listener.accept().await {
+            tokio::spawn(echo(session));
+        }
+    });
+    (addr, handle)
+}
+
+/// A payload whose content identifies it: `len` bytes derived from `id`.
+pub fn payload(id: u32, len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(id) as u8).collect();
+    if len >= 4 {
+        v[..4].copy_from_slice(&id.to_be_bytes());
+    }
+    v
+}
+
+/// Impairments applied by [`Relay`], per direction.
+#[derive(Clone, Copy, Debug)]
+pub struct Impairment {
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+}
+
+impl Impairment {
+    pub const NONE: Impairment = Impairment { loss: 0.0, duplicate: 0.0, reorder: 0.0 };
+}
+
+/// A UDP relay between one client and a server: the client talks to `addr()`, the relay talks
+/// to the server from its own upstream socket. Each direction has its own seeded RNG.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub upstream: Arc<UdpSocket>,
+    server: SocketAddr,
+    /// Every datagram the client sent, as received by the relay (before impairment).
+    pub from_client: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub async fn start(server: SocketAddr, seed: u64, up: Impairment, down: Impairment) -> Relay {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        upstream.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let from_client: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (front, upstream, client, log, stop) =
+                (front.clone(), upstream.clone(), client.clone(), from_client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut held: Option<Vec<u8>> = None;
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, src)) = front.recv_from(&mut buf).await {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    *client.lock().await = Some(src);
+                    log.lock().await.push(buf[..n].to_vec());
+                    forward(&mut rng, up, &buf[..n], &mut held, |d| {
+                        let _ = upstream.try_send(d);
+                    });
+                }
+            });
+        }
+        {
+            let (front, upstream, client, stop) =
+                (front.clone(), upstream.clone(), client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
+                let mut held: Option<Vec<u8>> = None;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = upstream.recv(&mut buf).await {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(to) = *client.lock().await else { continue };
+                    forward(&mut rng, down, &buf[..n], &mut held, |d| {
+                        let _ = front.try_send_to(d, to);
+                    });
+                }
+            });
+        }
+        Relay { addr, upstream, server, from_client, stop }
+    }
+
+    /// Sends a datagram to the server from the relay's upstream address (the address the
+    /// server knows the client by).
+    pub async fn inject(&self, datagram: &[u8]) {
+        self.upstream.send(datagram).await.unwrap();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn forward(
+    rng: &mut StdRng,
+    imp: Impairment,
+    d: &[u8],
+    held: &mut Option<Vec<u8>>,
+    mut send: impl FnMut(&[u8]),
+) {
+    if rng.random_bool(imp.loss) {
+        return;
+    }
+    if rng.random_bool(imp.reorder) && held.is_none() {
+        // Delivered after the next datagram.
+        *held = Some(d.to_vec());
+        return;
+    }
+    send(d);
+    if rng.random_bool(imp.duplicate) {
+        send(d);
+    }
+    if let Some(h) = held.take() {
+        send(&h);
+    }
+}
+
+/// Random bytes from a seeded RNG.
+pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Waits until `f` holds, polling every few milliseconds (for counters updated by other tasks),
+/// failing after `limit`.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
