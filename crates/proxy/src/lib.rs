@@ -7,8 +7,12 @@
 //! sessions. It does not parse command lines or configuration files.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod dial;
 pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod request;
+pub mod settings;
+pub mod tcp;
+pub mod tunnel;

@@ -1,0 +1,91 @@
+//! Timeouts and limits of a server, with the defaults a deployment starts from.
+
+use std::time::Duration;
+
+/// Timeouts and limits of a server. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// How long a client has, after its handshake, to send a whole header. Default 10 s.
+    pub header_timeout: Duration,
+    /// How long resolving and connecting to a destination may take. Default 10 s.
+    pub dial_timeout: Duration,
+    /// How long a TLS or DTLS handshake may take. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A UDP session with no datagram either way for this long is closed. Default 120 s.
+    pub udp_idle_timeout: Duration,
+    /// How long live tunnels may go on after shutdown starts. Default 30 s.
+    pub drain_period: Duration,
+    /// Most TCP tunnels open at once; more are refused. Default 4096.
+    pub max_tcp_tunnels: usize,
+    /// Most UDP sessions open at once; more are refused. Default 4096.
+    pub max_udp_sessions: usize,
+    /// Most TLS handshakes in flight at once; connections beyond it are closed at once.
+    /// Default 256.
+    pub max_handshakes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            header_timeout: Duration::from_secs(10),
+            dial_timeout: proto::DIAL_TIMEOUT,
+            handshake_timeout: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(120),
+            drain_period: Duration::from_secs(30),
+            max_tcp_tunnels: 4096,
+            max_udp_sessions: 4096,
+            max_handshakes: 256,
+        }
+    }
+}
+
+impl Settings {
+    /// Sets the header timeout.
+    pub fn header_timeout(mut self, d: Duration) -> Self {
+        self.header_timeout = d;
+        self
+    }
+
+    /// Sets the dial timeout.
+    pub fn dial_timeout(mut self, d: Duration) -> Self {
+        self.dial_timeout = d;
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Sets the UDP idle timeout.
+    pub fn udp_idle_timeout(mut self, d: Duration) -> Self {
+        self.udp_idle_timeout = d;
+        self
+    }
+
+    /// Sets the drain period.
+    pub fn drain_period(mut self, d: Duration) -> Self {
+        self.drain_period = d;
+        self
+    }
+
+    /// Sets the maximum of TCP tunnels.
+    pub fn max_tcp_tunnels(mut self, n: usize) -> Self {
+        self.max_tcp_tunnels = n;
+        self
+    }
+
+    /// Sets the maximum of UDP sessions.
+    pub fn max_udp_sessions(mut self, n: usize) -> Self {
+        self.max_udp_sessions = n;
+        self
+    }
+
+    /// Sets the maximum of handshakes in flight.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n;
+        self
+    }
+}

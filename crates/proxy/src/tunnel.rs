@@ -1,0 +1,104 @@
+//! The life of one tunnel as logs and metrics see it: one line when it opens, one when it
+//! closes, with who, where, how much and why it ended.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::metrics::{Metrics, Transport};
+
+/// Who is on the client side of a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The subject of the client's certificate, when known.
+    pub subject: Option<String>,
+}
+
+impl Client {
+    /// A client known by its address only.
+    pub fn from_addr(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            subject: None,
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            Some(s) => write!(f, "{} ({s})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// An open tunnel: counts it as active until [`Tunnel::close`] logs its end.
+pub(crate) struct Tunnel<'m> {
+    metrics: &'m Metrics,
+    transport: Transport,
+    client: Client,
+    destination: String,
+    opened: Instant,
+    closed: bool,
+}
+
+impl<'m> Tunnel<'m> {
+    pub(crate) fn open(
+        metrics: &'m Metrics,
+        transport: Transport,
+        client: &Client,
+        destination: String,
+    ) -> Tunnel<'m> {
+        metrics.tunnel_opened(transport);
+        tracing::info!(
+            transport = %transport,
+            peer = %client.addr,
+            subject = client.subject.as_deref().unwrap_or("-"),
+            destination = %destination,
+            "tunnel open"
+        );
+        Tunnel {
+            metrics,
+            transport,
+            client: client.clone(),
+            destination,
+            opened: Instant::now(),
+            closed: false,
+        }
+    }
+
+    /// Logs the tunnel's end and accounts its bytes.
+    pub(crate) fn close(mut self, upstream: u64, downstream: u64, reason: &dyn fmt::Display) {
+        self.finish(upstream, downstream, reason);
+    }
+
+    fn finish(&mut self, upstream: u64, downstream: u64, reason: &dyn fmt::Display) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.metrics
+            .tunnel_closed(self.transport, upstream, downstream);
+        tracing::info!(
+            transport = %self.transport,
+            peer = %self.client.addr,
+            subject = self.client.subject.as_deref().unwrap_or("-"),
+            destination = %self.destination,
+            bytes_up = upstream,
+            bytes_down = downstream,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            reason = %reason,
+            "tunnel closed"
+        );
+    }
+}
+
+impl Drop for Tunnel<'_> {
+    fn drop(&mut self) {
+        // A tunnel task that was cancelled still leaves the active count right.
+        self.finish(0, 0, &"cancelled");
+    }
+}
