@@ -117,7 +117,12 @@ impl Demux {
             let Ok(cookie) = self.cookies.issue(cx.source) else {
                 return Action::Drop(DropReason::CookieFailure);
             };
-            write_hello_verify_request(hello.record.sequence, &cookie, &mut self.hello_verify);
+            // Record sequence 0, not the ClientHello's (RFC 6347's advice for servers that answer
+            // statelessly): the OpenSSL state created later numbers its records from 1 on (its
+            // own, suppressed HelloVerifyRequest takes 0), and a client drops any epoch-0 record
+            // whose number it has already seen. Echoing the ClientHello's number would make the
+            // client discard the first ServerHello flight and cost a retransmission timeout.
+            write_hello_verify_request(0, &cookie, &mut self.hello_verify);
             return Action::HelloVerify;
         }
         let presented = &datagram[hello.cookie.clone()];

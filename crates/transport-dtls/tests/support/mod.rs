@@ -196,6 +196,9 @@ impl Relay {
                         return;
                     }
                     let Some(to) = *client.lock().await else { continue };
+                    if std::env::var_os("RELAY_DEBUG").is_some() {
+                        eprintln!("down {:?}", &buf[..n.min(30)]);
+                    }
                     forward(&mut rng, down, &buf[..n], &mut held, |d| {
                         let _ = front.try_send_to(d, to);
                     });
@@ -257,4 +260,38 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "condition not reached in {limit:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A minimal blocking DTLS client built directly on OpenSSL, for peers our own client refuses
+/// to be (no certificate at all). Returns the handshake result.
+pub fn raw_openssl_handshake(
+    server: SocketAddr,
+    ctx: &openssl::ssl::SslContext,
+) -> Result<(), openssl::ssl::Error> {
+    use std::io::{Read, Write};
+
+    struct Conn(std::net::UdpSocket);
+    impl Read for Conn {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.recv(buf)
+        }
+    }
+    impl Write for Conn {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.send(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(server).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ssl = openssl::ssl::Ssl::new(ctx).unwrap();
+    ssl.set_hostname(proto::DEFAULT_SERVER_NAME).unwrap();
+    ssl.set_mtu(1200).unwrap();
+    ssl.set_connect_state();
+    let mut stream = openssl::ssl::SslStream::new(ssl, Conn(sock)).unwrap();
+    stream.do_handshake()?;
+    stream.ssl_write(b"hello").map(|_| ())
 }
