@@ -1,0 +1,152 @@
+//! Hostile and odd traffic: garbage, truncated records, ClientHello floods, restarted clients.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use streamproxy_dtls::{DtlsConnector, DtlsListener, RecvError};
+use support::{Impairment, Relay, echo_server, eventually, payload, pki, random_bytes};
+use tokio::net::UdpSocket;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn echo_once(session: &mut streamproxy_dtls::DtlsSession, id: u32) {
+    let sent = payload(id, 700);
+    session.send(&sent).await.unwrap();
+    let mut buf = vec![0u8; 8155];
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    assert_eq!(&buf[..n], &sent[..]);
+}
+
+/// `hello` (a cookieless ClientHello in one record) with `cookie` inserted, message sequence 1
+/// and record sequence `seq`.
+fn with_cookie(hello: &[u8], cookie: &[u8], seq: u8) -> Vec<u8> {
+    let sid_len = usize::from(hello[13 + 12 + 34]);
+    let cookie_at = 13 + 12 + 34 + 1 + sid_len;
+    assert_eq!(hello[cookie_at], 0, "expected a cookieless ClientHello");
+    let mut out = hello[..cookie_at].to_vec();
+    out.push(cookie.len() as u8);
+    out.extend_from_slice(cookie);
+    out.extend_from_slice(&hello[cookie_at + 1..]);
+    let body = out.len() - 13;
+    out[11..13].copy_from_slice(&(body as u16).to_be_bytes());
+    let msg = (body - 12) as u32;
+    out[13 + 1..13 + 4].copy_from_slice(&msg.to_be_bytes()[1..]);
+    out[13 + 9..13 + 12].copy_from_slice(&msg.to_be_bytes()[1..]);
+    out[13 + 4..13 + 6].copy_from_slice(&[0, 1]);
+    out[10] = seq;
+    out
+}
+
+#[tokio::test]
+async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
+    let pki = pki();
+    let config = pki.server_config().max_half_open(8);
+    let (addr, handle) = echo_server(config).await;
+    // The legitimate client goes through a transparent relay so that the test can also send
+    // garbage *from the session's own address* (the relay's upstream socket).
+    let relay = Relay::start(addr, 7, Impairment::NONE, Impairment::NONE).await;
+    let connector = DtlsConnector::new(&pki.client_config()).unwrap();
+    let mut session = connector.connect(relay.addr).await.unwrap();
+    echo_once(&mut session, 0).await;
+    let hello = relay.from_client.lock().await[0].clone();
+    let mut rng = StdRng::seed_from_u64(42);
+
+    // 1. Random datagrams and truncated records from many addresses, and from the session's.
+    let attackers: Vec<UdpSocket> = {
+        let mut v = Vec::new();
+        for _ in 0..64 {
+            v.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        }
+        v
+    };
+    for (i, s) in attackers.iter().enumerate() {
+        let len = rng.random_range(1..1500);
+        s.send_to(&random_bytes(&mut rng, len), addr).await.unwrap();
+        let cut = rng.random_range(1..hello.len());
+        s.send_to(&hello[..cut], addr).await.unwrap();
+        // A record header that claims more than the datagram holds.
+        s.send_to(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, i as u8, 0x40, 0], addr).await.unwrap();
+        relay.inject(&random_bytes(&mut rng, len)).await;
+        relay.inject(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 99, 0, 40]).await;
+    }
+    echo_once(&mut session, 1).await;
+
+    // 2. A flood of cookieless ClientHellos from many source ports: each is answered
+    //    statelessly (with a HelloVerifyRequest no larger than the request), none creates state.
+    let mut buf = [0u8; 2048];
+    for _round in 0..4 {
+        for s in &attackers {
+            s.send_to(&hello, addr).await.unwrap();
+        }
+        for s in &attackers {
+            let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await.unwrap().unwrap();
+            assert!(n <= hello.len(), "amplification: {n} > {}", hello.len());
+        }
+    }
+    let stats = handle.stats();
+    assert!(stats.hello_verify_sent >= 64 * 4, "{stats:?}");
+    assert_eq!(stats.peers, 1, "{stats:?}");
+    assert_eq!(stats.half_open, 0, "{stats:?}");
+    echo_once(&mut session, 2).await;
+
+    // 3. Attackers that do complete the cookie exchange (they see their HelloVerifyRequest)
+    //    and then never finish: bounded by the half-open limit.
+    for s in &attackers {
+        // Drain the answers to the flood, then ask once more and read the cookie.
+        while s.try_recv(&mut buf).is_ok() {}
+        s.send_to(&hello, addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await.unwrap().unwrap();
+        let cookie = buf[n - 32..n].to_vec();
+        s.send_to(&with_cookie(&hello, &cookie, 5), addr).await.unwrap();
+    }
+    eventually(TIMEOUT, || handle.stats().client_hellos_dropped >= 64 - 8).await;
+    let stats = handle.stats();
+    assert!(stats.half_open <= 8, "{stats:?}");
+    assert!(stats.peers <= 9, "{stats:?}");
+    // A forged cookie is refused (from an address without a handshake in progress).
+    attackers[63].send_to(&with_cookie(&hello, &[0xab; 32], 6), addr).await.unwrap();
+    eventually(TIMEOUT, || handle.stats().bad_cookies >= 1).await;
+    echo_once(&mut session, 3).await;
+    assert_eq!(handle.stats().handshakes_ok, 1);
+}
+
+#[tokio::test]
+async fn restarted_client_reusing_its_port_replaces_the_session() {
+    let pki = pki();
+    let mut listener =
+        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let addr = listener.local_addr();
+    let connector = DtlsConnector::new(&pki.client_config()).unwrap();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap();
+    let first = tokio::spawn({
+        let connector = connector.clone();
+        async move { connector.connect_with(socket, addr).await.unwrap() }
+    });
+    let mut old = listener.accept().await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(old.peer_addr(), port);
+    // The client "crashes": no close_notify, its socket is gone.
+    drop(first);
+
+    let socket = UdpSocket::bind(port).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let second = tokio::spawn({
+        let connector = connector.clone();
+        async move { connector.connect_with(socket, addr).await.unwrap() }
+    });
+    let new = tokio::time::timeout(TIMEOUT, listener.accept()).await.unwrap().unwrap();
+    let mut second = second.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "reconnect waited for a timeout");
+    assert_eq!(new.peer_addr(), port);
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(TIMEOUT, old.recv(&mut buf)).await.unwrap();
+    assert!(matches!(r, Err(RecvError::Replaced)), "{r:?}");
+    assert_eq!(listener.stats().sessions_replaced, 1);
+    tokio::spawn(support::echo(new));
+    echo_once(&mut second, 9).await;
+}
