@@ -1,0 +1,91 @@
+//! The server handshake, under a timeout, reporting who connected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::error::{AcceptError, Failure};
+use crate::{AppProtocol, CertificateSummary, PeerInfo, ServerConfig};
+
+/// How long a handshake may take unless configured otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Performs server handshakes with a [`ServerConfig`]. Cloning is cheap.
+#[derive(Clone)]
+pub struct Acceptor {
+    inner: TlsAcceptor,
+    timeout: Duration,
+}
+
+/// A connection whose handshake succeeded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Accepted<IO = TcpStream> {
+    /// The TLS stream, ready for application data.
+    pub stream: TlsStream<IO>,
+    /// Who connected and what was negotiated.
+    pub peer: PeerInfo,
+}
+
+impl Acceptor {
+    /// An acceptor with the [default handshake timeout](DEFAULT_HANDSHAKE_TIMEOUT).
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            inner: TlsAcceptor::from(config.rustls()),
+            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Sets how long a handshake may take.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs the server handshake on an accepted transport (`peer_addr` is the client's
+    /// address, as `TcpListener::accept` returns it).
+    ///
+    /// Succeeds only with a client certificate that chains to the CA in force. The transport is
+    /// dropped on error; when we aborted the handshake the client was sent an alert first.
+    pub async fn accept<IO>(&self, io: IO, peer_addr: SocketAddr) -> Result<Accepted<IO>, AcceptError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = tokio::time::timeout(self.timeout, self.inner.accept(io))
+            .await
+            .map_err(|_| AcceptError::Timeout(self.timeout))?
+            .map_err(|e| AcceptError::from(Failure::classify(e)))?;
+        let (_, conn) = stream.get_ref();
+        // The verifier makes the client certificate mandatory: a finished handshake has one.
+        let leaf = conn
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .ok_or(AcceptError::Tls(rustls::Error::NoCertificatesPresented))?;
+        let certificate = CertificateSummary::from_der(leaf).map_err(AcceptError::PeerCertificate)?;
+        let peer = PeerInfo {
+            addr: peer_addr,
+            alpn: conn.alpn_protocol().and_then(AppProtocol::from_name),
+            version: conn.protocol_version(),
+            certificate,
+        };
+        Ok(Accepted { stream, peer })
+    }
+}
+
+impl fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,106 @@
+//! The server configuration: mutual TLS is not optional.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::server::NoServerSessionStorage;
+
+use crate::error::ConfigError;
+use crate::{AlpnPolicy, ServerCredentials, TlsVersions};
+
+/// Builds a [`ServerConfig`].
+///
+/// The only way to start one is from [`ServerCredentials`], which always carry a client CA:
+/// a server built here requires a client certificate and verifies it against that CA, and no
+/// setter turns this off.
+#[derive(Clone, Debug)]
+pub struct ServerConfigBuilder {
+    credentials: ServerCredentials,
+    alpn: AlpnPolicy,
+    versions: TlsVersions,
+}
+
+impl ServerConfigBuilder {
+    /// A builder for a stream-only listener allowing TLS 1.2 and 1.3.
+    pub fn new(credentials: &ServerCredentials) -> Self {
+        Self {
+            credentials: credentials.clone(),
+            alpn: AlpnPolicy::default(),
+            versions: TlsVersions::default(),
+        }
+    }
+
+    /// The application protocols to offer.
+    pub fn alpn(mut self, alpn: AlpnPolicy) -> Self {
+        self.alpn = alpn;
+        self
+    }
+
+    /// The TLS versions to allow.
+    pub fn versions(mut self, versions: TlsVersions) -> Self {
+        self.versions = versions;
+        self
+    }
+
+    /// Builds the configuration.
+    pub fn build(self) -> Result<ServerConfig, ConfigError> {
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(self.credentials.provider())
+                .with_protocol_versions(self.versions.rustls())
+                .map_err(ConfigError::ProtocolVersions)?
+                .with_client_cert_verifier(self.credentials.verifier())
+                .with_cert_resolver(self.credentials.resolver());
+        config.alpn_protocols = self.alpn.wire();
+        // No resumption: a resumed session skips certificate verification, so every
+        // connection is authenticated against the material in force at its own handshake.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(ServerConfig {
+            inner: Arc::new(config),
+            alpn: self.alpn,
+            versions: self.versions,
+        })
+    }
+}
+
+/// A server configuration that requires and verifies client certificates.
+///
+/// It follows reloads of the [`ServerCredentials`] it was built from. Cloning is cheap.
+#[derive(Clone)]
+pub struct ServerConfig {
+    inner: Arc<rustls::ServerConfig>,
+    alpn: AlpnPolicy,
+    versions: TlsVersions,
+}
+
+impl ServerConfig {
+    /// Starts a builder; the same as [`ServerConfigBuilder::new`].
+    pub fn builder(credentials: &ServerCredentials) -> ServerConfigBuilder {
+        ServerConfigBuilder::new(credentials)
+    }
+
+    /// The rustls configuration, for a server that drives rustls itself (for example the
+    /// HTTPS API on a shared port).
+    pub fn rustls(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.inner)
+    }
+
+    /// The application protocols offered.
+    pub fn alpn(&self) -> AlpnPolicy {
+        self.alpn
+    }
+
+    /// The TLS versions allowed.
+    pub fn versions(&self) -> TlsVersions {
+        self.versions
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("alpn", &self.alpn)
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
+}
