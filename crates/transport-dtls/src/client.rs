@@ -61,6 +61,7 @@ impl DtlsConnector {
             .map_err(name_error)?;
         ssl.set_mtu(self.common.mtu.get())
             .map_err(ConfigError::Context)?;
+        crate::ffi::set_retransmit_schedule(&mut ssl);
         ssl.set_connect_state();
         Ok(ssl)
     }
@@ -83,7 +84,7 @@ impl DtlsConnector {
     ) -> Result<DtlsSession, ConnectError> {
         socket.connect(server).await.map_err(ConnectError::Socket)?;
         let socket = Arc::new(socket);
-        let mut stream = SslStream::new(self.ssl()?, DatagramIo::connected(socket.clone()))
+        let mut stream = SslStream::new(self.ssl()?, DatagramIo::connected(socket.clone(), self.common.mtu.get() as usize))
             .map_err(ConfigError::Context)?;
         let mut input = Input::Socket;
         let timeout = self.common.handshake_timeout;

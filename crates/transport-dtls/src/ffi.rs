@@ -1,4 +1,4 @@
-//! The three OpenSSL calls the `openssl` crate does not wrap. The only module allowed `unsafe`.
+//! The OpenSSL calls the `openssl` crate does not wrap. The only module allowed `unsafe`.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -11,8 +11,38 @@ const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
 /// `SSL_CTRL_GET_EXTMS_SUPPORT` (`SSL_get_extms_support`).
 const SSL_CTRL_GET_EXTMS_SUPPORT: libc::c_int = 122;
 
+/// First retransmission timeout of a handshake flight.
+pub(crate) const RETRANSMIT_INITIAL: Duration = Duration::from_millis(500);
+/// Cap of the doubling retransmission timeout.
+pub(crate) const RETRANSMIT_MAX: Duration = Duration::from_secs(2);
+
+type TimerCb = extern "C" fn(*mut openssl_sys::SSL, libc::c_uint) -> libc::c_uint;
+
 unsafe extern "C" {
     fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> libc::size_t;
+    fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<TimerCb>);
+}
+
+/// OpenSSL's default schedule (1 s, doubling to 60 s) leaves a handshake over a lossy path
+/// with few attempts inside a 10 s timeout, and OpenSSL retransmits each message of a flight
+/// in its own datagram, so a flight needs several attempts. This one starts at 500 ms and
+/// doubles up to 2 s: about eight attempts in 10 s, at most one flight per 2 s per handshake.
+extern "C" fn retransmit_schedule(_ssl: *mut openssl_sys::SSL, previous_us: libc::c_uint) -> libc::c_uint {
+    let initial = RETRANSMIT_INITIAL.as_micros() as libc::c_uint;
+    let max = RETRANSMIT_MAX.as_micros() as libc::c_uint;
+    if previous_us == 0 {
+        initial
+    } else {
+        previous_us.saturating_mul(2).min(max)
+    }
+}
+
+/// Installs [`retransmit_schedule`] on a connection.
+pub(crate) fn set_retransmit_schedule(ssl: &mut SslRef) {
+    // SAFETY: `ssl` is a live SSL object, exclusively borrowed. DTLS_set_timer_cb stores the
+    // function pointer in it; the function is a plain `extern "C"` fn with 'static lifetime that
+    // never dereferences its SSL argument and cannot panic (integer arithmetic only).
+    unsafe { DTLS_set_timer_cb(ssl.as_ptr(), Some(retransmit_schedule)) }
 }
 
 /// Time left on the DTLS retransmission timer; `None` when it is not running.
@@ -78,7 +108,20 @@ mod tests {
         assert_eq!(dtls_timeout(&ssl), None, "no timer before the handshake");
         assert!(!extended_master_secret(&ssl));
         assert_eq!(data_mtu(&ssl), 0, "no cipher negotiated yet");
+        let mut ssl = ssl;
+        set_retransmit_schedule(&mut ssl);
+        assert_eq!(dtls_timeout(&ssl), None, "installing the schedule starts no timer");
+    }
+
+    #[test]
+    fn retransmit_schedule_starts_at_half_a_second_and_caps_at_two() {
+        let null = std::ptr::null_mut();
+        assert_eq!(retransmit_schedule(null, 0), 500_000);
+        assert_eq!(retransmit_schedule(null, 500_000), 1_000_000);
+        assert_eq!(retransmit_schedule(null, 1_000_000), 2_000_000);
+        assert_eq!(retransmit_schedule(null, 2_000_000), 2_000_000);
+        assert_eq!(retransmit_schedule(null, u32::MAX), 2_000_000);
     }
     // The same functions on live connections: tests/session.rs (`data_mtu`, EMS checked on every
-    // handshake) and tests/loss.rs (the timer drives retransmissions).
+    // handshake) and tests/loss.rs (timer and schedule drive retransmissions).
 }

@@ -430,8 +430,10 @@ fn new_server_stream(
     let mut ssl = Ssl::new(ctx)?;
     ssl.set_mtu(config.common.mtu.get())?;
     ssl.set_ex_data(cookie_index()?, cookie);
+    crate::ffi::set_retransmit_schedule(&mut ssl);
     ssl.set_accept_state();
-    SslStream::new(ssl, DatagramIo::demultiplexed(socket.clone(), peer))
+    let mtu = config.common.mtu.get() as usize;
+    SslStream::new(ssl, DatagramIo::demultiplexed(socket.clone(), peer, mtu))
 }
 
 /// One handshake in its own task; decrements the half-open count when it ends, however.

@@ -81,7 +81,9 @@ pub(crate) async fn handshake(
     mut first: VecDeque<Bytes>,
 ) -> Result<(), HandshakeError> {
     loop {
-        match stream.do_handshake() {
+        let step = stream.do_handshake();
+        stream.get_mut().send_pending().map_err(HandshakeError::Io)?;
+        match step {
             Ok(()) => break,
             Err(e) if e.code() == ErrorCode::WANT_READ => {}
             Err(e) => return Err(handshake_error(e, stream.ssl())),
@@ -115,6 +117,7 @@ pub(crate) async fn handshake(
             }
         }
     }
+    stream.get_mut().stop_coalescing().map_err(HandshakeError::Io)?;
     if !ffi::extended_master_secret(stream.ssl()) {
         return Err(HandshakeError::NoExtendedMasterSecret);
     }

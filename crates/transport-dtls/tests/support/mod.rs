@@ -196,9 +196,7 @@ impl Relay {
                         return;
                     }
                     let Some(to) = *client.lock().await else { continue };
-                    if std::env::var_os("RELAY_DEBUG").is_some() {
-                        eprintln!("down {:?}", &buf[..n.min(30)]);
-                    }
+
                     forward(&mut rng, down, &buf[..n], &mut held, |d| {
                         let _ = front.try_send_to(d, to);
                     });
