@@ -1,0 +1,116 @@
+//! Interop with the `openssl` command line (skipped, with a message, where it is missing).
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use streamproxy_dtls::{DtlsListener, connect};
+use support::pki;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn openssl_available() -> bool {
+    let ok = std::process::Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: the `openssl` command line is not available");
+    }
+    ok
+}
+
+/// Reads lines of `out` until one contains `needle`; returns that line.
+async fn wait_for(out: &mut BufReader<ChildStdout>, needle: &str) -> String {
+    let read = async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).await.unwrap();
+            assert!(n > 0, "openssl exited before printing {needle:?}");
+            if line.contains(needle) {
+                return line.clone();
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, read).await.unwrap_or_else(|_| panic!("no {needle:?} from openssl"))
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn openssl_s_client_handshakes_with_our_listener() {
+    if !openssl_available() {
+        return;
+    }
+    let pki = pki();
+    let mut listener =
+        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let connect_to = listener.local_addr().to_string();
+    let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
+    let mut child = spawn(&[
+        "s_client", "-dtls1_2", "-connect", &connect_to, "-cert", &p("client.pem"), "-key",
+        &p("client.key"), "-CAfile", &p("ca.pem"), "-servername", proto::DEFAULT_SERVER_NAME,
+        "-verify_hostname", proto::DEFAULT_SERVER_NAME, "-verify_return_error", "-mtu", "1200",
+    ]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut session = tokio::time::timeout(TIMEOUT, listener.accept()).await.unwrap().unwrap();
+    assert!(session.peer_subject().unwrap().contains("CN=agent-client"));
+    session.send(b"hello from streamproxy\n").await.unwrap();
+    wait_for(&mut stdout, "hello from streamproxy").await;
+    stdin.write_all(b"ping from s_client\n").await.unwrap();
+    let mut buf = vec![0u8; 8155];
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    assert_eq!(&buf[..n], b"ping from s_client\n");
+    // End of input: s_client sends close_notify.
+    drop(stdin);
+    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap();
+    assert!(end.is_none(), "expected a clean end of stream");
+    let _ = child.wait().await;
+}
+
+#[tokio::test]
+async fn our_client_handshakes_with_openssl_s_server() {
+    if !openssl_available() {
+        return;
+    }
+    let pki = pki();
+    let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
+    let mut child = spawn(&[
+        "s_server", "-dtls1_2", "-accept", "127.0.0.1:0", "-cert", &p("server.pem"), "-key",
+        &p("server.key"), "-CAfile", &p("ca.pem"), "-Verify", "1", "-verify_return_error",
+        "-naccept", "1",
+    ]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // "ACCEPT 127.0.0.1:PORT" once the socket is bound.
+    let line = wait_for(&mut stdout, "ACCEPT").await;
+    let addr = line.trim().trim_start_matches("ACCEPT").trim().parse().unwrap();
+    let mut session = connect(addr, &pki.client_config()).await.unwrap();
+    assert_eq!(session.cipher(), "ECDHE-ECDSA-AES128-GCM-SHA256");
+    session.send(b"hello s_server\n").await.unwrap();
+    wait_for(&mut stdout, "hello s_server").await;
+    stdin.write_all(b"reply from s_server\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let mut buf = vec![0u8; 8155];
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    assert_eq!(&buf[..n], b"reply from s_server\n");
+    session.shutdown().await.unwrap();
+    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap();
+    assert!(end.is_none(), "s_server answers close_notify with its own");
+}
