@@ -83,6 +83,9 @@ impl DtlsConnector {
         server: SocketAddr,
     ) -> Result<DtlsSession, ConnectError> {
         socket.connect(server).await.map_err(ConnectError::Socket)?;
+        // A freshly registered socket is not known to be writable until the reactor has seen it;
+        // without this, the first ClientHello could be dropped (see `io`) and cost a timeout.
+        socket.writable().await.map_err(ConnectError::Socket)?;
         let socket = Arc::new(socket);
         let mut stream = SslStream::new(self.ssl()?, DatagramIo::connected(socket.clone(), self.common.mtu.get() as usize))
             .map_err(ConfigError::Context)?;
