@@ -4,8 +4,11 @@
 //! Only the addresses that passed the policy are dialed: a name is resolved once, so a DNS
 //! answer that changes between check and dial cannot slip past the policy.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::{TcpStream, UdpSocket};
@@ -61,17 +64,98 @@ impl DialError {
     }
 }
 
+/// A boxed future, as the resolver returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns destination names into addresses. IP literals never reach a resolver.
+pub trait Resolve: Send + Sync + 'static {
+    /// The addresses of `host`.
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>>;
+}
+
+/// The system's resolver (`getaddrinfo`, through tokio).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
+}
+
+/// A fixed table of names: for tests, and for deployments that pin their destinations.
+/// Names not in the table do not resolve.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    names: HashMap<String, Vec<IpAddr>>,
+}
+
+impl StaticResolver {
+    /// An empty table.
+    pub fn new() -> StaticResolver {
+        StaticResolver::default()
+    }
+
+    /// Adds `name` with its addresses (names are matched case-insensitively).
+    pub fn with(mut self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.names
+            .insert(name.to_ascii_lowercase(), addrs.into_iter().collect());
+        self
+    }
+}
+
+impl Resolve for StaticResolver {
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
+        let found = self.names.get(&host.to_ascii_lowercase()).cloned();
+        Box::pin(async move {
+            found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name not in the table"))
+        })
+    }
+}
+
+/// How destinations are reached: the policy, the resolver and the dial timeout.
+#[derive(Clone)]
+pub struct Dialer {
+    /// Which destinations may be dialed.
+    pub policy: std::sync::Arc<Policy>,
+    /// How names become addresses.
+    pub resolver: std::sync::Arc<dyn Resolve>,
+    /// How long resolving and connecting may take together.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("policy", &self.policy)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Resolves the request's destination and checks it against the policy.
-pub async fn resolve_checked(req: &Request, policy: &Policy) -> Result<Vec<SocketAddr>, DialError> {
+pub async fn resolve_checked(
+    req: &Request,
+    policy: &Policy,
+    resolver: &dyn Resolve,
+) -> Result<Vec<SocketAddr>, DialError> {
     policy.check_name(&req.host, req.port)?;
     let addrs: Vec<SocketAddr> = match parse_ip_literal(&req.host) {
         Some(ip) => vec![SocketAddr::new(ip, req.port)],
-        None => tokio::net::lookup_host((req.host.as_str(), req.port))
+        None => resolver
+            .resolve(&req.host)
             .await
             .map_err(|source| DialError::Resolve {
                 host: req.host.clone(),
                 source,
             })?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, req.port))
             .collect(),
     };
     if addrs.is_empty() {
@@ -85,13 +169,10 @@ pub async fn resolve_checked(req: &Request, policy: &Policy) -> Result<Vec<Socke
 }
 
 /// Connects to the request's destination over TCP, with `TCP_NODELAY` set.
-pub async fn dial_tcp(
-    req: &Request,
-    policy: &Policy,
-    timeout: Duration,
-) -> Result<TcpStream, DialError> {
+pub async fn dial_tcp(req: &Request, dialer: &Dialer) -> Result<TcpStream, DialError> {
+    let timeout = dialer.timeout;
     let attempt = async {
-        let addrs = resolve_checked(req, policy).await?;
+        let addrs = resolve_checked(req, &dialer.policy, &*dialer.resolver).await?;
         let mut last = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
@@ -119,13 +200,10 @@ pub async fn dial_tcp(
 }
 
 /// Opens a UDP socket connected to the request's destination (the first allowed address).
-pub async fn dial_udp(
-    req: &Request,
-    policy: &Policy,
-    timeout: Duration,
-) -> Result<UdpSocket, DialError> {
+pub async fn dial_udp(req: &Request, dialer: &Dialer) -> Result<UdpSocket, DialError> {
+    let timeout = dialer.timeout;
     let attempt = async {
-        let addrs = resolve_checked(req, policy).await?;
+        let addrs = resolve_checked(req, &dialer.policy, &*dialer.resolver).await?;
         let mut last = None;
         for addr in addrs {
             let local: SocketAddr = match addr {

@@ -8,11 +8,18 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod client;
+mod context;
 pub mod dial;
 pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod request;
+pub mod server;
 pub mod settings;
+mod shutdown;
 pub mod tcp;
 pub mod tunnel;
+pub mod udp;
+
+pub use context::ServerContext;

@@ -157,13 +157,13 @@ impl Metrics {
         // Series that exist from the start read as 0 rather than missing.
         for transport in [Transport::Tcp, Transport::Udp] {
             let labels = TransportLabels { transport };
-            m.tunnels_active.get_or_create(&labels);
-            m.tunnels_total.get_or_create(&labels);
-            m.handshake_failures.get_or_create(&labels);
-            m.policy_refusals.get_or_create(&labels);
-            m.dial_failures.get_or_create(&labels);
-            m.health_checks.get_or_create(&labels);
-            m.limit_refusals.get_or_create(&labels);
+            let _ = m.tunnels_active.get_or_create(&labels);
+            let _ = m.tunnels_total.get_or_create(&labels);
+            let _ = m.handshake_failures.get_or_create(&labels);
+            let _ = m.policy_refusals.get_or_create(&labels);
+            let _ = m.dial_failures.get_or_create(&labels);
+            let _ = m.health_checks.get_or_create(&labels);
+            let _ = m.limit_refusals.get_or_create(&labels);
             m.add_bytes(transport, 0, 0);
         }
         Metrics { registry, ..m }

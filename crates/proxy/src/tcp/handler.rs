@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::context::ServerContext;
 use crate::dial::{DialError, dial_tcp};
 use crate::metrics::{Metrics, Transport};
-use crate::policy::Policy;
 use crate::relay::relay;
 use crate::request::{ReadHeaderError, Request, read_header};
 use crate::settings::Settings;
@@ -54,12 +54,12 @@ pub enum Served {
 ///
 /// ```no_run
 /// # async fn example(stream: tokio::net::TcpStream) {
-/// use std::sync::Arc;
-/// use streamproxy_proxy::{metrics::Metrics, policy::Policy, settings::Settings};
+/// use streamproxy_proxy::{ServerContext, policy::Policy, settings::Settings};
 /// use streamproxy_proxy::tcp::StreamHandler;
 /// use streamproxy_proxy::tunnel::Client;
 ///
-/// let handler = StreamHandler::new(Policy::allow_all([]), Settings::default(), Arc::new(Metrics::new()));
+/// let ctx = ServerContext::new(Policy::allow_all([]), Settings::default());
+/// let handler = StreamHandler::new(ctx);
 /// let client = Client::from_addr(stream.peer_addr().unwrap());
 /// // `stream` would be a TLS stream in a real server.
 /// let _ = handler.serve(stream, client).await;
@@ -67,26 +67,21 @@ pub enum Served {
 /// ```
 #[derive(Clone)]
 pub struct StreamHandler {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    policy: Policy,
-    settings: Settings,
-    metrics: Arc<Metrics>,
+    inner: Arc<ServerContext>,
 }
 
 impl StreamHandler {
-    /// A handler that dials what `policy` allows, with `settings`' timeouts, counting into
-    /// `metrics`.
-    pub fn new(policy: Policy, settings: Settings, metrics: Arc<Metrics>) -> StreamHandler {
+    /// A handler that dials what the context's policy allows, with its timeouts, counting
+    /// into its metrics.
+    pub fn new(ctx: ServerContext) -> StreamHandler {
         StreamHandler {
-            inner: Arc::new(Inner {
-                policy,
-                settings,
-                metrics,
-            }),
+            inner: Arc::new(ctx),
         }
+    }
+
+    /// The context this handler serves with.
+    pub fn context(&self) -> &ServerContext {
+        &self.inner
     }
 
     /// The metrics this handler counts into.
@@ -107,7 +102,7 @@ impl StreamHandler {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let inner = &*self.inner;
-        let metrics = &*inner.metrics;
+        let metrics: &Metrics = &inner.metrics;
         let timeout = inner.settings.header_timeout;
         let request = match tokio::time::timeout(timeout, read_header(&mut stream)).await {
             Ok(Ok(request)) => request,
@@ -129,7 +124,7 @@ impl StreamHandler {
             return Ok(Served::HealthCheck);
         }
         let mut destination =
-            match dial_tcp(&request, &inner.policy, inner.settings.dial_timeout).await {
+            match dial_tcp(&request, &inner.dialer).await {
                 Ok(d) => d,
                 Err(e) => {
                     if e.is_refusal() {

@@ -1,0 +1,326 @@
+//! The full server: TLS on a TCP port and DTLS on the UDP port of the same number, built from
+//! certificate files and a policy, with live certificate reload.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::ServerContext;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::settings::Settings;
+use crate::tcp::{StreamHandler, TcpServer};
+use crate::udp::UdpServer;
+
+/// The server's certificate material, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to.
+    pub ca: PathBuf,
+}
+
+impl CertPaths {
+    /// The three files.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: impl Into<PathBuf>) -> Self {
+        CertPaths {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    TlsLoad(#[from] tls::LoadError),
+    /// The TLS configuration was refused.
+    #[error("TLS: {0}")]
+    TlsConfig(#[from] tls::ConfigError),
+    /// The DTLS material or configuration was refused.
+    #[error("DTLS: {0}")]
+    DtlsConfig(#[from] dtls::ConfigError),
+    /// The DTLS listener could not start.
+    #[error("DTLS: {0}")]
+    DtlsListen(#[from] dtls::ListenError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind {
+        /// `"tcp"` or `"udp"`.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a certificate reload was rejected (the old material stays in force).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::LoadError),
+    /// The DTLS material could not be loaded.
+    #[error("DTLS: {0}")]
+    Dtls(#[from] dtls::ConfigError),
+}
+
+/// Builds a [`Server`]. The policy and the certificates are required up front: there is no
+/// server without mutual TLS or without a destination policy.
+#[derive(Clone)]
+pub struct ServerBuilder {
+    policy: Policy,
+    certs: CertPaths,
+    settings: Settings,
+    resolver: Option<Arc<dyn crate::dial::Resolve>>,
+    udp: bool,
+    api: bool,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("policy", &self.policy)
+            .field("certs", &self.certs)
+            .field("settings", &self.settings)
+            .field("udp", &self.udp)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Resolves destination names with `resolver` instead of the system's.
+    pub fn resolver(mut self, resolver: impl crate::dial::Resolve) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Timeouts and limits (default: [`Settings::default`]).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Whether to serve UDP over DTLS on the same port number (default: yes).
+    pub fn udp(mut self, enabled: bool) -> Self {
+        self.udp = enabled;
+        self
+    }
+
+    /// Whether to serve the HTTPS API to `http/1.1` clients on the TLS port (default: yes).
+    pub fn api(mut self, enabled: bool) -> Self {
+        self.api = enabled;
+        self
+    }
+
+    /// Loads the certificates and binds TCP (and UDP on the same port number) at `addr`.
+    ///
+    /// With port 0, the UDP socket takes the port the system gave the TCP listener (retrying
+    /// with another port if that UDP port is taken).
+    pub async fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
+        let credentials = tls::ServerCredentials::load(tls::ServerPaths::new(
+            &self.certs.cert,
+            &self.certs.key,
+            &self.certs.ca,
+        ))?;
+        let alpn = if self.api {
+            tls::AlpnPolicy::SharedWithHttp11
+        } else {
+            tls::AlpnPolicy::StreamOnly
+        };
+        let tls_config = tls::ServerConfig::builder(&credentials).alpn(alpn).build()?;
+        let acceptor = tls::Acceptor::new(&tls_config);
+        let dtls_config = if self.udp {
+            Some(
+                dtls::ServerConfig::new(
+                    dtls::Identity::from_pem_files(&self.certs.cert, &self.certs.key)?,
+                    dtls::CaCerts::from_pem_file(&self.certs.ca)?,
+                )
+                .handshake_timeout(self.settings.handshake_timeout)
+                .max_half_open(self.settings.max_handshakes),
+            )
+        } else {
+            None
+        };
+        let (tcp, udp) = bind_pair(addr, self.udp).await?;
+        let mut ctx = ServerContext::new(self.policy, self.settings);
+        if let Some(resolver) = self.resolver {
+            ctx.dialer.resolver = resolver;
+        }
+        let udp = match (udp, dtls_config) {
+            (Some(socket), Some(config)) => Some(dtls::DtlsListener::from_socket(socket, config)?),
+            _ => None,
+        };
+        let dtls_handle = udp.as_ref().map(dtls::DtlsListener::handle);
+        Ok(Server {
+            tcp: TcpServer::new(tcp, acceptor, StreamHandler::new(ctx.clone())).with_api(self.api),
+            udp: udp.map(|listener| UdpServer::new(listener, ctx.clone())),
+            reloader: Reloader {
+                credentials,
+                dtls: dtls_handle,
+                certs: self.certs,
+            },
+            ctx,
+        })
+    }
+}
+
+/// Binds a TCP listener and, if asked, a UDP socket on the same port number.
+async fn bind_pair(
+    addr: SocketAddr,
+    udp: bool,
+) -> Result<(TcpListener, Option<UdpSocket>), ServerError> {
+    const ATTEMPTS: usize = 16;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                transport: "tcp",
+                addr,
+                source,
+            })?;
+        if !udp {
+            return Ok((tcp, None));
+        }
+        let tcp_addr = tcp.local_addr().map_err(|source| ServerError::Bind {
+            transport: "tcp",
+            addr,
+            source,
+        })?;
+        match UdpSocket::bind(tcp_addr).await {
+            Ok(socket) => return Ok((tcp, Some(socket))),
+            // Only a port the system picked may be traded for another.
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    transport: "udp",
+                    addr: tcp_addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(ServerError::Bind {
+        transport: "udp",
+        addr,
+        source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
+    })
+}
+
+/// Replaces the certificate, key and CA of a running server. Cloning is cheap.
+#[derive(Clone)]
+pub struct Reloader {
+    credentials: tls::ServerCredentials,
+    dtls: Option<dtls::ListenerHandle>,
+    certs: CertPaths,
+}
+
+impl Reloader {
+    /// Re-reads the certificate files. New handshakes (TLS and DTLS) use the new material at
+    /// once; live tunnels are not touched. On error nothing changes.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        // Load and check everything before swapping anything in.
+        let dtls_material = match &self.dtls {
+            Some(_) => Some((
+                dtls::Identity::from_pem_files(&self.certs.cert, &self.certs.key)?,
+                dtls::CaCerts::from_pem_file(&self.certs.ca)?,
+            )),
+            None => None,
+        };
+        self.credentials.reload()?;
+        if let (Some(handle), Some((identity, ca))) = (&self.dtls, dtls_material) {
+            handle.reload(identity, ca)?;
+        }
+        Ok(())
+    }
+}
+
+/// A bound server: TLS and the HTTPS API on a TCP port, DTLS on the same UDP port number.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use streamproxy_proxy::policy::Policy;
+/// use streamproxy_proxy::server::{CertPaths, Server};
+///
+/// let policy = Policy::new(["10.0.0.0/8".parse()?], [])?;
+/// let certs = CertPaths::new("server.pem", "server-key.pem", "ca.pem");
+/// let server = Server::builder(policy, certs).bind("0.0.0.0:8890".parse()?).await?;
+/// println!("listening on {}", server.tcp_addr());
+/// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    tcp: TcpServer,
+    udp: Option<UdpServer>,
+    reloader: Reloader,
+    ctx: ServerContext,
+}
+
+impl Server {
+    /// A builder for a server with this policy and these certificates.
+    pub fn builder(policy: Policy, certs: CertPaths) -> ServerBuilder {
+        ServerBuilder {
+            policy,
+            certs,
+            settings: Settings::default(),
+            resolver: None,
+            udp: true,
+            api: true,
+        }
+    }
+
+    /// The TCP (TLS) address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        // Bound listeners always have an address.
+        self.tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The UDP (DTLS) address, when UDP is served.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().map(UdpServer::local_addr)
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.ctx.metrics)
+    }
+
+    /// A handle to reload the certificates while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains both transports.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let tcp = tokio::spawn(self.tcp.run(stop.clone().cancelled_owned()));
+        let udp = self
+            .udp
+            .map(|udp| tokio::spawn(udp.run(stop.clone().cancelled_owned())));
+        shutdown.await;
+        stop.cancel();
+        let _ = tcp.await;
+        if let Some(udp) = udp {
+            let _ = udp.await;
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The TCP server: accepts TCP connections, runs the TLS handshake and routes each connection
+//! by its ALPN protocol to the stream handler or the HTTPS API.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tls::AppProtocol;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::api::serve_api;
+use crate::metrics::Transport;
+use crate::shutdown::Tasks;
+use crate::tcp::StreamHandler;
+use crate::tunnel::Client;
+
+/// A TLS server on an already-bound TCP listener.
+///
+/// Limits: at most `max_handshakes` handshakes in flight and `max_tcp_tunnels` tunnels open
+/// (from the handler's [`Settings`](crate::settings::Settings)); a connection beyond either is
+/// closed at once and counted. Connections that negotiate `http/1.1` get the HTTPS API when it
+/// is enabled; every other connection is a stream tunnel.
+pub struct TcpServer {
+    listener: TcpListener,
+    acceptor: tls::Acceptor,
+    handler: StreamHandler,
+    api: bool,
+}
+
+impl TcpServer {
+    /// A server accepting on `listener`, handshaking with `acceptor` (whose handshake timeout
+    /// is set from the handler's settings) and serving tunnels with `handler`.
+    pub fn new(listener: TcpListener, acceptor: tls::Acceptor, handler: StreamHandler) -> TcpServer {
+        let acceptor = acceptor.with_handshake_timeout(handler.settings().handshake_timeout);
+        TcpServer {
+            listener,
+            acceptor,
+            handler,
+            api: false,
+        }
+    }
+
+    /// Serves the HTTPS API (`/health`, `/metrics`) to connections that negotiate `http/1.1`.
+    pub fn with_api(mut self, enabled: bool) -> TcpServer {
+        self.api = enabled;
+        self
+    }
+
+    /// The address the server accepts on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts and serves connections until `shutdown` completes; then stops accepting, lets
+    /// live connections finish for the drain period, and closes what is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let TcpServer {
+            listener,
+            acceptor,
+            handler,
+            api,
+        } = self;
+        let settings = handler.settings().clone();
+        let metrics = Arc::clone(handler.metrics());
+        let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+        let tunnels = Arc::new(Semaphore::new(settings.max_tcp_tunnels));
+        let tasks = Tasks::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, addr) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving what is open.
+                        tracing::warn!(transport = "tcp", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(handshake_permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                metrics.limit_refused(Transport::Tcp);
+                tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; connection closed");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            let metrics = Arc::clone(&metrics);
+            let tunnels = Arc::clone(&tunnels);
+            tasks.spawn(async move {
+                let accepted = match acceptor.accept(tcp, addr).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        metrics.handshake_failed(Transport::Tcp);
+                        tracing::warn!(transport = "tcp", peer = %addr, error = %e, "handshake failed");
+                        return;
+                    }
+                };
+                drop(handshake_permit);
+                let client = Client {
+                    addr,
+                    subject: Some(accepted.peer.certificate.subject.clone()),
+                };
+                match accepted.peer.alpn {
+                    Some(AppProtocol::Http11) if api => {
+                        if let Err(e) = serve_api(accepted.stream, metrics).await {
+                            tracing::debug!(peer = %client, error = %e, "API connection ended with an error");
+                        }
+                    }
+                    Some(AppProtocol::Http11) => {
+                        tracing::warn!(peer = %client, "http/1.1 negotiated but the API is disabled; connection closed");
+                    }
+                    _ => {
+                        let Ok(_permit) = tunnels.try_acquire_owned() else {
+                            metrics.limit_refused(Transport::Tcp);
+                            tracing::warn!(transport = "tcp", peer = %client, "too many tunnels; connection closed");
+                            return;
+                        };
+                        let _ = handler.serve(accepted.stream, client).await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        let open = tasks.len();
+        if open > 0 {
+            tracing::info!(transport = "tcp", open, drain = ?settings.drain_period, "draining connections");
+        }
+        let cancelled = tasks.drain(settings.drain_period).await;
+        if cancelled > 0 {
+            tracing::warn!(transport = "tcp", cancelled, "closed connections still open after the drain period");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! UDP over DTLS: the server and the client.
+
+mod client;
+mod server;
+
+pub use client::{connect, health_check};
+pub use server::UdpServer;

@@ -1,0 +1,375 @@
+//! The UDP server: DTLS sessions from a [`dtls::DtlsListener`], each forwarded to a connected
+//! UDP socket, registered in a [`ConnectionManager`] keyed by the client's address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use connmgr::{Close, ConnectionManager, CreateRequest, GetError};
+use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
+use proto::{Flags, Header};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::ServerContext;
+use crate::dial::{DialError, dial_udp};
+use crate::metrics::{Metrics, Transport};
+use crate::request::Request;
+use crate::shutdown::Tasks;
+use crate::tunnel::{Client, Tunnel};
+
+/// The destination side of one UDP session: a connected socket, and the signal that ends the
+/// session when the manager closes it (idle eviction, shutdown, a replacing session).
+pub(crate) struct Destination {
+    socket: UdpSocket,
+    stop: CancellationToken,
+    /// Why the session was stopped from outside, for the close log.
+    reason: std::sync::OnceLock<&'static str>,
+}
+
+impl Destination {
+    fn stop(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+}
+
+impl Close for Destination {
+    async fn close(self: Arc<Self>) {
+        self.stop("closed by the server");
+    }
+}
+
+type Sessions = ConnectionManager<Destination, DialError>;
+
+/// A UDP-over-DTLS server on an already-bound [`DtlsListener`].
+pub struct UdpServer {
+    listener: DtlsListener,
+    ctx: ServerContext,
+}
+
+impl UdpServer {
+    /// A server accepting sessions from `listener`.
+    pub fn new(listener: DtlsListener, ctx: ServerContext) -> UdpServer {
+        UdpServer { listener, ctx }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Serves sessions until `shutdown` completes; then stops accepting, lets sessions go on
+    /// for the drain period, and closes the rest with close_notify.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let UdpServer { mut listener, ctx } = self;
+        let settings = ctx.settings.clone();
+        let sessions: Arc<Sessions> = Arc::new(ConnectionManager::new({
+            let dialer = ctx.dialer.clone();
+            move |create: CreateRequest| {
+                let dialer = dialer.clone();
+                async move {
+                    let request = Request {
+                        version: proto::Version::default(),
+                        host: create.host,
+                        port: create.port,
+                        flags: Flags::NONE,
+                    };
+                    let socket = dial_udp(&request, &dialer).await?;
+                    Ok(Arc::new(Destination {
+                        socket,
+                        stop: CancellationToken::new(),
+                        reason: std::sync::OnceLock::new(),
+                    }))
+                }
+            }
+        }));
+        let limit = Arc::new(Semaphore::new(settings.max_udp_sessions));
+        let tasks = Tasks::new();
+        let sweep_stop = CancellationToken::new();
+        let sweeper = tokio::spawn(sweep(
+            Arc::clone(&sessions),
+            listener.handle(),
+            Arc::clone(&ctx.metrics),
+            settings.udp_idle_timeout,
+            sweep_stop.clone(),
+        ));
+        tokio::pin!(shutdown);
+        loop {
+            let session = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(session) => session,
+                    Err(e) => {
+                        tracing::error!(transport = "udp", error = %e, "DTLS listener stopped");
+                        break;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                ctx.metrics.limit_refused(Transport::Udp);
+                tracing::warn!(transport = "udp", peer = %session.peer_addr(), limit = settings.max_udp_sessions, "too many sessions; closing the new one");
+                let _ = session.shutdown().await;
+                continue;
+            };
+            let ctx = ctx.clone();
+            let sessions = Arc::clone(&sessions);
+            tasks.spawn(async move {
+                serve_session(session, &ctx, &sessions).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        let drain = settings.drain_period;
+        if tasks.len() > 0 {
+            tracing::info!(transport = "udp", open = tasks.len(), drain = ?drain, "draining sessions");
+        }
+        if !tasks.wait(drain).await {
+            // Closing through the registry sends close_notify to every client.
+            let closed = sessions.close_all().await;
+            tracing::info!(transport = "udp", closed, "closed sessions still open after the drain period");
+        }
+        tasks.drain(Duration::from_secs(2)).await;
+        sessions.close_all().await;
+        sweep_stop.cancel();
+        let _ = sweeper.await;
+    }
+}
+
+/// Frees idle sessions and mirrors the listener's handshake counters into the metrics.
+async fn sweep(
+    sessions: Arc<Sessions>,
+    handle: dtls::ListenerHandle,
+    metrics: Arc<Metrics>,
+    idle: Duration,
+    stop: CancellationToken,
+) {
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_failures = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for info in sessions.snapshot() {
+            if Instant::now().saturating_duration_since(info.last_used) >= idle {
+                info.connection.stop("idle");
+            }
+        }
+        sessions.evict_idle(Instant::now(), idle).await;
+        let failures = handle.stats().handshakes_failed;
+        for _ in seen_failures..failures {
+            metrics.handshake_failed(Transport::Udp);
+        }
+        seen_failures = failures;
+    }
+}
+
+/// Why a session ended, for the close log.
+enum End {
+    ClientClosed,
+    Stopped(&'static str),
+    Replaced,
+    ClientError(RecvError),
+    DestinationError(std::io::Error),
+    SendError(SendError),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientClosed => f.write_str("client sent close_notify"),
+            End::Stopped(reason) => f.write_str(reason),
+            End::Replaced => f.write_str("replaced by a new session from the same address"),
+            End::ClientError(e) => write!(f, "client: {e}"),
+            End::DestinationError(e) => write!(f, "destination: {e}"),
+            End::SendError(e) => write!(f, "sending to the client: {e}"),
+        }
+    }
+}
+
+async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Sessions) {
+    let client = Client {
+        addr: session.peer_addr(),
+        subject: session.peer_subject().map(str::to_owned),
+    };
+    let metrics = &*ctx.metrics;
+    let max_payload = session.max_payload();
+    let (send, mut recv) = session.into_split();
+    let mut buf = vec![0u8; max_payload.max(proto::MAX_HEADER_LEN)];
+
+    // The header: one record, exactly one header long.
+    let timeout = ctx.settings.header_timeout;
+    let request = match tokio::time::timeout(timeout, recv.recv(&mut buf)).await {
+        Ok(Ok(Some(n))) => match Header::decode(&buf[..n]) {
+            Ok(h) => Request::from_header(&h),
+            Err(e) => {
+                metrics.header_error(Transport::Udp, e.kind());
+                tracing::warn!(transport = "udp", peer = %client, error = %e, "rejected header");
+                let _ = send.shutdown().await;
+                return;
+            }
+        },
+        Ok(Ok(None)) => {
+            metrics.header_error(Transport::Udp, "truncated");
+            tracing::warn!(transport = "udp", peer = %client, "session closed before a header");
+            return;
+        }
+        Ok(Err(e)) => {
+            metrics.header_error(Transport::Udp, "io");
+            tracing::warn!(transport = "udp", peer = %client, error = %e, "reading the header failed");
+            let _ = send.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            metrics.header_error(Transport::Udp, "timeout");
+            tracing::warn!(transport = "udp", peer = %client, timeout = ?timeout, "no header in time");
+            let _ = send.shutdown().await;
+            return;
+        }
+    };
+    if request.is_health_check() {
+        metrics.health_check(Transport::Udp);
+        tracing::debug!(transport = "udp", peer = %client, "health check");
+        let _ = send.shutdown().await;
+        return;
+    }
+
+    // A session from an address that still has one (a restarted client) replaces it.
+    if sessions.contains(&client.addr) {
+        sessions.remove(&client.addr).await;
+    }
+    let destination = match sessions
+        .get_or_create(client.addr, &request.host, request.port, Instant::now())
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let error = match &e {
+                GetError::Create(dial) => {
+                    if dial.is_refusal() {
+                        metrics.policy_refused(Transport::Udp);
+                    } else {
+                        metrics.dial_failed(Transport::Udp);
+                    }
+                    dial.to_string()
+                }
+                other => other.to_string(),
+            };
+            tracing::warn!(transport = "udp", peer = %client, destination = %request.destination(), error = %error, "tunnel refused");
+            let _ = send.shutdown().await;
+            return;
+        }
+    };
+
+    let tunnel = Tunnel::open(metrics, Transport::Udp, &client, request.destination());
+    let counters = Counters::default();
+    let end = tokio::select! {
+        end = client_to_destination(&mut recv, &mut buf, &destination, sessions, &client.addr, &counters) => end,
+        end = destination_to_client(&send, max_payload, &destination, sessions, &client.addr, metrics, &counters) => end,
+        () = destination.stop.cancelled() => End::Stopped(destination.reason.get().copied().unwrap_or("closed by the server")),
+    };
+    if !matches!(end, End::ClientClosed | End::Replaced) {
+        let _ = send.shutdown().await;
+    }
+    // Remove our own entry only: a replacing session may already have its own.
+    sessions.remove_if_same(&client.addr, &destination).await;
+    tunnel.close(
+        counters.up.load(Ordering::Relaxed),
+        counters.down.load(Ordering::Relaxed),
+        &end,
+    );
+}
+
+#[derive(Default)]
+struct Counters {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+async fn client_to_destination(
+    recv: &mut RecvHalf,
+    buf: &mut [u8],
+    destination: &Destination,
+    sessions: &Sessions,
+    client: &SocketAddr,
+    counters: &Counters,
+) -> End {
+    loop {
+        let n = match recv.recv(buf).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return End::ClientClosed,
+            Err(RecvError::Replaced) => return End::Replaced,
+            Err(RecvError::Truncated { .. }) => continue,
+            Err(e) => return End::ClientError(e),
+        };
+        sessions.touch(client, Instant::now());
+        match destination.socket.send(&buf[..n]).await {
+            Ok(_) => {
+                counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            // A destination that is not listening answers with ICMP; the session lives on.
+            Err(e) if is_transient(&e) => {}
+            Err(e) => return End::DestinationError(e),
+        }
+    }
+}
+
+async fn destination_to_client(
+    send: &SendHalf,
+    max_payload: usize,
+    destination: &Destination,
+    sessions: &Sessions,
+    client: &SocketAddr,
+    metrics: &Metrics,
+    counters: &Counters,
+) -> End {
+    // One byte more than a record carries, so that a datagram too large to forward is seen
+    // as such (the kernel truncates what does not fit) and dropped rather than cut.
+    let mut buf = vec![0u8; max_payload + 1];
+    loop {
+        let n = match destination.socket.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => return End::DestinationError(e),
+        };
+        if n == 0 {
+            // DTLS records cannot be empty: nothing to forward.
+            metrics.datagram_dropped(Transport::Udp, "empty");
+            continue;
+        }
+        if n > max_payload {
+            metrics.datagram_dropped(Transport::Udp, "too_large");
+            continue;
+        }
+        sessions.touch(client, Instant::now());
+        match send.send(&buf[..n]).await {
+            Ok(()) => {
+                counters.down.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(SendError::TooLarge { .. }) => {
+                metrics.datagram_dropped(Transport::Udp, "too_large");
+            }
+            Err(SendError::Closed) => return End::ClientClosed,
+            Err(e) => return End::SendError(e),
+        }
+    }
+}
+
+/// Errors a connected UDP socket reports for an earlier datagram (ICMP port unreachable and
+/// the like); they do not end a session.
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::Interrupted
+    )
+}
