@@ -8,6 +8,7 @@ use crate::cmd::{self, cargo};
 const CRATES: &[(&str, &str)] = &[
     ("proto", "streamproxy-proto"),
     ("connmgr", "streamproxy-connmgr"),
+    ("dtls", "streamproxy-dtls"),
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {

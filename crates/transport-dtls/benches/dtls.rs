@@ -2,7 +2,6 @@
 //! hop against connected per-peer sockets. `cargo bench -p streamproxy-dtls`.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unreachable_pub)]
 mod support;
 
 use std::collections::HashMap;
@@ -127,7 +126,10 @@ fn demux_hop(c: &mut Criterion) {
     }
 }
 
-async fn udp_ping_pong(clients: Vec<Arc<UdpSocket>>, iters: u64) -> (Vec<Arc<UdpSocket>>, Duration) {
+async fn udp_ping_pong(
+    clients: Vec<Arc<UdpSocket>>,
+    iters: u64,
+) -> (Vec<Arc<UdpSocket>>, Duration) {
     let per = iters.div_ceil(clients.len() as u64);
     let start = Instant::now();
     let tasks: Vec<_> = clients

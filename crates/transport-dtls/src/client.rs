@@ -17,7 +17,10 @@ use crate::session::{self, DtlsSession, Input};
 ///
 /// Builds the OpenSSL context on each call; to connect repeatedly with one configuration,
 /// build a [`DtlsConnector`] once.
-pub async fn connect(server: SocketAddr, config: &ClientConfig) -> Result<DtlsSession, ConnectError> {
+pub async fn connect(
+    server: SocketAddr,
+    config: &ClientConfig,
+) -> Result<DtlsSession, ConnectError> {
     DtlsConnector::new(config)?.connect(server).await
 }
 
@@ -87,8 +90,11 @@ impl DtlsConnector {
         // without this, the first ClientHello could be dropped (see `io`) and cost a timeout.
         socket.writable().await.map_err(ConnectError::Socket)?;
         let socket = Arc::new(socket);
-        let mut stream = SslStream::new(self.ssl()?, DatagramIo::connected(socket.clone(), self.common.mtu.get() as usize))
-            .map_err(ConfigError::Context)?;
+        let mut stream = SslStream::new(
+            self.ssl()?,
+            DatagramIo::connected(socket.clone(), self.common.mtu.get() as usize),
+        )
+        .map_err(ConfigError::Context)?;
         let mut input = Input::Socket;
         let timeout = self.common.handshake_timeout;
         let done = tokio::time::timeout(

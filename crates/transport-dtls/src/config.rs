@@ -145,10 +145,7 @@ impl Identity {
     }
 
     fn install(&self, b: &mut SslContextBuilder) -> Result<(), ConfigError> {
-        let (leaf, rest) = self
-            .chain
-            .split_first()
-            .ok_or(ConfigError::NoCertificate)?;
+        let (leaf, rest) = self.chain.split_first().ok_or(ConfigError::NoCertificate)?;
         b.set_certificate(leaf).map_err(ConfigError::Certificates)?;
         for cert in rest {
             b.add_extra_chain_cert(cert.clone())

@@ -180,7 +180,21 @@ mod tests {
         body.extend_from_slice(cookie);
         body.extend_from_slice(&[0, 2, 0xc0, 0x2b, 1, 0]);
         let len = body.len();
-        let mut d = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, seq, 0, (12 + len) as u8];
+        let mut d = vec![
+            22,
+            0xfe,
+            0xfd,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            seq,
+            0,
+            (12 + len) as u8,
+        ];
         d.extend_from_slice(&[1, 0, 0, len as u8, 0, msg_seq, 0, 0, 0, 0, 0, len as u8]);
         d.extend_from_slice(&body);
         d
@@ -192,7 +206,10 @@ mod tests {
 
     /// Runs the cookie round trip and returns the cookie the listener issued to `port`.
     fn cookie_for(d: &mut Demux, now: Instant, port: u16) -> [u8; COOKIE_LEN] {
-        let action = d.decide(cx(now, port, PeerState::Unknown, 0), &client_hello(0, 0, &[]));
+        let action = d.decide(
+            cx(now, port, PeerState::Unknown, 0),
+            &client_hello(0, 0, &[]),
+        );
         assert_eq!(action, Action::HelloVerify);
         let hvr = d.hello_verify_request();
         assert!(is_hello_verify_request(hvr));
@@ -326,9 +343,8 @@ mod tests {
     fn drops_everything_else_from_unknown_addresses() {
         let now = Instant::now();
         let mut d = demux(now, 4);
-        let unknown = |d: &mut Demux, datagram: &[u8]| {
-            d.decide(cx(now, 9, PeerState::Unknown, 0), datagram)
-        };
+        let unknown =
+            |d: &mut Demux, datagram: &[u8]| d.decide(cx(now, 9, PeerState::Unknown, 0), datagram);
         let app_data = [23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0, 1, 0xff];
         assert_eq!(
             unknown(&mut d, &app_data),
@@ -351,9 +367,7 @@ mod tests {
         let cookie = cookie_for(&mut d, now, 9);
         assert_eq!(
             unknown(&mut d, &client_hello(0, 1, &cookie)),
-            Action::Drop(DropReason::Malformed(
-                RecordError::UnsupportedClientHello
-            ))
+            Action::Drop(DropReason::Malformed(RecordError::UnsupportedClientHello))
         );
     }
 }

@@ -27,7 +27,10 @@ unsafe extern "C" {
 /// with few attempts inside a 10 s timeout, and OpenSSL retransmits each message of a flight
 /// in its own datagram, so a flight needs several attempts. This one starts at 500 ms and
 /// doubles up to 2 s: about eight attempts in 10 s, at most one flight per 2 s per handshake.
-extern "C" fn retransmit_schedule(_ssl: *mut openssl_sys::SSL, previous_us: libc::c_uint) -> libc::c_uint {
+extern "C" fn retransmit_schedule(
+    _ssl: *mut openssl_sys::SSL,
+    previous_us: libc::c_uint,
+) -> libc::c_uint {
     let initial = RETRANSMIT_INITIAL.as_micros() as libc::c_uint;
     let max = RETRANSMIT_MAX.as_micros() as libc::c_uint;
     if previous_us == 0 {
@@ -110,7 +113,11 @@ mod tests {
         assert_eq!(data_mtu(&ssl), 0, "no cipher negotiated yet");
         let mut ssl = ssl;
         set_retransmit_schedule(&mut ssl);
-        assert_eq!(dtls_timeout(&ssl), None, "installing the schedule starts no timer");
+        assert_eq!(
+            dtls_timeout(&ssl),
+            None,
+            "installing the schedule starts no timer"
+        );
     }
 
     #[test]

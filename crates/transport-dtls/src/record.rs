@@ -177,8 +177,14 @@ impl ClientHello {
         out[field::LENGTH].copy_from_slice(&record_len.to_be_bytes());
         let msg_len = self.record.length - cookie_len - field::HANDSHAKE_HEADER_LEN;
         let hs = RECORD_HEADER_LEN;
-        put_be24(&mut out[hs + field::MSG_LENGTH.start..hs + field::MSG_LENGTH.end], msg_len);
-        put_be24(&mut out[hs + field::FRAG_LENGTH.start..hs + field::FRAG_LENGTH.end], msg_len);
+        put_be24(
+            &mut out[hs + field::MSG_LENGTH.start..hs + field::MSG_LENGTH.end],
+            msg_len,
+        );
+        put_be24(
+            &mut out[hs + field::FRAG_LENGTH.start..hs + field::FRAG_LENGTH.end],
+            msg_len,
+        );
         out[hs + field::MSG_SEQ.start..hs + field::MSG_SEQ.end].copy_from_slice(&[0, 0]);
         Some(out)
     }

@@ -82,7 +82,10 @@ pub(crate) async fn handshake(
 ) -> Result<(), HandshakeError> {
     loop {
         let step = stream.do_handshake();
-        stream.get_mut().send_pending().map_err(HandshakeError::Io)?;
+        stream
+            .get_mut()
+            .send_pending()
+            .map_err(HandshakeError::Io)?;
         match step {
             Ok(()) => break,
             Err(e) if e.code() == ErrorCode::WANT_READ => {}
@@ -117,7 +120,10 @@ pub(crate) async fn handshake(
             }
         }
     }
-    stream.get_mut().stop_coalescing().map_err(HandshakeError::Io)?;
+    stream
+        .get_mut()
+        .stop_coalescing()
+        .map_err(HandshakeError::Io)?;
     if !ffi::extended_master_secret(stream.ssl()) {
         return Err(HandshakeError::NoExtendedMasterSecret);
     }
@@ -288,11 +294,7 @@ impl SendHalf {
         if payload.is_empty() {
             return Err(SendError::Empty);
         }
-        self.shared
-            .socket
-            .writable()
-            .await
-            .map_err(SendError::Io)?;
+        self.shared.socket.writable().await.map_err(SendError::Io)?;
         let mut stream = self.shared.lock();
         if stream.get_shutdown() != ShutdownState::empty() {
             return Err(SendError::Closed);
@@ -307,11 +309,7 @@ impl SendHalf {
     /// Sends close_notify (once); the peer's `recv` then returns `Ok(None)`. Does not wait for
     /// the peer's close_notify. Later `send`s fail with [`SendError::Closed`].
     pub async fn shutdown(&self) -> Result<(), SendError> {
-        self.shared
-            .socket
-            .writable()
-            .await
-            .map_err(SendError::Io)?;
+        self.shared.socket.writable().await.map_err(SendError::Io)?;
         let mut stream = self.shared.lock();
         if stream.get_shutdown().contains(ShutdownState::SENT) {
             return Ok(());
@@ -353,12 +351,7 @@ impl RecvHalf {
                 Step::Wait => {}
             }
             match &mut self.input {
-                Input::Socket => self
-                    .shared
-                    .socket
-                    .readable()
-                    .await
-                    .map_err(RecvError::Io)?,
+                Input::Socket => self.shared.socket.readable().await.map_err(RecvError::Io)?,
                 Input::Queue(rx) => match rx.recv().await {
                     Some(d) => self.shared.lock().get_mut().put(d),
                     None => return Err(self.detached()),

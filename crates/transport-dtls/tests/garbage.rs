@@ -16,7 +16,11 @@ async fn echo_once(session: &mut streamproxy_dtls::DtlsSession, id: u32) {
     let sent = payload(id, 700);
     session.send(&sent).await.unwrap();
     let mut buf = vec![0u8; 8155];
-    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], &sent[..]);
 }
 
@@ -68,9 +72,16 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
         let cut = rng.random_range(1..hello.len());
         s.send_to(&hello[..cut], addr).await.unwrap();
         // A record header that claims more than the datagram holds.
-        s.send_to(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, i as u8, 0x40, 0], addr).await.unwrap();
+        s.send_to(
+            &[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, i as u8, 0x40, 0],
+            addr,
+        )
+        .await
+        .unwrap();
         relay.inject(&random_bytes(&mut rng, len)).await;
-        relay.inject(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 99, 0, 40]).await;
+        relay
+            .inject(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 99, 0, 40])
+            .await;
     }
     echo_once(&mut session, 1).await;
 
@@ -82,7 +93,10 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
             s.send_to(&hello, addr).await.unwrap();
         }
         for s in &attackers {
-            let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await.unwrap().unwrap();
+            let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n <= hello.len(), "amplification: {n} > {}", hello.len());
         }
     }
@@ -98,16 +112,24 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
         // Drain the answers to the flood, then ask once more and read the cookie.
         while s.try_recv(&mut buf).is_ok() {}
         s.send_to(&hello, addr).await.unwrap();
-        let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let cookie = buf[n - 32..n].to_vec();
-        s.send_to(&with_cookie(&hello, &cookie, 5), addr).await.unwrap();
+        s.send_to(&with_cookie(&hello, &cookie, 5), addr)
+            .await
+            .unwrap();
     }
     eventually(TIMEOUT, || handle.stats().client_hellos_dropped >= 64 - 8).await;
     let stats = handle.stats();
     assert!(stats.half_open <= 8, "{stats:?}");
     assert!(stats.peers <= 9, "{stats:?}");
     // A forged cookie is refused (from an address without a handshake in progress).
-    attackers[63].send_to(&with_cookie(&hello, &[0xab; 32], 6), addr).await.unwrap();
+    attackers[63]
+        .send_to(&with_cookie(&hello, &[0xab; 32], 6), addr)
+        .await
+        .unwrap();
     eventually(TIMEOUT, || handle.stats().bad_cookies >= 1).await;
     echo_once(&mut session, 3).await;
     assert_eq!(handle.stats().handshakes_ok, 1);
@@ -116,8 +138,9 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
 #[tokio::test]
 async fn restarted_client_reusing_its_port_replaces_the_session() {
     let pki = pki();
-    let mut listener =
-        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let connector = DtlsConnector::new(&pki.client_config()).unwrap();
 
@@ -139,12 +162,20 @@ async fn restarted_client_reusing_its_port_replaces_the_session() {
         let connector = connector.clone();
         async move { connector.connect_with(socket, addr).await.unwrap() }
     });
-    let new = tokio::time::timeout(TIMEOUT, listener.accept()).await.unwrap().unwrap();
+    let new = tokio::time::timeout(TIMEOUT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     let mut second = second.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "reconnect waited for a timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reconnect waited for a timeout"
+    );
     assert_eq!(new.peer_addr(), port);
     let mut buf = [0u8; 64];
-    let r = tokio::time::timeout(TIMEOUT, old.recv(&mut buf)).await.unwrap();
+    let r = tokio::time::timeout(TIMEOUT, old.recv(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(r, Err(RecvError::Replaced)), "{r:?}");
     assert_eq!(listener.stats().sessions_replaced, 1);
     tokio::spawn(support::echo(new));

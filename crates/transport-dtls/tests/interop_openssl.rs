@@ -38,7 +38,9 @@ async fn wait_for(out: &mut BufReader<ChildStdout>, needle: &str) -> String {
             }
         }
     };
-    tokio::time::timeout(TIMEOUT, read).await.unwrap_or_else(|_| panic!("no {needle:?} from openssl"))
+    tokio::time::timeout(TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} from openssl"))
 }
 
 fn spawn(args: &[&str]) -> Child {
@@ -58,28 +60,53 @@ async fn openssl_s_client_handshakes_with_our_listener() {
         return;
     }
     let pki = pki();
-    let mut listener =
-        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
     let connect_to = listener.local_addr().to_string();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
     let mut child = spawn(&[
-        "s_client", "-dtls1_2", "-connect", &connect_to, "-cert", &p("client.pem"), "-key",
-        &p("client.key"), "-CAfile", &p("ca.pem"), "-servername", proto::DEFAULT_SERVER_NAME,
-        "-verify_hostname", proto::DEFAULT_SERVER_NAME, "-verify_return_error", "-mtu", "1200",
+        "s_client",
+        "-dtls1_2",
+        "-connect",
+        &connect_to,
+        "-cert",
+        &p("client.pem"),
+        "-key",
+        &p("client.key"),
+        "-CAfile",
+        &p("ca.pem"),
+        "-servername",
+        proto::DEFAULT_SERVER_NAME,
+        "-verify_hostname",
+        proto::DEFAULT_SERVER_NAME,
+        "-verify_return_error",
+        "-mtu",
+        "1200",
     ]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut session = tokio::time::timeout(TIMEOUT, listener.accept()).await.unwrap().unwrap();
+    let mut session = tokio::time::timeout(TIMEOUT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(session.peer_subject().unwrap().contains("CN=agent-client"));
     session.send(b"hello from streamproxy\n").await.unwrap();
     wait_for(&mut stdout, "hello from streamproxy").await;
     stdin.write_all(b"ping from s_client\n").await.unwrap();
     let mut buf = vec![0u8; 8155];
-    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"ping from s_client\n");
     // End of input: s_client sends close_notify.
     drop(stdin);
-    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap();
+    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(end.is_none(), "expected a clean end of stream");
     let _ = child.wait().await;
 }
@@ -92,15 +119,32 @@ async fn our_client_handshakes_with_openssl_s_server() {
     let pki = pki();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
     let mut child = spawn(&[
-        "s_server", "-dtls1_2", "-accept", "127.0.0.1:0", "-cert", &p("server.pem"), "-key",
-        &p("server.key"), "-CAfile", &p("ca.pem"), "-Verify", "1", "-verify_return_error",
-        "-naccept", "1",
+        "s_server",
+        "-dtls1_2",
+        "-accept",
+        "127.0.0.1:0",
+        "-cert",
+        &p("server.pem"),
+        "-key",
+        &p("server.key"),
+        "-CAfile",
+        &p("ca.pem"),
+        "-Verify",
+        "1",
+        "-verify_return_error",
+        "-naccept",
+        "1",
     ]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     // "ACCEPT 127.0.0.1:PORT" once the socket is bound.
     let line = wait_for(&mut stdout, "ACCEPT").await;
-    let addr = line.trim().trim_start_matches("ACCEPT").trim().parse().unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("ACCEPT")
+        .trim()
+        .parse()
+        .unwrap();
     let mut session = connect(addr, &pki.client_config()).await.unwrap();
     assert_eq!(session.cipher(), "ECDHE-ECDSA-AES128-GCM-SHA256");
     session.send(b"hello s_server\n").await.unwrap();
@@ -108,9 +152,16 @@ async fn our_client_handshakes_with_openssl_s_server() {
     stdin.write_all(b"reply from s_server\n").await.unwrap();
     stdin.flush().await.unwrap();
     let mut buf = vec![0u8; 8155];
-    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"reply from s_server\n");
     session.shutdown().await.unwrap();
-    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf)).await.unwrap().unwrap();
+    let end = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(end.is_none(), "s_server answers close_notify with its own");
 }

@@ -40,15 +40,28 @@ async fn handshakes_complete_and_data_stays_intact_under_twenty_percent_loss() {
             let mut seen = HashSet::new();
             let mut buf = vec![0u8; 8155];
             // Collect echoes until the line has been quiet for a while.
-            while let Ok(r) = tokio::time::timeout(Duration::from_millis(500), session.recv(&mut buf)).await {
+            while let Ok(r) =
+                tokio::time::timeout(Duration::from_millis(500), session.recv(&mut buf)).await
+            {
                 let n = r.unwrap().unwrap();
                 let id = u32::from_be_bytes(buf[..4].try_into().unwrap());
                 assert!(id < N, "seed {seed}: unknown id {id}");
-                assert_eq!(&buf[..n], &payload(id, 1000)[..], "seed {seed}: corrupted datagram");
-                assert!(seen.insert(id), "seed {seed}: datagram {id} delivered twice");
+                assert_eq!(
+                    &buf[..n],
+                    &payload(id, 1000)[..],
+                    "seed {seed}: corrupted datagram"
+                );
+                assert!(
+                    seen.insert(id),
+                    "seed {seed}: datagram {id} delivered twice"
+                );
             }
             // 20% loss each way leaves about 64% of round trips; a floor well below that.
-            assert!(seen.len() >= 5, "seed {seed}: only {} of {N} echoed", seen.len());
+            assert!(
+                seen.len() >= 5,
+                "seed {seed}: only {} of {N} echoed",
+                seen.len()
+            );
             drop(relay);
         }));
     }

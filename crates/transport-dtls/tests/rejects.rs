@@ -24,8 +24,14 @@ async fn rejects_client_without_certificate() {
     let r = tokio::task::spawn_blocking(move || support::raw_openssl_handshake(addr, &ctx))
         .await
         .unwrap();
-    assert!(r.is_err(), "handshake without a client certificate succeeded");
-    eventually(Duration::from_secs(5), || handle.stats().handshakes_failed >= 1).await;
+    assert!(
+        r.is_err(),
+        "handshake without a client certificate succeeded"
+    );
+    eventually(Duration::from_secs(5), || {
+        handle.stats().handshakes_failed >= 1
+    })
+    .await;
     assert_eq!(handle.stats().handshakes_ok, 0);
 }
 
@@ -36,7 +42,10 @@ async fn rejects_client_certificate_from_another_ca() {
     let config = streamproxy_dtls::ClientConfig::new(pki.identity("other-client"), pki.ca("ca"));
     let r = connect(addr, &config).await;
     assert!(is_handshake_failure(&r), "{r:?}");
-    eventually(Duration::from_secs(5), || handle.stats().handshakes_failed >= 1).await;
+    eventually(Duration::from_secs(5), || {
+        handle.stats().handshakes_failed >= 1
+    })
+    .await;
     assert_eq!(handle.stats().handshakes_ok, 0);
 }
 
@@ -47,7 +56,10 @@ async fn rejects_server_with_wrong_name() {
     let config = pki.client_config().server_name("not-godoxy.example");
     let r = connect(addr, &config).await;
     assert!(
-        matches!(r, Err(ConnectError::Handshake(HandshakeError::PeerCertificate(_)))),
+        matches!(
+            r,
+            Err(ConnectError::Handshake(HandshakeError::PeerCertificate(_)))
+        ),
         "{r:?}"
     );
 }
@@ -59,7 +71,10 @@ async fn rejects_server_certificate_from_another_ca() {
     let (addr, _h) = echo_server(server).await;
     let r = connect(addr, &pki.client_config()).await;
     assert!(
-        matches!(r, Err(ConnectError::Handshake(HandshakeError::PeerCertificate(_)))),
+        matches!(
+            r,
+            Err(ConnectError::Handshake(HandshakeError::PeerCertificate(_)))
+        ),
         "{r:?}"
     );
 }
@@ -68,27 +83,41 @@ async fn rejects_server_certificate_from_another_ca() {
 async fn rejects_cipher_suite_mismatch() {
     let pki = pki();
     let (addr, handle) = echo_server(pki.server_config()).await;
-    let config = pki.client_config().cipher_list("ECDHE-ECDSA-AES256-GCM-SHA384");
+    let config = pki
+        .client_config()
+        .cipher_list("ECDHE-ECDSA-AES256-GCM-SHA384");
     let r = connect(addr, &config).await;
     assert!(is_handshake_failure(&r), "{r:?}");
-    eventually(Duration::from_secs(5), || handle.stats().handshakes_failed >= 1).await;
+    eventually(Duration::from_secs(5), || {
+        handle.stats().handshakes_failed >= 1
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn refuses_bad_configuration_naming_the_file() {
     let pki = pki();
     let missing = pki.path("missing.pem");
-    let err = streamproxy_dtls::Identity::from_pem_files(&missing, pki.path("client.key")).unwrap_err();
+    let err =
+        streamproxy_dtls::Identity::from_pem_files(&missing, pki.path("client.key")).unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
     std::fs::write(pki.path("junk.pem"), "not pem").unwrap();
     let err = streamproxy_dtls::CaCerts::from_pem_file(pki.path("junk.pem")).unwrap_err();
     assert!(err.to_string().contains("junk.pem"), "{err}");
-    let err = streamproxy_dtls::Identity::from_pem_files(pki.path("client.pem"), pki.path("server.key"))
-        .unwrap_err();
-    assert!(matches!(err, streamproxy_dtls::ConfigError::KeyMismatch), "{err:?}");
-    let err = streamproxy_dtls::DtlsConnector::new(&pki.client_config().cipher_list("NO-SUCH-CIPHER"))
-        .unwrap_err();
-    assert!(matches!(err, streamproxy_dtls::ConfigError::CipherList { .. }), "{err:?}");
+    let err =
+        streamproxy_dtls::Identity::from_pem_files(pki.path("client.pem"), pki.path("server.key"))
+            .unwrap_err();
+    assert!(
+        matches!(err, streamproxy_dtls::ConfigError::KeyMismatch),
+        "{err:?}"
+    );
+    let err =
+        streamproxy_dtls::DtlsConnector::new(&pki.client_config().cipher_list("NO-SUCH-CIPHER"))
+            .unwrap_err();
+    assert!(
+        matches!(err, streamproxy_dtls::ConfigError::CipherList { .. }),
+        "{err:?}"
+    );
     assert!(streamproxy_dtls::Mtu::new(100).is_err());
     assert!(streamproxy_dtls::MaxPayload::new(16385).is_err());
 }
@@ -97,15 +126,30 @@ async fn refuses_bad_configuration_naming_the_file() {
 async fn reload_swaps_material_for_new_handshakes_and_keeps_it_on_error() {
     let pki = pki();
     let (addr, handle) = echo_server(pki.server_config()).await;
-    let bad = handle.reload_from_pem_files(pki.path("server.pem"), pki.path("client.key"), pki.path("ca.pem"));
-    assert!(matches!(bad, Err(streamproxy_dtls::ConfigError::KeyMismatch)), "{bad:?}");
-    let missing = handle.reload_from_pem_files(pki.path("nope.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let bad = handle.reload_from_pem_files(
+        pki.path("server.pem"),
+        pki.path("client.key"),
+        pki.path("ca.pem"),
+    );
+    assert!(
+        matches!(bad, Err(streamproxy_dtls::ConfigError::KeyMismatch)),
+        "{bad:?}"
+    );
+    let missing = handle.reload_from_pem_files(
+        pki.path("nope.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
     assert!(missing.is_err());
     // The old material is still in use.
     let mut kept = connect(addr, &pki.client_config()).await.unwrap();
     // Now trust the other CA for clients instead.
     handle
-        .reload_from_pem_files(pki.path("server.pem"), pki.path("server.key"), pki.path("other-ca.pem"))
+        .reload_from_pem_files(
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("other-ca.pem"),
+        )
         .unwrap();
     let other = streamproxy_dtls::ClientConfig::new(pki.identity("other-client"), pki.ca("ca"));
     connect(addr, &other).await.unwrap();

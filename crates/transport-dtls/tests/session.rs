@@ -5,9 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streamproxy_dtls::{
-    DtlsConnector, DtlsListener, MaxPayload, RecvError, SendError, connect,
-};
+use streamproxy_dtls::{DtlsConnector, DtlsListener, MaxPayload, RecvError, SendError, connect};
 use support::{echo_server, payload, pki};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,9 +19,16 @@ async fn echoes_datagrams_of_every_size_both_ways() {
     assert_eq!(session.max_payload(), 8155);
     // DTLS_get_data_mtu at MTU 1200 with AES-128-GCM: 1200 - 28 (IPv4+UDP) - 37 ... as OpenSSL
     // computes it; what matters is that it is positive and below the MTU.
-    assert!((1000..1200).contains(&session.data_mtu()), "{}", session.data_mtu());
+    assert!(
+        (1000..1200).contains(&session.data_mtu()),
+        "{}",
+        session.data_mtu()
+    );
     let mut buf = vec![0u8; 16384];
-    for (id, len) in [1usize, 1200, 8000, MaxPayload::DEFAULT.get()].into_iter().enumerate() {
+    for (id, len) in [1usize, 1200, 8000, MaxPayload::DEFAULT.get()]
+        .into_iter()
+        .enumerate()
+    {
         let sent = payload(id as u32, len);
         session.send(&sent).await.unwrap();
         let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
@@ -39,8 +44,9 @@ async fn echoes_datagrams_of_every_size_both_ways() {
 #[tokio::test]
 async fn server_session_reports_peer_and_subject() {
     let pki = pki();
-    let mut listener =
-        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let client = tokio::spawn({
         let config = pki.client_config();
@@ -68,16 +74,30 @@ async fn server_session_reports_peer_and_subject() {
 async fn refuses_oversize_and_empty_payloads_without_sending() {
     let pki = pki();
     let (addr, _h) = echo_server(pki.server_config()).await;
-    let config = pki.client_config().max_payload(MaxPayload::new(1000).unwrap());
+    let config = pki
+        .client_config()
+        .max_payload(MaxPayload::new(1000).unwrap());
     let mut session = connect(addr, &config).await.unwrap();
     let err = session.send(&[0u8; 1001]).await.unwrap_err();
-    assert!(matches!(err, SendError::TooLarge { len: 1001, max: 1000 }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            SendError::TooLarge {
+                len: 1001,
+                max: 1000
+            }
+        ),
+        "{err:?}"
+    );
     assert!(matches!(session.send(&[]).await, Err(SendError::Empty)));
     // The default maximum: one byte over pion's limit is refused.
     let session2 = connect(addr, &pki.client_config()).await.unwrap();
     assert!(matches!(
         session2.send(&vec![0u8; 8156]).await,
-        Err(SendError::TooLarge { len: 8156, max: 8155 })
+        Err(SendError::TooLarge {
+            len: 8156,
+            max: 8155
+        })
     ));
     // Nothing was sent: the next datagram echoed is the next one sent.
     session.send(b"after").await.unwrap();
@@ -95,7 +115,16 @@ async fn reports_truncation_instead_of_splitting_a_record() {
     session.send(b"next").await.unwrap();
     let mut small = [0u8; 100];
     let err = session.recv(&mut small).await.unwrap_err();
-    assert!(matches!(err, RecvError::Truncated { len: 3000, capacity: 100 }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RecvError::Truncated {
+                len: 3000,
+                capacity: 100
+            }
+        ),
+        "{err:?}"
+    );
     let n = session.recv(&mut small).await.unwrap().unwrap();
     assert_eq!(&small[..n], b"next");
 }
@@ -161,7 +190,11 @@ async fn sends_and_receives_concurrently_from_two_tasks() {
         let mut buf = vec![0u8; 8155];
         let mut got = 0u32;
         while got < N {
-            let n = tokio::time::timeout(TIMEOUT, rx.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+            let n = tokio::time::timeout(TIMEOUT, rx.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(&buf[..n], &payload(got, 200)[..], "in order on loopback");
             got += 1;
             window_rx.recv().await.unwrap();
@@ -176,8 +209,9 @@ async fn sends_and_receives_concurrently_from_two_tasks() {
 #[tokio::test]
 async fn close_notify_ends_the_session_cleanly_both_ways() {
     let pki = pki();
-    let mut listener =
-        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let config = pki.client_config();
     let client = tokio::spawn(async move { connect(addr, &config).await.unwrap() });
@@ -189,18 +223,27 @@ async fn close_notify_ends_the_session_cleanly_both_ways() {
     let mut buf = [0u8; 64];
     let n = server.recv(&mut buf).await.unwrap().unwrap();
     assert_eq!(&buf[..n], b"last words");
-    assert!(server.recv(&mut buf).await.unwrap().is_none(), "clean end of stream");
-    assert!(server.recv(&mut buf).await.unwrap().is_none(), "stays ended");
+    assert!(
+        server.recv(&mut buf).await.unwrap().is_none(),
+        "clean end of stream"
+    );
+    assert!(
+        server.recv(&mut buf).await.unwrap().is_none(),
+        "stays ended"
+    );
     // The server answered with its own close_notify.
-    let end = tokio::time::timeout(TIMEOUT, client.recv(&mut buf)).await.unwrap();
+    let end = tokio::time::timeout(TIMEOUT, client.recv(&mut buf))
+        .await
+        .unwrap();
     assert!(end.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn dropping_the_listener_keeps_accepted_sessions_working() {
     let pki = pki();
-    let mut listener =
-        DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config()).await.unwrap();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let config = pki.client_config();
     let client = tokio::spawn(async move { connect(addr, &config).await.unwrap() });
@@ -210,10 +253,16 @@ async fn dropping_the_listener_keeps_accepted_sessions_working() {
     let mut client = client.await.unwrap();
     client.send(b"still there?").await.unwrap();
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(TIMEOUT, client.recv(&mut buf)).await.unwrap().unwrap().unwrap();
+    let n = tokio::time::timeout(TIMEOUT, client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"still there?");
     // New handshakes are not accepted any more.
-    let short = pki.client_config().handshake_timeout(Duration::from_millis(1500));
+    let short = pki
+        .client_config()
+        .handshake_timeout(Duration::from_millis(1500));
     assert!(connect(addr, &short).await.is_err());
 }
 
@@ -226,7 +275,11 @@ async fn loopback_handshakes_need_no_retransmission() {
         let started = std::time::Instant::now();
         let session = connector.connect(addr).await.unwrap();
         // The first retransmission timer fires at 500 ms: nothing may have been lost.
-        assert!(started.elapsed() < Duration::from_millis(450), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
         drop(session);
     }
 }

@@ -31,8 +31,11 @@ impl Pki {
     }
 
     pub fn identity(&self, name: &str) -> Identity {
-        Identity::from_pem_files(self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")))
-            .unwrap()
+        Identity::from_pem_files(
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        )
+        .unwrap()
     }
 
     pub fn ca(&self, name: &str) -> CaCerts {
@@ -68,10 +71,16 @@ fn leaf(
     server: bool,
     ca: &CertifiedIssuer<'static, KeyPair>,
 ) {
-    let sans = if server { vec![cn.to_owned()] } else { Vec::new() };
+    let sans = if server {
+        vec![cn.to_owned()]
+    } else {
+        Vec::new()
+    };
     let mut params = CertificateParams::new(sans).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.distinguished_name.push(DnType::OrganizationName, "streamproxy tests");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "streamproxy tests");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![if server {
         ExtendedKeyUsagePurpose::ServerAuth
@@ -94,7 +103,13 @@ pub fn pki() -> Pki {
     leaf(dir.path(), "server", proto::DEFAULT_SERVER_NAME, true, &ca);
     leaf(dir.path(), "client", "agent-client", false, &ca);
     leaf(dir.path(), "other-client", "intruder", false, &other);
-    leaf(dir.path(), "other-server", proto::DEFAULT_SERVER_NAME, true, &other);
+    leaf(
+        dir.path(),
+        "other-server",
+        proto::DEFAULT_SERVER_NAME,
+        true,
+        &other,
+    );
     Pki { dir }
 }
 
@@ -126,7 +141,9 @@ pub async fn echo_server(config: ServerConfig) -> (SocketAddr, ListenerHandle) {
 
 /// A payload whose content identifies it: `len` bytes derived from `id`.
 pub fn payload(id: u32, len: usize) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(id) as u8).collect();
+    let mut v: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(id) as u8)
+        .collect();
     if len >= 4 {
         v[..4].copy_from_slice(&id.to_be_bytes());
     }
@@ -142,7 +159,11 @@ pub struct Impairment {
 }
 
 impl Impairment {
-    pub const NONE: Impairment = Impairment { loss: 0.0, duplicate: 0.0, reorder: 0.0 };
+    pub const NONE: Impairment = Impairment {
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+    };
 }
 
 /// A UDP relay between one client and a server: the client talks to `addr()`, the relay talks
@@ -166,8 +187,13 @@ impl Relay {
         let from_client: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         {
-            let (front, upstream, client, log, stop) =
-                (front.clone(), upstream.clone(), client.clone(), from_client.clone(), stop.clone());
+            let (front, upstream, client, log, stop) = (
+                front.clone(),
+                upstream.clone(),
+                client.clone(),
+                from_client.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut held: Option<Vec<u8>> = None;
@@ -185,8 +211,12 @@ impl Relay {
             });
         }
         {
-            let (front, upstream, client, stop) =
-                (front.clone(), upstream.clone(), client.clone(), stop.clone());
+            let (front, upstream, client, stop) = (
+                front.clone(),
+                upstream.clone(),
+                client.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
                 let mut held: Option<Vec<u8>> = None;
@@ -195,7 +225,9 @@ impl Relay {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let Some(to) = *client.lock().await else { continue };
+                    let Some(to) = *client.lock().await else {
+                        continue;
+                    };
 
                     forward(&mut rng, down, &buf[..n], &mut held, |d| {
                         let _ = front.try_send_to(d, to);
@@ -203,7 +235,13 @@ impl Relay {
                 }
             });
         }
-        Relay { addr, upstream, server, from_client, stop }
+        Relay {
+            addr,
+            upstream,
+            server,
+            from_client,
+            stop,
+        }
     }
 
     /// Sends a datagram to the server from the relay's upstream address (the address the
@@ -255,7 +293,10 @@ pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
 pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
