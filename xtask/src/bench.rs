@@ -9,6 +9,7 @@ const CRATES: &[(&str, &str)] = &[
     ("proto", "streamproxy-proto"),
     ("connmgr", "streamproxy-connmgr"),
     ("dtls", "streamproxy-dtls"),
+    ("tls", "streamproxy-tls"),
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {

@@ -4,7 +4,9 @@
 //!
 //! Each iteration writes `CHUNK_BYTES` through an established connection and reads all of it on
 //! the other end; one thread drives both ends, so a figure covers encryption, decryption and the
-//! loopback copies of one stream. Run with `cargo xtask bench tls`.
+//! loopback copies of one stream (`tls13_bulk`), or of the same stream over an in-memory pipe
+//! instead of TCP (`tls13_bulk_memory`), which leaves less besides the cipher. Run with
+//! `cargo xtask bench tls`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rustls::crypto::{CryptoProvider, aws_lc_rs, ring};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -82,8 +84,8 @@ fn configs(case: &Case) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     (Arc::new(server), Arc::new(client))
 }
 
-type Client = tokio_rustls::client::TlsStream<TcpStream>;
-type Server = tokio_rustls::server::TlsStream<TcpStream>;
+type Client<IO = TcpStream> = tokio_rustls::client::TlsStream<IO>;
+type Server<IO = TcpStream> = tokio_rustls::server::TlsStream<IO>;
 
 /// Connects a client and a server over loopback TCP.
 async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> (Client, Server) {
@@ -93,18 +95,47 @@ async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> (Clien
     let (client, server) = tokio::join!(
         async {
             let tcp = TcpStream::connect(addr).await.expect("connect");
-            TlsConnector::from(client).connect(name, tcp).await.expect("client handshake")
+            TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .expect("client handshake")
         },
         async {
             let (tcp, _) = listener.accept().await.expect("accept");
-            TlsAcceptor::from(server).accept(tcp).await.expect("server handshake")
+            TlsAcceptor::from(server)
+                .accept(tcp)
+                .await
+                .expect("server handshake")
         }
     );
     (client, server)
 }
 
+/// Connects a client and a server over an in-memory pipe (no kernel copies: closer to the
+/// cost of the cipher itself).
+async fn connect_in_memory(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+) -> (Client<DuplexStream>, Server<DuplexStream>) {
+    let (a, b) = tokio::io::duplex(256 << 10);
+    let name = ServerName::try_from("localhost").expect("name");
+    let (client, server) = tokio::join!(
+        TlsConnector::from(client).connect(name, a),
+        TlsAcceptor::from(server).accept(b)
+    );
+    (
+        client.expect("client handshake"),
+        server.expect("server handshake"),
+    )
+}
+
 /// Pushes `CHUNK_BYTES` from the client to the server, both driven by this one task.
-async fn push(client: &mut Client, server: &mut Server, out: &[u8], into: &mut [u8]) {
+async fn push<IO: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client<IO>,
+    server: &mut Server<IO>,
+    out: &[u8],
+    into: &mut [u8],
+) {
     let write = async {
         let mut left = CHUNK_BYTES;
         while left > 0 {
@@ -132,11 +163,32 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
+    let out = vec![0x5au8; WRITE_BYTES];
+    let mut into = vec![0u8; WRITE_BYTES];
+
+    let mut group = c.benchmark_group("tls13_bulk_memory");
+    group.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
+    group.sample_size(10);
+    for case in cases() {
+        let (server, client) = configs(&case);
+        let (mut client, mut server) = rt.block_on(connect_in_memory(server, client));
+        group.bench_function(format!("{}/{}", case.provider, case.suite_name), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        push(&mut client, &mut server, black_box(&out), &mut into).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("tls13_bulk");
     group.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
     group.sample_size(10);
-    let out = vec![0x5au8; WRITE_BYTES];
-    let mut into = vec![0u8; WRITE_BYTES];
     for case in cases() {
         let (server, client) = configs(&case);
         let (mut client, mut server) = rt.block_on(connect(server, client));

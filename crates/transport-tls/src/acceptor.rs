@@ -57,7 +57,11 @@ impl Acceptor {
     ///
     /// Succeeds only with a client certificate that chains to the CA in force. The transport is
     /// dropped on error; when we aborted the handshake the client was sent an alert first.
-    pub async fn accept<IO>(&self, io: IO, peer_addr: SocketAddr) -> Result<Accepted<IO>, AcceptError>
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+        peer_addr: SocketAddr,
+    ) -> Result<Accepted<IO>, AcceptError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -71,7 +75,8 @@ impl Acceptor {
             .peer_certificates()
             .and_then(<[_]>::first)
             .ok_or(AcceptError::Tls(rustls::Error::NoCertificatesPresented))?;
-        let certificate = CertificateSummary::from_der(leaf).map_err(AcceptError::PeerCertificate)?;
+        let certificate =
+            CertificateSummary::from_der(leaf).map_err(AcceptError::PeerCertificate)?;
         let peer = PeerInfo {
             addr: peer_addr,
             alpn: conn.alpn_protocol().and_then(AppProtocol::from_name),

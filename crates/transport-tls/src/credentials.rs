@@ -269,7 +269,11 @@ impl ClientCertVerifier for Verifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.shared.current.load().verifier.supported_verify_schemes()
+        self.shared
+            .current
+            .load()
+            .verifier
+            .supported_verify_schemes()
     }
 }
 
@@ -278,4 +282,3 @@ impl fmt::Debug for Verifier {
         f.write_str("ReloadingClientVerifier")
     }
 }
-

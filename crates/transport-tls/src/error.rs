@@ -179,11 +179,17 @@ pub(crate) enum Failure {
 impl Failure {
     /// Separates the TLS errors tokio-rustls wraps in `io::Error` from transport errors.
     pub(crate) fn classify(error: io::Error) -> Self {
-        if !error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        if !error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
             return Self::Io(error);
         }
         let kind = error.kind();
-        match error.into_inner().map(|inner| inner.downcast::<rustls::Error>()) {
+        match error
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
             Some(Ok(tls)) => match *tls {
                 rustls::Error::AlertReceived(alert) => Self::AlertReceived(alert),
                 other => Self::Tls(other),

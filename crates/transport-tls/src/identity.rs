@@ -29,7 +29,10 @@ impl Identity {
     /// The key may be PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or PKCS#1
     /// (`RSA PRIVATE KEY`); both paths may name the same file. A certificate that is expired or
     /// not yet valid is loaded with a warning.
-    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, LoadError> {
+    pub fn from_pem_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, LoadError> {
         Self::load(cert.as_ref(), key.as_ref(), &provider::crypto_provider())
     }
 
@@ -45,14 +48,13 @@ impl Identity {
             load::warn_if_outside_validity(cert_path, what, &cert);
         }
         let key = load::private_key(key_path)?;
-        let signing_key =
-            provider
-                .key_provider
-                .load_private_key(key)
-                .map_err(|source| LoadError::UnsupportedKey {
-                    path: key_path.to_owned(),
-                    source,
-                })?;
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|source| LoadError::UnsupportedKey {
+                path: key_path.to_owned(),
+                source,
+            })?;
         let certified = CertifiedKey::new(chain, signing_key);
         match certified.keys_match() {
             // `Unknown`: the provider cannot tell; the handshake will.

@@ -93,4 +93,6 @@ pub use versions::TlsVersions;
 pub use rustls::{AlertDescription, ProtocolVersion};
 pub use rustls_pki_types::{CertificateDer, ServerName};
 /// The TLS stream types the acceptor and the connect helpers return.
-pub use tokio_rustls::{client::TlsStream as ClientTlsStream, server::TlsStream as ServerTlsStream};
+pub use tokio_rustls::{
+    client::TlsStream as ClientTlsStream, server::TlsStream as ServerTlsStream,
+};

@@ -44,12 +44,11 @@ impl ServerConfigBuilder {
 
     /// Builds the configuration.
     pub fn build(self) -> Result<ServerConfig, ConfigError> {
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(self.credentials.provider())
-                .with_protocol_versions(self.versions.rustls())
-                .map_err(ConfigError::ProtocolVersions)?
-                .with_client_cert_verifier(self.credentials.verifier())
-                .with_cert_resolver(self.credentials.resolver());
+        let mut config = rustls::ServerConfig::builder_with_provider(self.credentials.provider())
+            .with_protocol_versions(self.versions.rustls())
+            .map_err(ConfigError::ProtocolVersions)?
+            .with_client_cert_verifier(self.credentials.verifier())
+            .with_cert_resolver(self.credentials.resolver());
         config.alpn_protocols = self.alpn.wire();
         // No resumption: a resumed session skips certificate verification, so every
         // connection is authenticated against the material in force at its own handshake.

@@ -16,7 +16,8 @@ pub enum TlsVersions {
 
 impl TlsVersions {
     pub(crate) fn rustls(self) -> &'static [&'static SupportedProtocolVersion] {
-        const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        const BOTH: &[&SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
         const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
         const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
         match self {

@@ -18,7 +18,9 @@ async fn mutual_tls_succeeds_and_negotiates_the_stream_alpn() {
     let pki = Pki::new("main");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let mut stream = connect_to(server.addr, &pki.client_config()).await.expect("connect");
+    let mut stream = connect_to(server.addr, &pki.client_config())
+        .await
+        .expect("connect");
     echo(&mut stream, b"ping").await.expect("echo");
 
     let peer = server.next().await.expect("server handshake");
@@ -26,10 +28,16 @@ async fn mutual_tls_succeeds_and_negotiates_the_stream_alpn() {
     assert_eq!(peer.addr, stream.get_ref().0.local_addr().expect("addr"));
     assert_eq!(peer.certificate.common_name.as_deref(), Some("agent-1"));
     assert_eq!(peer.certificate.subject, "CN=agent-1");
-    assert_eq!(peer.certificate.sans, vec![SubjectAltName::Dns("agent-1".into())]);
+    assert_eq!(
+        peer.certificate.sans,
+        vec![SubjectAltName::Dns("agent-1".into())]
+    );
     let (_, client) = stream.get_ref();
     assert_eq!(client.alpn_protocol(), Some(proto::STREAM_ALPN.as_bytes()));
-    assert_eq!(client.peer_certificates().map(|c| &c[0]), Some(&pki.server.der));
+    assert_eq!(
+        client.peer_certificates().map(|c| &c[0]),
+        Some(&pki.server.der)
+    );
 }
 
 #[tokio::test]
@@ -47,7 +55,9 @@ async fn client_without_certificate_is_rejected() {
     let e = client.expect_err("client without certificate must fail");
     assert_eq!(
         tls_error(&e),
-        Some(&rustls::Error::AlertReceived(AlertDescription::CertificateRequired))
+        Some(&rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired
+        ))
     );
     match server.next().await {
         Err(AcceptError::Tls(rustls::Error::NoCertificatesPresented)) => {}
@@ -69,9 +79,14 @@ async fn client_certificate_from_another_ca_is_rejected() {
         Ok(mut stream) => echo(&mut stream, b"ping").await,
         Err(e) => Err(e.into()),
     };
-    assert!(client.is_err(), "a foreign client certificate must not get through");
+    assert!(
+        client.is_err(),
+        "a foreign client certificate must not get through"
+    );
     match server.next().await {
-        Err(AcceptError::Tls(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))) => {}
+        Err(AcceptError::Tls(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))) => {}
         other => panic!("expected UnknownIssuer, got {other:?}"),
     }
 }
@@ -82,7 +97,8 @@ async fn expired_client_certificate_is_rejected() {
     let expired = pki
         .ca
         .issue(&LeafSpec::new("expired", "agent-old", Usage::Client).validity(Validity::Expired));
-    let identity = Identity::from_pem_files(&expired.cert, &expired.key).expect("loads, with a warning");
+    let identity =
+        Identity::from_pem_files(&expired.cert, &expired.key).expect("loads, with a warning");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
     let config = ClientConfigBuilder::new(&pki.ca_bundle(), &identity)
@@ -92,7 +108,10 @@ async fn expired_client_certificate_is_rejected() {
         Ok(mut stream) => echo(&mut stream, b"ping").await,
         Err(e) => Err(e.into()),
     };
-    assert!(client.is_err(), "an expired client certificate must not get through");
+    assert!(
+        client.is_err(),
+        "an expired client certificate must not get through"
+    );
     match server.next().await {
         Err(AcceptError::Tls(rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -111,7 +130,9 @@ async fn client_trusting_another_ca_rejects_the_server() {
         .build()
         .expect("client config");
     match connect_to(server.addr, &config).await {
-        Err(ConnectError::Tls(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))) => {}
+        Err(ConnectError::Tls(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))) => {}
         other => panic!("expected UnknownIssuer, got {other:?}"),
     }
     match server.next().await {
@@ -126,7 +147,11 @@ async fn wrong_server_name_is_rejected() {
     let server = EchoServer::stream_only(&pki.credentials()).await;
 
     let name = ServerName::try_from("not-godoxy.example").expect("valid name");
-    let config = pki.client_builder().server_name(name).build().expect("client config");
+    let config = pki
+        .client_builder()
+        .server_name(name)
+        .build()
+        .expect("client config");
     match connect_to(server.addr, &config).await {
         Err(ConnectError::Tls(rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -141,14 +166,24 @@ async fn ip_address_server_name_is_verified_against_ip_sans() {
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
     let name = ServerName::try_from("127.0.0.1").expect("IP name");
-    let config = pki.client_builder().server_name(name).build().expect("client config");
-    let mut stream = connect_to(server.addr, &config).await.expect("connect by IP name");
+    let config = pki
+        .client_builder()
+        .server_name(name)
+        .build()
+        .expect("client config");
+    let mut stream = connect_to(server.addr, &config)
+        .await
+        .expect("connect by IP name");
     echo(&mut stream, b"ping").await.expect("echo");
     server.next().await.expect("server handshake");
 
     // An IP the certificate does not name is refused.
     let name = ServerName::try_from("127.0.0.2").expect("IP name");
-    let config = pki.client_builder().server_name(name).build().expect("client config");
+    let config = pki
+        .client_builder()
+        .server_name(name)
+        .build()
+        .expect("client config");
     assert!(matches!(
         connect_to(server.addr, &config).await,
         Err(ConnectError::Tls(rustls::Error::InvalidCertificate(_)))
@@ -164,7 +199,11 @@ async fn tls12_only_and_tls13_only_clients_each_succeed() {
         (TlsVersions::Tls12Only, ProtocolVersion::TLSv1_2),
         (TlsVersions::Tls13Only, ProtocolVersion::TLSv1_3),
     ] {
-        let config = pki.client_builder().versions(versions).build().expect("client config");
+        let config = pki
+            .client_builder()
+            .versions(versions)
+            .build()
+            .expect("client config");
         let mut stream = connect_to(server.addr, &config).await.expect("connect");
         echo(&mut stream, b"ping").await.expect("echo");
         let peer = server.next().await.expect("server handshake");
@@ -179,14 +218,17 @@ async fn tls12_client_without_certificate_is_rejected() {
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.ca_der().clone()).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(streamproxy_tls::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .expect("TLS 1.2")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(streamproxy_tls::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("TLS 1.2")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![proto::STREAM_ALPN.as_bytes().to_vec()];
     // TLS 1.2: the server refuses before the client's handshake finishes.
-    let e = raw_connect(server.addr, config.into()).await.expect_err("must fail");
+    let e = raw_connect(server.addr, config.into())
+        .await
+        .expect_err("must fail");
     assert!(tls_error(&e).is_some(), "a TLS failure, not {e:?}");
     assert!(matches!(
         server.next().await,
@@ -200,10 +242,14 @@ async fn http11_only_client_fails_on_a_stream_only_listener() {
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
     let config = raw_client(&pki.ca_bundle(), Some(&pki.client), &["http/1.1"]);
-    let e = raw_connect(server.addr, config).await.expect_err("no common protocol");
+    let e = raw_connect(server.addr, config)
+        .await
+        .expect_err("no common protocol");
     assert_eq!(
         tls_error(&e),
-        Some(&rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol))
+        Some(&rustls::Error::AlertReceived(
+            AlertDescription::NoApplicationProtocol
+        ))
     );
     assert!(matches!(
         server.next().await,
@@ -223,9 +269,14 @@ async fn http11_client_negotiates_http11_on_a_shared_listener() {
     assert_eq!(peer.alpn, Some(AppProtocol::Http11));
 
     // The stream client still gets the stream protocol on the shared port.
-    let mut stream = connect_to(server.addr, &pki.client_config()).await.expect("connect");
+    let mut stream = connect_to(server.addr, &pki.client_config())
+        .await
+        .expect("connect");
     echo(&mut stream, b"ping").await.expect("echo");
-    assert_eq!(server.next().await.expect("handshake").alpn, Some(AppProtocol::Stream));
+    assert_eq!(
+        server.next().await.expect("handshake").alpn,
+        Some(AppProtocol::Stream)
+    );
 }
 
 #[tokio::test]
@@ -242,7 +293,9 @@ async fn client_offering_no_alpn_is_accepted_and_reported_as_none() {
 #[tokio::test(start_paused = true)]
 async fn silent_client_times_out_the_server_handshake() {
     let pki = Pki::new("main");
-    let config = ServerConfigBuilder::new(&pki.credentials()).build().expect("config");
+    let config = ServerConfigBuilder::new(&pki.credentials())
+        .build()
+        .expect("config");
     let acceptor = Acceptor::new(&config).with_handshake_timeout(Duration::from_secs(3));
     let mut server = EchoServer::start(acceptor).await;
 

@@ -25,7 +25,10 @@ async fn keys_load_in_pkcs8_sec1_and_pkcs1_and_work_in_a_handshake() {
             .ca
             .issue(&LeafSpec::new(&stem, &stem, Usage::Client).key_format(format));
         let pem = std::fs::read_to_string(&files.key).expect("key file");
-        assert!(pem.starts_with(header), "{format:?} file starts with {header}");
+        assert!(
+            pem.starts_with(header),
+            "{format:?} file starts with {header}"
+        );
 
         let identity = Identity::from_pem_files(&files.cert, &files.key).expect("identity loads");
         assert_eq!(identity.certificate(), &files.der);
@@ -49,10 +52,13 @@ async fn server_keys_load_in_every_format() {
                 .sans(&["godoxy.agent"])
                 .key_format(format),
         );
-        let credentials = ServerCredentials::load(ServerPaths::new(&files.cert, &files.key, pki.ca.ca_path()))
-            .expect("credentials load");
+        let credentials =
+            ServerCredentials::load(ServerPaths::new(&files.cert, &files.key, pki.ca.ca_path()))
+                .expect("credentials load");
         let mut server = EchoServer::stream_only(&credentials).await;
-        let mut stream = connect_to(server.addr, &pki.client_config()).await.expect("handshake");
+        let mut stream = connect_to(server.addr, &pki.client_config())
+            .await
+            .expect("handshake");
         echo(&mut stream, b"ping").await.expect("echo");
         server.next().await.expect("server handshake");
     }
@@ -97,7 +103,10 @@ fn missing_file_is_a_read_error_naming_it() {
             }
             other => panic!("expected Read, got {other:?}"),
         }
-        assert!(err.to_string().contains(&*missing.to_string_lossy()), "{err}");
+        assert!(
+            err.to_string().contains(&*missing.to_string_lossy()),
+            "{err}"
+        );
     }
 }
 
@@ -160,21 +169,30 @@ fn malformed_pem_is_rejected() {
 fn certificate_block_that_is_not_x509_is_rejected() {
     let ca = TestCa::new("main");
     let files = ca.client("client", "agent-1");
-    let junk = ca.write("junk.crt", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let junk = ca.write(
+        "junk.crt",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     match Identity::from_pem_files(&junk, &files.key) {
         Err(LoadError::BadCertificate { path, index, .. }) => {
             assert_eq!((path, index), (junk.clone(), 0));
         }
         other => panic!("expected BadCertificate, got {other:?}"),
     }
-    assert!(matches!(CaBundle::from_pem_file(&junk), Err(LoadError::BadCertificate { .. })));
+    assert!(matches!(
+        CaBundle::from_pem_file(&junk),
+        Err(LoadError::BadCertificate { .. })
+    ));
 }
 
 #[test]
 fn key_block_that_is_not_a_key_is_rejected() {
     let ca = TestCa::new("main");
     let files = ca.client("client", "agent-1");
-    let junk = ca.write("junk.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let junk = ca.write(
+        "junk.key",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
     match Identity::from_pem_files(&files.cert, &junk) {
         Err(LoadError::UnsupportedKey { path, .. }) => assert_eq!(path, junk),
         other => panic!("expected UnsupportedKey, got {other:?}"),
@@ -263,8 +281,14 @@ fn expired_or_not_yet_valid_certificate_loads_with_a_warning_giving_its_dates() 
             Identity::from_pem_files(&files.cert, &files.key).expect("loads anyway");
         });
         assert!(logs.contains("WARN"), "{logs}");
-        assert!(logs.contains(&format!("leaf certificate is {state}")), "{logs}");
-        assert!(logs.contains("not_before=") && logs.contains("not_after="), "{logs}");
+        assert!(
+            logs.contains(&format!("leaf certificate is {state}")),
+            "{logs}"
+        );
+        assert!(
+            logs.contains("not_before=") && logs.contains("not_after="),
+            "{logs}"
+        );
         assert!(logs.contains(&*files.cert.to_string_lossy()), "{logs}");
     }
     let current = ca.client("current", "agent-y");

@@ -6,7 +6,9 @@ use streamproxy_tls::testutil::{LeafSpec, TestCa, Usage};
 use streamproxy_tls::{AcceptError, LoadError, ServerPaths, connect_to};
 use support::{EchoServer, Pki, echo};
 
-fn presented(stream: &streamproxy_tls::ClientTlsStream<tokio::net::TcpStream>) -> rustls::pki_types::CertificateDer<'static> {
+fn presented(
+    stream: &streamproxy_tls::ClientTlsStream<tokio::net::TcpStream>,
+) -> rustls::pki_types::CertificateDer<'static> {
     let (_, conn) = stream.get_ref();
     conn.peer_certificates().expect("server certificate")[0].clone()
 }
@@ -19,7 +21,9 @@ async fn live_connection_survives_a_reload_and_new_connections_see_the_new_certi
     let client = pki.client_config();
 
     let mut live = connect_to(server.addr, &client).await.expect("connect");
-    echo(&mut live, b"before").await.expect("echo before reload");
+    echo(&mut live, b"before")
+        .await
+        .expect("echo before reload");
     server.next().await.expect("handshake");
     assert_eq!(presented(&live), pki.server.der);
 
@@ -31,12 +35,20 @@ async fn live_connection_survives_a_reload_and_new_connections_see_the_new_certi
     credentials.reload().expect("reload");
     assert_eq!(credentials.certificate(), renewed.der);
 
-    echo(&mut live, b"after").await.expect("the live connection keeps working");
+    echo(&mut live, b"after")
+        .await
+        .expect("the live connection keeps working");
 
-    let fresh = connect_to(server.addr, &client).await.expect("connect after reload");
+    let fresh = connect_to(server.addr, &client)
+        .await
+        .expect("connect after reload");
     assert_eq!(presented(&fresh), renewed.der);
     server.next().await.expect("handshake");
-    assert_eq!(presented(&live), pki.server.der, "the live connection is untouched");
+    assert_eq!(
+        presented(&live),
+        pki.server.der,
+        "the live connection is untouched"
+    );
 }
 
 #[tokio::test]
@@ -48,27 +60,50 @@ async fn bad_reload_is_rejected_and_the_old_certificate_stays_in_force() {
 
     // A new certificate whose key file holds another key.
     let other = pki.ca.client("unrelated", "unrelated");
-    pki.ca.issue(&LeafSpec::new("server", "godoxy.agent", Usage::Server).sans(&["godoxy.agent"]));
+    pki.ca
+        .issue(&LeafSpec::new("server", "godoxy.agent", Usage::Server).sans(&["godoxy.agent"]));
     std::fs::copy(&other.key, &pki.server.key).expect("overwrite the key");
 
     match credentials.reload() {
         Err(LoadError::KeyMismatch { cert, key }) => {
-            assert_eq!((cert, key), (pki.server.cert.clone(), pki.server.key.clone()));
+            assert_eq!(
+                (cert, key),
+                (pki.server.cert.clone(), pki.server.key.clone())
+            );
         }
         other => panic!("expected KeyMismatch, got {other:?}"),
     }
     assert_eq!(credentials.certificate(), pki.server.der);
 
-    let mut stream = connect_to(server.addr, &client).await.expect("still serving");
+    let mut stream = connect_to(server.addr, &client)
+        .await
+        .expect("still serving");
     echo(&mut stream, b"ping").await.expect("echo");
     server.next().await.expect("handshake");
-    assert_eq!(presented(&stream), pki.server.der, "old certificate in force");
+    assert_eq!(
+        presented(&stream),
+        pki.server.der,
+        "old certificate in force"
+    );
 
     // A reload from a missing file fails the same way.
-    let missing = ServerPaths::new(pki.ca.dir().join("missing.crt"), &pki.server.key, pki.ca.ca_path());
-    assert!(matches!(credentials.reload_from(missing), Err(LoadError::Read { .. })));
-    assert_eq!(credentials.paths(), pki.server_paths(), "paths unchanged after a failed reload");
-    let mut stream = connect_to(server.addr, &client).await.expect("still serving");
+    let missing = ServerPaths::new(
+        pki.ca.dir().join("missing.crt"),
+        &pki.server.key,
+        pki.ca.ca_path(),
+    );
+    assert!(matches!(
+        credentials.reload_from(missing),
+        Err(LoadError::Read { .. })
+    ));
+    assert_eq!(
+        credentials.paths(),
+        pki.server_paths(),
+        "paths unchanged after a failed reload"
+    );
+    let mut stream = connect_to(server.addr, &client)
+        .await
+        .expect("still serving");
     echo(&mut stream, b"ping").await.expect("echo");
     assert_eq!(presented(&stream), pki.server.der);
 }
@@ -82,12 +117,18 @@ async fn reloading_the_client_ca_changes_who_may_connect() {
     let mut server = EchoServer::stream_only(&credentials).await;
 
     let old_client = old.client_config();
-    let mut live = connect_to(server.addr, &old_client).await.expect("old client admitted");
+    let mut live = connect_to(server.addr, &old_client)
+        .await
+        .expect("old client admitted");
     echo(&mut live, b"ping").await.expect("echo");
     server.next().await.expect("handshake");
 
     credentials
-        .reload_from(ServerPaths::new(&old.server.cert, &old.server.key, new_ca.ca_path()))
+        .reload_from(ServerPaths::new(
+            &old.server.cert,
+            &old.server.key,
+            new_ca.ca_path(),
+        ))
         .expect("reload with the new CA");
 
     // The old client is refused from now on...
@@ -104,13 +145,17 @@ async fn reloading_the_client_ca_changes_who_may_connect() {
     let config = streamproxy_tls::ClientConfigBuilder::new(&old.ca_bundle(), &identity)
         .build()
         .expect("config");
-    let mut stream = connect_to(server.addr, &config).await.expect("new client admitted");
+    let mut stream = connect_to(server.addr, &config)
+        .await
+        .expect("new client admitted");
     echo(&mut stream, b"ping").await.expect("echo");
     let peer = server.next().await.expect("handshake");
     assert_eq!(peer.certificate.common_name.as_deref(), Some("agent-2"));
 
     // ...and the connection established under the old CA is not cut.
-    echo(&mut live, b"still here").await.expect("live connection untouched");
+    echo(&mut live, b"still here")
+        .await
+        .expect("live connection untouched");
 }
 
 #[tokio::test]
@@ -118,7 +163,9 @@ async fn clones_of_the_handle_share_the_material() {
     let pki = Pki::new("main");
     let credentials = pki.credentials();
     let clone = credentials.clone();
-    let renewed = pki.ca.issue(&LeafSpec::new("server", "renewed", Usage::Server).sans(&["godoxy.agent"]));
+    let renewed = pki
+        .ca
+        .issue(&LeafSpec::new("server", "renewed", Usage::Server).sans(&["godoxy.agent"]));
     clone.reload().expect("reload through the clone");
     assert_eq!(credentials.certificate(), renewed.der);
 }

@@ -108,7 +108,10 @@ impl EchoServer {
 }
 
 /// Writes a message and expects it echoed back.
-pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) -> io::Result<()> {
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &[u8],
+) -> io::Result<()> {
     stream.write_all(message).await?;
     stream.flush().await?;
     let mut back = vec![0u8; message.len()];
@@ -141,7 +144,9 @@ pub fn raw_client(
                 .collect::<Result<Vec<_>, _>>()
                 .expect("certs");
             let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key).expect("key");
-            builder.with_client_auth_cert(chain, key).expect("client cert")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
         }
         None => builder.with_no_client_auth(),
     };
@@ -155,12 +160,14 @@ pub async fn raw_connect(
     config: Arc<rustls::ClientConfig>,
 ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from(proto::DEFAULT_SERVER_NAME)
-        .expect("name");
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    let name = rustls::pki_types::ServerName::try_from(proto::DEFAULT_SERVER_NAME).expect("name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }
 
 /// The rustls error inside an `io::Error` from tokio-rustls.
 pub fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
