@@ -1,0 +1,191 @@
+//! UDP tunnels end to end over loopback: real DTLS, a real server, echo destinations.
+
+mod support;
+
+use std::time::Duration;
+
+use proto::{Header, Version};
+use streamproxy_proxy::metrics::Transport;
+use streamproxy_proxy::settings::Settings;
+use streamproxy_proxy::udp;
+use support::{Pki, allow_all, payload, start, udp_echo};
+
+/// Receives one datagram, failing the test after five seconds.
+async fn recv(session: &mut dtls::DtlsSession) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; session.max_payload()];
+    match tokio::time::timeout(Duration::from_secs(5), session.recv(&mut buf)).await {
+        Ok(Ok(Some(n))) => Some(buf[..n].to_vec()),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => panic!("recv failed: {e}"),
+        Err(_) => panic!("no datagram within 5 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_datagrams_with_both_header_versions() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let udp_addr = server.udp.expect("udp");
+    let echo = udp_echo().await;
+    let config = pki.dtls_client();
+    for version in Version::ALL {
+        let header = Header::with_port("127.0.0.1", echo.port())
+            .expect("header")
+            .with_version(version);
+        let mut session = udp::connect(udp_addr, &config, &header).await.expect("session");
+        for (i, len) in [1usize, 100, 1200, 8000, session.max_payload()].into_iter().enumerate() {
+            let data = payload(len, i as u64);
+            session.send(&data).await.expect("send");
+            assert_eq!(recv(&mut session).await.as_deref(), Some(&data[..]), "{version} {len}");
+        }
+        session.shutdown().await.expect("close_notify");
+    }
+    assert_eq!(server.metrics.total_tunnels(Transport::Udp), 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_notify_frees_the_session_at_once() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("session");
+    session.send(b"x").await.expect("send");
+    recv(&mut session).await.expect("echo");
+    assert_eq!(server.metrics.active_tunnels(Transport::Udp), 1);
+    session.shutdown().await.expect("close_notify");
+    wait_until(|| server.metrics.active_tunnels(Transport::Udp) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_freed_with_close_notify() {
+    let pki = Pki::new();
+    let settings = Settings::default().udp_idle_timeout(Duration::from_millis(400));
+    let server = start(&pki, allow_all(), settings).await;
+    let echo = udp_echo().await;
+    let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("session");
+    session.send(b"x").await.expect("send");
+    recv(&mut session).await.expect("echo");
+    // Silence: the server closes the session and tells the client.
+    assert_eq!(recv(&mut session).await, None, "expected close_notify");
+    assert_eq!(server.metrics.active_tunnels(Transport::Udp), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_is_not_listening_does_not_end_the_session() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    // A port nobody listens on yet: datagrams to it draw ICMP port unreachable.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let header = Header::with_port("127.0.0.1", port).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("session");
+    for _ in 0..5 {
+        session.send(b"anyone?").await.expect("send");
+    }
+    // Now the destination comes up on that port; the same session reaches it.
+    let dest = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await.expect("bind port");
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        loop {
+            let (n, from) = dest.recv_from(&mut buf).await.expect("recv");
+            if &buf[..n] == b"hello" {
+                dest.send_to(b"still here", from).await.expect("send");
+                return;
+            }
+        }
+    });
+    let mut answer = None;
+    for _ in 0..50 {
+        session.send(b"hello").await.expect("send");
+        let mut buf = vec![0u8; session.max_payload()];
+        if let Ok(Ok(Some(n))) =
+            tokio::time::timeout(Duration::from_millis(100), session.recv(&mut buf)).await
+        {
+            answer = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(answer.as_deref(), Some(&b"still here"[..]));
+    echo.await.expect("echo task");
+    session.shutdown().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_over_dtls() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    udp::health_check(server.udp.expect("udp"), &pki.dtls_client(), Duration::from_secs(5))
+        .await
+        .expect("healthy");
+    assert!(server.metrics.encode().contains("streamproxy_health_checks_total{transport=\"udp\"} 1"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_header_record_ends_the_session() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let mut session = dtls::connect(server.udp.expect("udp"), &pki.dtls_client())
+        .await
+        .expect("handshake");
+    let mut bytes = Header::new("127.0.0.1", "53").expect("h").to_bytes().expect("e").to_vec();
+    bytes.push(0); // one byte too many
+    session.send(&bytes).await.expect("send");
+    assert_eq!(recv(&mut session).await, None);
+    assert!(server.metrics.encode().contains("kind=\"length\"} 1"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_on_the_same_port_gets_a_fresh_session() {
+    let pki = Pki::new();
+    // The last client vanishes without close_notify: a short drain ends the test quickly.
+    let settings = Settings::default().drain_period(Duration::from_millis(100));
+    let server = start(&pki, allow_all(), settings).await;
+    let udp_addr = server.udp.expect("udp");
+    let echo_a = udp_echo().await;
+    let echo_b = udp_echo().await;
+    let connector = dtls::DtlsConnector::new(&pki.dtls_client()).expect("connector");
+    let local = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local_addr = local.local_addr().expect("addr");
+    drop(local);
+    for echo in [echo_a, echo_b] {
+        let socket = tokio::net::UdpSocket::bind(local_addr).await.expect("rebind");
+        let mut session = connector.connect_with(socket, udp_addr).await.expect("session");
+        let header = Header::with_port("127.0.0.1", echo.port()).expect("h").to_bytes().expect("e");
+        session.send(&header).await.expect("header");
+        session.send(b"which?").await.expect("send");
+        assert_eq!(recv(&mut session).await.as_deref(), Some(&b"which?"[..]));
+        // Vanish without close_notify: the next session reuses the address.
+        drop(session);
+    }
+    wait_until(|| server.metrics.active_tunnels(Transport::Udp) == 1).await;
+    assert_eq!(server.metrics.total_tunnels(Transport::Udp), 2);
+    let metrics = server.metrics.clone();
+    server.stop().await;
+    assert_eq!(metrics.active_tunnels(Transport::Udp), 0, "shutdown closed the session");
+}
+
+/// Polls a condition on the server's state, for at most five seconds.
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
