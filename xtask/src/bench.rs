@@ -22,7 +22,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 Some(entry) => selected.push(*entry),
                 None => bail!(
                     "no benchmarks for `{name}`; known: {}",
-                    CRATES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    CRATES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             },
         }
@@ -41,4 +45,3 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     Ok(())
 }
-

@@ -24,4 +24,3 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     eprintln!("ci: all checks passed");
     Ok(())
 }
-

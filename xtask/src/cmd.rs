@@ -35,9 +35,8 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 
 /// Whether a program is on the PATH.
 pub(crate) fn have_program(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 fn display(cmd: &Command) -> String {

@@ -25,7 +25,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 Some(entry) => selected.push(*entry),
                 None => bail!(
                     "unknown fuzz target `{name}`; known: {}",
-                    TARGETS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+                    TARGETS
+                        .iter()
+                        .map(|(n, _, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             },
         }
@@ -34,7 +38,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         selected.extend_from_slice(TARGETS);
     }
     if !have_nightly() {
-        eprintln!("fuzz: skipped: no nightly toolchain (cargo-fuzz needs one: rustup toolchain install nightly)");
+        eprintln!(
+            "fuzz: skipped: no nightly toolchain (cargo-fuzz needs one: rustup toolchain install nightly)"
+        );
         return Ok(());
     }
     if !Command::new("cargo")
@@ -46,13 +52,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     for (_, dir, target) in selected {
         let fuzz_dir = project_root().join(dir);
-        cmd::run(Command::new("cargo")
-            .current_dir(project_root())
-            .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
-            .arg(&fuzz_dir)
-            .arg(target)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}")))?;
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(project_root())
+                .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
+                .arg(&fuzz_dir)
+                .arg(target)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}")),
+        )?;
     }
     Ok(())
 }
@@ -63,4 +71,3 @@ fn have_nightly() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
-

@@ -73,7 +73,10 @@ fn ensure(needs: &[Need]) -> Result<()> {
 pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     let command = format!("apt-get install -y {}", packages.join(" "));
     if !have_program("apt-get") {
-        bail!("cannot install {}: no apt-get here; install them with your package manager", packages.join(" "));
+        bail!(
+            "cannot install {}: no apt-get here; install them with your package manager",
+            packages.join(" ")
+        );
     }
     if !is_root() {
         bail!("cannot install packages without root; run: sudo {command}");

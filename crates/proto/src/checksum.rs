@@ -23,7 +23,11 @@ const XOROUT: u32 = 0xFFFF_FFFF;
 const fn step_zero_byte(mut reg: u32) -> u32 {
     let mut bit = 0;
     while bit < 8 {
-        reg = if reg & 1 == 1 { (reg >> 1) ^ POLY } else { reg >> 1 };
+        reg = if reg & 1 == 1 {
+            (reg >> 1) ^ POLY
+        } else {
+            reg >> 1
+        };
         bit += 1;
     }
     reg

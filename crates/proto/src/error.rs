@@ -110,7 +110,10 @@ impl fmt::Display for EncodeError {
             EncodeError::Host(e) => write!(f, "cannot encode header: {e}"),
             EncodeError::Port(e) => write!(f, "cannot encode header: {e}"),
             EncodeError::FlagsUnsupported { version } => {
-                write!(f, "cannot encode header: version {version} has no flag byte")
+                write!(
+                    f,
+                    "cannot encode header: version {version} has no flag byte"
+                )
             }
             EncodeError::BufferTooSmall { needed, available } => write!(
                 f,

@@ -334,7 +334,11 @@ fn checksum_of(bytes: &[u8], host_len: usize, end: usize) -> u32 {
     let padding_start = field::HOST.start + host_len;
     let padding = &bytes[padding_start..field::HOST.end];
     if padding.iter().fold(0u8, |acc, &b| acc | b) == 0 {
-        crc32_with_zero_run(&bytes[..padding_start], padding.len(), &bytes[field::HOST.end..end])
+        crc32_with_zero_run(
+            &bytes[..padding_start],
+            padding.len(),
+            &bytes[field::HOST.end..end],
+        )
     } else {
         crc32_with_zero_run(&bytes[..end], 0, &[])
     }
@@ -420,10 +424,7 @@ mod tests {
     fn rejects_host_with_nul_or_control_bytes() {
         assert_eq!(
             validate_host(b"a\0b", false),
-            Err(HostError::ControlByte {
-                offset: 1,
-                byte: 0
-            })
+            Err(HostError::ControlByte { offset: 1, byte: 0 })
         );
         assert!(validate_host(b"a\x7fb", false).is_err());
         assert!(validate_host(b"a\nb", false).is_err());

@@ -164,7 +164,10 @@ fn encode_rejects_bad_host_and_port() {
     );
     assert_eq!(
         Header::new("a\0b", "80"),
-        Err(EncodeError::Host(HostError::ControlByte { offset: 1, byte: 0 }))
+        Err(EncodeError::Host(HostError::ControlByte {
+            offset: 1,
+            byte: 0
+        }))
     );
     assert_eq!(
         Header::new("a", "123456"),
@@ -230,7 +233,10 @@ fn errors_read_well_in_a_log_line() {
     let e = HeaderError::UnknownVersion {
         found: *b"GET / HT",
     };
-    assert_eq!(e.to_string(), "invalid header: unknown version \"GET / HT\"");
+    assert_eq!(
+        e.to_string(),
+        "invalid header: unknown version \"GET / HT\""
+    );
     assert_eq!(
         HeaderError::Port(PortError::TooLong { len: 9 }).to_string(),
         "invalid header: port is 9 bytes long, the maximum is 5"
@@ -241,8 +247,5 @@ fn errors_read_well_in_a_log_line() {
 fn display_brackets_ipv6_hosts() {
     let h = Header::new("::1", "53").expect("valid");
     assert_eq!(h.to_string(), "[::1]:53 (v0.1.0.0)");
-    assert_eq!(
-        Header::health_check().to_string(),
-        "health check (v0.1.0)"
-    );
+    assert_eq!(Header::health_check().to_string(), "health check (v0.1.0)");
 }

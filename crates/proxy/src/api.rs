@@ -64,7 +64,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let task = tokio::spawn(serve_api(server, metrics));
         client
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
             .await
             .expect("write");
         let mut response = String::new();

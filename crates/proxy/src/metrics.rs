@@ -116,7 +116,11 @@ impl Metrics {
             dropped_datagrams: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("tunnels_active", "Tunnels open now", m.tunnels_active.clone());
+        registry.register(
+            "tunnels_active",
+            "Tunnels open now",
+            m.tunnels_active.clone(),
+        );
         registry.register("tunnels", "Tunnels opened", m.tunnels_total.clone());
         registry.register("bytes", "Bytes relayed", m.bytes.clone());
         registry.register(
@@ -273,7 +277,10 @@ mod tests {
         m.tunnel_closed(Transport::Tcp, 10, 20);
         m.header_error(Transport::Udp, "checksum");
         let text = m.encode();
-        assert!(text.contains("streamproxy_tunnels_total{transport=\"tcp\"} 1"), "{text}");
+        assert!(
+            text.contains("streamproxy_tunnels_total{transport=\"tcp\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("streamproxy_bytes_total{transport=\"tcp\",direction=\"downstream\"} 20"),
             "{text}"

@@ -57,7 +57,9 @@ pub enum PolicyError {
         host: String,
     },
     /// The rule's port part is not `*`, a port or a range.
-    #[error("rule `{rule}`: `{ports}` is not `*` or a list of ports and ranges like `80,8000-8999`")]
+    #[error(
+        "rule `{rule}`: `{ports}` is not `*` or a list of ports and ranges like `80,8000-8999`"
+    )]
     InvalidPorts {
         /// The rule as given.
         rule: String,
@@ -276,9 +278,7 @@ pub(crate) fn parse_ip_literal(host: &str) -> Option<IpAddr> {
 /// IPv4-mapped IPv6 addresses are checked as the IPv4 addresses they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -399,8 +399,14 @@ mod tests {
         ] {
             rule(ok);
         }
-        assert!(matches!("".parse::<Rule>(), Err(PolicyError::EmptyHost { .. })));
-        assert!(matches!(":80".parse::<Rule>(), Err(PolicyError::EmptyHost { .. })));
+        assert!(matches!(
+            "".parse::<Rule>(),
+            Err(PolicyError::EmptyHost { .. })
+        ));
+        assert!(matches!(
+            ":80".parse::<Rule>(),
+            Err(PolicyError::EmptyHost { .. })
+        ));
         assert!(matches!(
             "exa mple.com".parse::<Rule>(),
             Err(PolicyError::InvalidHost { .. })
@@ -409,7 +415,13 @@ mod tests {
             "10.0.0.0/33".parse::<Rule>(),
             Err(PolicyError::InvalidHost { .. })
         ));
-        for bad in ["a.com:0", "a.com:90-80", "a.com:http", "a.com:70000", "a.com:"] {
+        for bad in [
+            "a.com:0",
+            "a.com:90-80",
+            "a.com:http",
+            "a.com:70000",
+            "a.com:",
+        ] {
             assert!(
                 matches!(bad.parse::<Rule>(), Err(PolicyError::InvalidPorts { .. })),
                 "{bad}"
@@ -441,10 +453,17 @@ mod tests {
     fn a_name_that_resolves_into_a_denied_network_is_refused() {
         let p = Policy::allow_all([rule("127.0.0.0/8"), rule("169.254.0.0/16")]);
         assert!(matches!(
-            p.check("innocent.example", 80, &[ip("93.184.216.34"), ip("127.0.0.1")]),
+            p.check(
+                "innocent.example",
+                80,
+                &[ip("93.184.216.34"), ip("127.0.0.1")]
+            ),
             Err(Refusal::Denied { .. })
         ));
-        assert!(p.check("innocent.example", 80, &[ip("93.184.216.34")]).is_ok());
+        assert!(
+            p.check("innocent.example", 80, &[ip("93.184.216.34")])
+                .is_ok()
+        );
         // IPv4-mapped IPv6 is the IPv4 address it maps.
         assert!(p.check("x", 80, &[ip("::ffff:127.0.0.1")]).is_err());
         assert!(p.check("[::ffff:127.0.0.1]", 80, &[]).is_err());

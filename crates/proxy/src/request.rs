@@ -170,7 +170,10 @@ mod tests {
     #[tokio::test]
     async fn reports_truncation_with_the_count() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        let bytes = Header::new("a", "1").expect("valid").to_bytes().expect("encodes");
+        let bytes = Header::new("a", "1")
+            .expect("valid")
+            .to_bytes()
+            .expect("encodes");
         a.write_all(&bytes[..100]).await.expect("write");
         drop(a);
         match read_header(&mut b).await {

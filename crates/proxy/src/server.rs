@@ -144,7 +144,9 @@ impl ServerBuilder {
         } else {
             tls::AlpnPolicy::StreamOnly
         };
-        let tls_config = tls::ServerConfig::builder(&credentials).alpn(alpn).build()?;
+        let tls_config = tls::ServerConfig::builder(&credentials)
+            .alpn(alpn)
+            .build()?;
         let acceptor = tls::Acceptor::new(&tls_config);
         let dtls_config = if self.udp {
             Some(

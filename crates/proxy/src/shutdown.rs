@@ -42,14 +42,19 @@ impl Tasks {
     /// they all did.
     pub(crate) async fn wait(&self, drain: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Waits for every task to finish, for at most `drain`; then cancels the rest and waits
     /// for them to unwind. Returns how many were cancelled.
     pub(crate) async fn drain(&self, drain: Duration) -> usize {
         self.tracker.close();
-        if tokio::time::timeout(drain, self.tracker.wait()).await.is_ok() {
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
+        {
             return 0;
         }
         let cancelled = self.tracker.len();

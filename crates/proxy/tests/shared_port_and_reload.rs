@@ -13,7 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn curl(pki: &Pki, port: u16, path: &str) -> Option<String> {
     let output = match Command::new("curl")
-        .args(["--silent", "--show-error", "--fail", "--max-time", "10", "--http1.1"])
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "10",
+            "--http1.1",
+        ])
         .arg("--cert")
         .arg(&pki.client.cert)
         .arg("--key")
@@ -45,7 +52,9 @@ async fn curl_gets_health_and_metrics_while_a_tunnel_runs_on_the_same_port() {
     let server = start(&pki, allow_all(), Settings::default()).await;
     let echo = tcp_echo().await;
     let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
-    let mut tunnel = tcp::connect(server.tcp, &pki.tls_client(), &header).await.expect("tunnel");
+    let mut tunnel = tcp::connect(server.tcp, &pki.tls_client(), &header)
+        .await
+        .expect("tunnel");
     tunnel.write_all(b"ping").await.expect("write");
     let mut buf = [0u8; 4];
     tunnel.read_exact(&mut buf).await.expect("echo");
@@ -56,8 +65,14 @@ async fn curl_gets_health_and_metrics_while_a_tunnel_runs_on_the_same_port() {
     let metrics = tokio::task::block_in_place(|| curl(&pki, port, "/metrics"));
     if let (Some(health), Some(metrics)) = (health, metrics) {
         assert_eq!(health, "ok");
-        assert!(metrics.contains("streamproxy_tunnels_active{transport=\"tcp\"} 1"), "{metrics}");
-        assert!(metrics.contains("# TYPE streamproxy_bytes counter"), "{metrics}");
+        assert!(
+            metrics.contains("streamproxy_tunnels_active{transport=\"tcp\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("# TYPE streamproxy_bytes counter"),
+            "{metrics}"
+        );
     }
     // The tunnel is unaffected.
     tunnel.write_all(b"pong").await.expect("write");
@@ -79,7 +94,9 @@ async fn reload_serves_new_certificates_to_new_clients_and_keeps_live_tunnels() 
     let old_tls = pki.tls_client();
     let old_dtls = pki.dtls_client();
     let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
-    let mut live = tcp::connect(server.tcp, &old_tls, &header).await.expect("tunnel");
+    let mut live = tcp::connect(server.tcp, &old_tls, &header)
+        .await
+        .expect("tunnel");
     let udp_header = Header::with_port("127.0.0.1", udp_dest.port()).expect("header");
     let mut live_udp = udp::connect(server.udp.expect("udp"), &old_dtls, &udp_header)
         .await
@@ -102,13 +119,21 @@ async fn reload_serves_new_certificates_to_new_clients_and_keeps_live_tunnels() 
     server.reloader.reload().expect("reload");
 
     // New handshakes use the new material: old clients are refused, new ones served.
-    assert!(tcp::health_check(server.tcp, &old_tls, Duration::from_secs(5)).await.is_err());
+    assert!(
+        tcp::health_check(server.tcp, &old_tls, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
     tcp::health_check(server.tcp, &next.tls_client(), Duration::from_secs(5))
         .await
         .expect("new client over TLS");
-    udp::health_check(server.udp.expect("udp"), &next.dtls_client(), Duration::from_secs(5))
-        .await
-        .expect("new client over DTLS");
+    udp::health_check(
+        server.udp.expect("udp"),
+        &next.dtls_client(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("new client over DTLS");
 
     // Live tunnels carry on.
     live.write_all(b"still").await.expect("write");

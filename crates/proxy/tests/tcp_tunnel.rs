@@ -65,7 +65,9 @@ async fn tunnels_sixty_four_mebibytes_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_still_delivers_the_whole_response() {
     // The destination reads the whole request, then answers, then closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let dest = listener.local_addr().expect("addr");
     let response = payload(300_000, 3);
     tokio::spawn({
@@ -82,7 +84,13 @@ async fn half_close_still_delivers_the_whole_response() {
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
     let header = Header::with_port("127.0.0.1", dest.port()).expect("header");
-    let back = echo_through(server.tcp, &pki.tls_client(), header, b"the whole request".to_vec()).await;
+    let back = echo_through(
+        server.tcp,
+        &pki.tls_client(),
+        header,
+        b"the whole request".to_vec(),
+    )
+    .await;
     assert!(back == response);
     server.stop().await;
 }
@@ -150,7 +158,10 @@ async fn server_closes_after(server: std::net::SocketAddr, pki: &Pki, bytes: &[u
 async fn every_invalid_header_kind_is_closed_and_counted() {
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
-    let good = Header::new("127.0.0.1", "80").expect("header").to_bytes().expect("encode");
+    let good = Header::new("127.0.0.1", "80")
+        .expect("header")
+        .to_bytes()
+        .expect("encode");
     let reseal = |mut b: Vec<u8>| {
         let n = b.len();
         let crc = crc_of(&b[..n - 4]);
@@ -178,7 +189,8 @@ async fn every_invalid_header_kind_is_closed_and_counted() {
     }
     let text = server.metrics.encode();
     for (kind, _) in &cases {
-        let line = format!("streamproxy_header_errors_total{{transport=\"tcp\",kind=\"{kind}\"}} 1");
+        let line =
+            format!("streamproxy_header_errors_total{{transport=\"tcp\",kind=\"{kind}\"}} 1");
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
     server.stop().await;
@@ -190,7 +202,11 @@ fn crc_of(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -207,7 +223,10 @@ async fn slow_clients_are_closed_at_the_header_timeout_without_delaying_good_one
     let mut stalled = Vec::new();
     for _ in 0..20 {
         let mut s = tls::connect_to(server.tcp, &config).await.expect("tls");
-        let bytes = Header::new("127.0.0.1", "1").expect("h").to_bytes().expect("e");
+        let bytes = Header::new("127.0.0.1", "1")
+            .expect("h")
+            .to_bytes()
+            .expect("e");
         s.write_all(&bytes[..100]).await.expect("write");
         s.flush().await.expect("flush");
         stalled.push(s);
@@ -217,7 +236,10 @@ async fn slow_clients_are_closed_at_the_header_timeout_without_delaying_good_one
     let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
     let back = echo_through(server.tcp, &config, header, b"hello".to_vec()).await;
     assert_eq!(back, b"hello");
-    assert!(started.elapsed() < Duration::from_millis(700), "good client delayed");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "good client delayed"
+    );
     // The stalled ones are closed at the header timeout.
     for mut s in stalled {
         let mut buf = [0u8; 1];
@@ -235,7 +257,12 @@ async fn health_check_closes_cleanly_without_dialing() {
     tcp::health_check(server.tcp, &pki.tls_client(), Duration::from_secs(5))
         .await
         .expect("healthy");
-    assert!(server.metrics.encode().contains("streamproxy_health_checks_total{transport=\"tcp\"} 1"));
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_health_checks_total{transport=\"tcp\"} 1")
+    );
     assert_eq!(server.metrics.total_tunnels(Transport::Tcp), 0);
     server.stop().await;
 }
@@ -259,7 +286,10 @@ async fn policy_refusals_never_reach_the_destination() {
     let (dest, mut received) = tcp_sink().await;
     let pki = Pki::new();
     let policy = Policy::new(
-        ["10.0.0.0/8".parse().expect("rule"), "allowed.test".parse().expect("rule")],
+        [
+            "10.0.0.0/8".parse().expect("rule"),
+            "allowed.test".parse().expect("rule"),
+        ],
         ["127.0.0.0/8".parse().expect("rule")],
     )
     .expect("policy");
@@ -274,9 +304,17 @@ async fn policy_refusals_never_reach_the_destination() {
     for host in ["127.0.0.1", "allowed.test", "other.test"] {
         let header = Header::with_port(host, dest.port()).expect("header");
         let bytes = header.to_bytes().expect("encode");
-        assert!(server_closes_after(server.tcp, &pki, &bytes).await, "{host}");
+        assert!(
+            server_closes_after(server.tcp, &pki, &bytes).await,
+            "{host}"
+        );
     }
-    assert!(server.metrics.encode().contains("streamproxy_policy_refusals_total{transport=\"tcp\"} 3"));
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_policy_refusals_total{transport=\"tcp\"} 3")
+    );
     // Nothing connected to the destination.
     assert!(received.try_recv().is_err());
     server.stop().await;
@@ -300,7 +338,12 @@ async fn dial_failures_close_the_tunnel_and_are_counted() {
         let bytes = header.to_bytes().expect("encode");
         assert!(server_closes_after(server.tcp, &pki, &bytes).await);
     }
-    assert!(server.metrics.encode().contains("streamproxy_dial_failures_total{transport=\"tcp\"} 2"));
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_dial_failures_total{transport=\"tcp\"} 2")
+    );
     server.stop().await;
 }
 
@@ -313,17 +356,26 @@ async fn tunnels_beyond_the_limit_are_refused() {
     let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut s = tcp::connect(server.tcp, &config, &header).await.expect("tunnel");
+        let mut s = tcp::connect(server.tcp, &config, &header)
+            .await
+            .expect("tunnel");
         s.write_all(b"ping").await.expect("write");
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.expect("echo");
         open.push(s);
     }
-    let mut third = tcp::connect(server.tcp, &config, &header).await.expect("handshake");
+    let mut third = tcp::connect(server.tcp, &config, &header)
+        .await
+        .expect("handshake");
     let mut buf = [0u8; 4];
     let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0) | Err(_))), "third tunnel was served");
-    assert!(server.metrics.encode().contains("streamproxy_limit_refusals_total{transport=\"tcp\"} 1"));
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_limit_refusals_total{transport=\"tcp\"} 1")
+    );
     drop(open);
     server.stop().await;
 }
@@ -331,11 +383,18 @@ async fn tunnels_beyond_the_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_live_tunnel_finish_within_the_drain_period() {
     let pki = Pki::new();
-    let server = start(&pki, allow_all(), Settings::default().drain_period(Duration::from_secs(10))).await;
+    let server = start(
+        &pki,
+        allow_all(),
+        Settings::default().drain_period(Duration::from_secs(10)),
+    )
+    .await;
     let echo = tcp_echo().await;
     let config = pki.tls_client();
     let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
-    let mut s = tcp::connect(server.tcp, &config, &header).await.expect("tunnel");
+    let mut s = tcp::connect(server.tcp, &config, &header)
+        .await
+        .expect("tunnel");
     s.write_all(b"before").await.expect("write");
     let mut buf = [0u8; 6];
     s.read_exact(&mut buf).await.expect("echo");
@@ -350,7 +409,9 @@ async fn shutdown_lets_a_live_tunnel_finish_within_the_drain_period() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), refused).await.expect("listener closed");
+    tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("listener closed");
     // ...while the live tunnel keeps working.
     s.write_all(b"after!").await.expect("write");
     s.read_exact(&mut buf).await.expect("echo");

@@ -32,11 +32,20 @@ async fn echoes_datagrams_with_both_header_versions() {
         let header = Header::with_port("127.0.0.1", echo.port())
             .expect("header")
             .with_version(version);
-        let mut session = udp::connect(udp_addr, &config, &header).await.expect("session");
-        for (i, len) in [1usize, 100, 1200, 8000, session.max_payload()].into_iter().enumerate() {
+        let mut session = udp::connect(udp_addr, &config, &header)
+            .await
+            .expect("session");
+        for (i, len) in [1usize, 100, 1200, 8000, session.max_payload()]
+            .into_iter()
+            .enumerate()
+        {
             let data = payload(len, i as u64);
             session.send(&data).await.expect("send");
-            assert_eq!(recv(&mut session).await.as_deref(), Some(&data[..]), "{version} {len}");
+            assert_eq!(
+                recv(&mut session).await.as_deref(),
+                Some(&data[..]),
+                "{version} {len}"
+            );
         }
         session.shutdown().await.expect("close_notify");
     }
@@ -97,7 +106,9 @@ async fn a_destination_that_is_not_listening_does_not_end_the_session() {
         session.send(b"anyone?").await.expect("send");
     }
     // Now the destination comes up on that port; the same session reaches it.
-    let dest = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await.expect("bind port");
+    let dest = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("bind port");
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         loop {
@@ -129,10 +140,19 @@ async fn a_destination_that_is_not_listening_does_not_end_the_session() {
 async fn health_check_over_dtls() {
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
-    udp::health_check(server.udp.expect("udp"), &pki.dtls_client(), Duration::from_secs(5))
-        .await
-        .expect("healthy");
-    assert!(server.metrics.encode().contains("streamproxy_health_checks_total{transport=\"udp\"} 1"));
+    udp::health_check(
+        server.udp.expect("udp"),
+        &pki.dtls_client(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("healthy");
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_health_checks_total{transport=\"udp\"} 1")
+    );
     server.stop().await;
 }
 
@@ -143,7 +163,11 @@ async fn an_invalid_header_record_ends_the_session() {
     let mut session = dtls::connect(server.udp.expect("udp"), &pki.dtls_client())
         .await
         .expect("handshake");
-    let mut bytes = Header::new("127.0.0.1", "53").expect("h").to_bytes().expect("e").to_vec();
+    let mut bytes = Header::new("127.0.0.1", "53")
+        .expect("h")
+        .to_bytes()
+        .expect("e")
+        .to_vec();
     bytes.push(0); // one byte too many
     session.send(&bytes).await.expect("send");
     assert_eq!(recv(&mut session).await, None);
@@ -165,9 +189,17 @@ async fn a_restarted_client_on_the_same_port_gets_a_fresh_session() {
     let local_addr = local.local_addr().expect("addr");
     drop(local);
     for echo in [echo_a, echo_b] {
-        let socket = tokio::net::UdpSocket::bind(local_addr).await.expect("rebind");
-        let mut session = connector.connect_with(socket, udp_addr).await.expect("session");
-        let header = Header::with_port("127.0.0.1", echo.port()).expect("h").to_bytes().expect("e");
+        let socket = tokio::net::UdpSocket::bind(local_addr)
+            .await
+            .expect("rebind");
+        let mut session = connector
+            .connect_with(socket, udp_addr)
+            .await
+            .expect("session");
+        let header = Header::with_port("127.0.0.1", echo.port())
+            .expect("h")
+            .to_bytes()
+            .expect("e");
         session.send(&header).await.expect("header");
         session.send(b"which?").await.expect("send");
         assert_eq!(recv(&mut session).await.as_deref(), Some(&b"which?"[..]));
@@ -178,14 +210,21 @@ async fn a_restarted_client_on_the_same_port_gets_a_fresh_session() {
     assert_eq!(server.metrics.total_tunnels(Transport::Udp), 2);
     let metrics = server.metrics.clone();
     server.stop().await;
-    assert_eq!(metrics.active_tunnels(Transport::Udp), 0, "shutdown closed the session");
+    assert_eq!(
+        metrics.active_tunnels(Transport::Udp),
+        0,
+        "shutdown closed the session"
+    );
 }
 
 /// Polls a condition on the server's state, for at most five seconds.
 async fn wait_until(mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within 5 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -123,20 +123,19 @@ impl StreamHandler {
             let _ = stream.shutdown().await;
             return Ok(Served::HealthCheck);
         }
-        let mut destination =
-            match dial_tcp(&request, &inner.dialer).await {
-                Ok(d) => d,
-                Err(e) => {
-                    if e.is_refusal() {
-                        metrics.policy_refused(Transport::Tcp);
-                    } else {
-                        metrics.dial_failed(Transport::Tcp);
-                    }
-                    tracing::warn!(transport = "tcp", peer = %client, destination = %request.destination(), error = %e, "tunnel refused");
-                    let _ = stream.shutdown().await;
-                    return Err(e.into());
+        let mut destination = match dial_tcp(&request, &inner.dialer).await {
+            Ok(d) => d,
+            Err(e) => {
+                if e.is_refusal() {
+                    metrics.policy_refused(Transport::Tcp);
+                } else {
+                    metrics.dial_failed(Transport::Tcp);
                 }
-            };
+                tracing::warn!(transport = "tcp", peer = %client, destination = %request.destination(), error = %e, "tunnel refused");
+                let _ = stream.shutdown().await;
+                return Err(e.into());
+            }
+        };
         let tunnel = Tunnel::open(metrics, Transport::Tcp, &client, request.destination());
         let outcome = relay(&mut stream, &mut destination).await;
         let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);

@@ -33,7 +33,11 @@ pub struct TcpServer {
 impl TcpServer {
     /// A server accepting on `listener`, handshaking with `acceptor` (whose handshake timeout
     /// is set from the handler's settings) and serving tunnels with `handler`.
-    pub fn new(listener: TcpListener, acceptor: tls::Acceptor, handler: StreamHandler) -> TcpServer {
+    pub fn new(
+        listener: TcpListener,
+        acceptor: tls::Acceptor,
+        handler: StreamHandler,
+    ) -> TcpServer {
         let acceptor = acceptor.with_handshake_timeout(handler.settings().handshake_timeout);
         TcpServer {
             listener,
@@ -133,7 +137,11 @@ impl TcpServer {
         }
         let cancelled = tasks.drain(settings.drain_period).await;
         if cancelled > 0 {
-            tracing::warn!(transport = "tcp", cancelled, "closed connections still open after the drain period");
+            tracing::warn!(
+                transport = "tcp",
+                cancelled,
+                "closed connections still open after the drain period"
+            );
         }
     }
 }

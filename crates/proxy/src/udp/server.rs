@@ -130,7 +130,11 @@ impl UdpServer {
         if !tasks.wait(drain).await {
             // Closing through the registry sends close_notify to every client.
             let closed = sessions.close_all().await;
-            tracing::info!(transport = "udp", closed, "closed sessions still open after the drain period");
+            tracing::info!(
+                transport = "udp",
+                closed,
+                "closed sessions still open after the drain period"
+            );
         }
         tasks.drain(Duration::from_secs(2)).await;
         sessions.close_all().await;
