@@ -7,6 +7,8 @@ mod bench;
 mod ci;
 mod cmd;
 mod fuzz;
+mod interop;
+mod procs;
 mod system;
 
 use anyhow::{Result, bail};
@@ -20,6 +22,8 @@ tasks:
                                   or of every crate that has some
   fuzz TARGET [--seconds N]       run a cargo-fuzz target (needs a nightly toolchain);
                                   targets: proto
+  interop                         the wire-compatibility matrix against a Go peer
+                                  (crypto/tls, pion/dtls), OpenSSL's command line and curl
   deps                            install the system packages the build and tests need
 ";
 
@@ -33,6 +37,7 @@ fn main() -> Result<()> {
         "ci" => ci::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
+        "interop" => interop::run(rest),
         "deps" => system::ensure_build_and_test_deps(),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -42,6 +42,25 @@ const BUILD_AND_TEST: &[Need] = &[
     },
 ];
 
+const INTEROP: &[Need] = &[
+    Need {
+        what: "Go (the interop peer)",
+        present: || have_program("go"),
+        package: "golang-go",
+    },
+    Need {
+        what: "pion/dtls v2 (the interop peer's DTLS)",
+        present: || Path::new("/usr/share/gocode/src/github.com/pion/dtls/v2").exists(),
+        package: "golang-github-pion-dtls.v2-dev",
+    },
+];
+
+/// Makes sure the Go peer's toolchain and libraries are installed (and what the tests need).
+pub(crate) fn ensure_interop_deps() -> Result<()> {
+    ensure(BUILD_AND_TEST)?;
+    ensure(INTEROP)
+}
+
 /// Makes sure everything the workspace build and `cargo test` need is installed.
 pub(crate) fn ensure_build_and_test_deps() -> Result<()> {
     ensure(BUILD_AND_TEST)
