@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 mod context;
 pub mod dial;
+pub mod forward;
 pub mod metrics;
 pub mod policy;
 pub mod relay;

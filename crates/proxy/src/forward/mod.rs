@@ -1,0 +1,256 @@
+//! Client-side forwarders: local TCP and UDP ports whose traffic goes through tunnels to a
+//! streamproxy server.
+//!
+//! A [`TcpForwarder`] listens on a local TCP address; every accepted connection gets its own
+//! TLS tunnel to a fixed [`Target`], and bytes are relayed with [`relay`](crate::relay::relay).
+//! A [`UdpForwarder`] reads one local UDP socket; every source address gets its own DTLS
+//! tunnel, kept in a [`ConnectionManager`](connmgr::ConnectionManager) (created once even when
+//! datagrams race, freed after an idle timeout), and the destination's replies go back to
+//! that source.
+//!
+//! Both follow the server's shape: an already-bound socket and a shutdown future go in, one
+//! task per tunnel, limits by count (refuse, never queue), one log line when a tunnel ends.
+//! Nothing is retried silently: a tunnel that cannot be opened is logged and its local
+//! connection closed (TCP) or its datagram dropped and counted (UDP).
+//!
+//! What this module does not do: pick or resolve the server (give it a [`SocketAddr`]), check
+//! a destination policy (the server does), or split, pad or truncate datagrams.
+//!
+//! ```no_run
+//! # async fn example(tls: tls::ClientConfig, dtls: dtls::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use streamproxy_proxy::forward::{TcpForwarder, UdpForwarder};
+//!
+//! let server = "192.0.2.1:8890".parse()?;
+//! let ssh = TcpForwarder::bind("127.0.0.1:2222".parse()?, server, tls, "10.0.0.7:22".parse()?).await?;
+//! let dns = UdpForwarder::bind("127.0.0.1:5353".parse()?, server, dtls, "10.0.0.53:53".parse()?).await?;
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! tokio::join!(ssh.run(stop.clone().cancelled_owned()), dns.run(stop.cancelled_owned()));
+//! # Ok(()) }
+//! ```
+
+mod tcp;
+mod udp;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use tcp::TcpForwarder;
+pub use udp::UdpForwarder;
+
+/// The destination a forwarder asks the server for: a host and a port, sent in the header as
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    host: String,
+    port_text: String,
+    port: u16,
+}
+
+/// Why a target could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// No `:port` after the host.
+    #[error("target `{target}`: expected HOST:PORT")]
+    MissingPort {
+        /// The target as given.
+        target: String,
+    },
+    /// The host or the port cannot be carried by a header.
+    #[error("target `{target}`: {source}")]
+    Invalid {
+        /// The target as given.
+        target: String,
+        /// Why the header refuses it.
+        #[source]
+        source: proto::EncodeError,
+    },
+}
+
+impl Target {
+    /// A target for `host` and the decimal port text `port`.
+    pub fn new(host: &str, port: &str) -> Result<Target, TargetError> {
+        let header = proto::Header::new(host, port).map_err(|source| TargetError::Invalid {
+            target: format!("{host}:{port}"),
+            source,
+        })?;
+        Ok(Target {
+            host: host.to_owned(),
+            port_text: port.to_owned(),
+            port: header.port(),
+        })
+    }
+
+    /// The host, as it goes into the header.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The request header for this target in `version`.
+    pub fn header(&self, version: proto::Version) -> proto::Header<'_> {
+        // Validated in `new`: the same host and port text always encode.
+        proto::Header::new(&self.host, &self.port_text)
+            .unwrap_or_else(|_| proto::Header::health_check())
+            .with_version(version)
+    }
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    /// `host:port`, `192.0.2.7:53` or `[2001:db8::7]:53` (the brackets are not sent).
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        let missing = || TargetError::MissingPort {
+            target: s.to_owned(),
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(missing)?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(missing)?,
+            None if host.contains(':') => return Err(missing()),
+            None => host,
+        };
+        Target::new(host, port).map_err(|e| match e {
+            TargetError::Invalid { source, .. } => TargetError::Invalid {
+                target: s.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port_text)
+        } else {
+            write!(f, "{}:{}", self.host, self.port_text)
+        }
+    }
+}
+
+/// A local socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {transport} {addr}: {source}")]
+pub struct BindError {
+    /// `"tcp"` or `"udp"`.
+    pub transport: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// What a forwarder has done so far. Read it with [`ForwardStats::snapshot`]; cloning is
+/// cheap and every clone sees the same counters.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    tunnels_opened: AtomicU64,
+    tunnels_closed: AtomicU64,
+    tunnels_failed: AtomicU64,
+    tunnels_refused: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    datagrams_up: AtomicU64,
+    datagrams_down: AtomicU64,
+    dropped_too_large: AtomicU64,
+    dropped_other: AtomicU64,
+}
+
+/// A copy of a forwarder's counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ForwardCounts {
+    /// Tunnels opened to the server.
+    pub tunnels_opened: u64,
+    /// Tunnels that have ended (closed by either side, idle, or on shutdown).
+    pub tunnels_closed: u64,
+    /// Tunnels that could not be opened (connection, handshake or header failed).
+    pub tunnels_failed: u64,
+    /// Local connections or sources refused because the tunnel limit was reached.
+    pub tunnels_refused: u64,
+    /// Bytes sent from local clients to the destination.
+    pub bytes_up: u64,
+    /// Bytes sent from the destination to local clients.
+    pub bytes_down: u64,
+    /// Datagrams forwarded to the destination (UDP).
+    pub datagrams_up: u64,
+    /// Datagrams forwarded back to local clients (UDP).
+    pub datagrams_down: u64,
+    /// Datagrams dropped because they were larger than a DTLS record can carry (UDP).
+    pub dropped_too_large: u64,
+    /// Datagrams dropped for another reason: empty, no tunnel, a closed tunnel (UDP).
+    pub dropped_other: u64,
+}
+
+impl ForwardStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> ForwardCounts {
+        let c = &*self.0;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ForwardCounts {
+            tunnels_opened: get(&c.tunnels_opened),
+            tunnels_closed: get(&c.tunnels_closed),
+            tunnels_failed: get(&c.tunnels_failed),
+            tunnels_refused: get(&c.tunnels_refused),
+            bytes_up: get(&c.bytes_up),
+            bytes_down: get(&c.bytes_down),
+            datagrams_up: get(&c.datagrams_up),
+            datagrams_down: get(&c.datagrams_down),
+            dropped_too_large: get(&c.dropped_too_large),
+            dropped_other: get(&c.dropped_other),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_addresses_and_bracketed_ipv6() {
+        let t: Target = "echo.internal:7".parse().expect("name");
+        assert_eq!((t.host(), t.port()), ("echo.internal", 7));
+        let t: Target = "[2001:db8::7]:53".parse().expect("ipv6");
+        assert_eq!((t.host(), t.port()), ("2001:db8::7", 53));
+        assert_eq!(t.to_string(), "[2001:db8::7]:53");
+        assert_eq!(t.header(proto::Version::V0_1_0).host(), "2001:db8::7");
+    }
+
+    #[test]
+    fn rejects_targets_a_header_cannot_carry() {
+        assert!(matches!(
+            "example.com".parse::<Target>(),
+            Err(TargetError::MissingPort { .. })
+        ));
+        assert!(matches!(
+            "2001:db8::7:53".parse::<Target>(),
+            Err(TargetError::MissingPort { .. })
+        ));
+        assert!(matches!(
+            "example.com:99999".parse::<Target>(),
+            Err(TargetError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ":80".parse::<Target>(),
+            Err(TargetError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,253 @@
+//! The TCP forwarder: one TLS tunnel per accepted local connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BindError, ForwardStats, Target};
+
+/// Listens on a local TCP address and opens one tunnel to the server per accepted connection.
+pub struct TcpForwarder {
+    listener: TcpListener,
+    server: SocketAddr,
+    config: Arc<tls::ClientConfig>,
+    target: Target,
+    version: proto::Version,
+    connect_timeout: Duration,
+    drain_period: Duration,
+    max_tunnels: usize,
+    stats: ForwardStats,
+}
+
+impl std::fmt::Debug for TcpForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpForwarder")
+            .field("local", &self.listener.local_addr().ok())
+            .field("server", &self.server)
+            .field("target", &self.target)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpForwarder {
+    /// Binds `local` and forwards its connections through `server` to `target`.
+    pub async fn bind(
+        local: SocketAddr,
+        server: SocketAddr,
+        config: tls::ClientConfig,
+        target: Target,
+    ) -> Result<TcpForwarder, BindError> {
+        let listener = TcpListener::bind(local).await.map_err(|source| BindError {
+            transport: "tcp",
+            addr: local,
+            source,
+        })?;
+        Ok(TcpForwarder::new(listener, server, config, target))
+    }
+
+    /// Forwards the connections of an already-bound `listener`.
+    pub fn new(
+        listener: TcpListener,
+        server: SocketAddr,
+        config: tls::ClientConfig,
+        target: Target,
+    ) -> TcpForwarder {
+        TcpForwarder {
+            listener,
+            server,
+            config: Arc::new(config),
+            target,
+            version: proto::Version::default(),
+            connect_timeout: proto::DIAL_TIMEOUT,
+            drain_period: Duration::from_secs(30),
+            max_tunnels: 4096,
+            stats: ForwardStats::default(),
+        }
+    }
+
+    /// The header version to send (default `0.1.0.0`).
+    pub fn header_version(mut self, version: proto::Version) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// How long connecting to the server, the handshake and the header may take together
+    /// (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long live tunnels may go on after shutdown starts (default 30 s).
+    pub fn drain_period(mut self, period: Duration) -> Self {
+        self.drain_period = period;
+        self
+    }
+
+    /// Most tunnels open at once; connections beyond it are closed at once (default 4096).
+    pub fn max_tunnels(mut self, n: usize) -> Self {
+        self.max_tunnels = n;
+        self
+    }
+
+    /// The local address connections are accepted on.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The target every tunnel asks for.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The forwarder's counters.
+    pub fn stats(&self) -> ForwardStats {
+        self.stats.clone()
+    }
+
+    /// Accepts connections until `shutdown` completes; then stops accepting, lets live tunnels
+    /// go on for the drain period and closes the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let TcpForwarder {
+            listener,
+            server,
+            config,
+            target,
+            version,
+            connect_timeout,
+            drain_period,
+            max_tunnels,
+            stats,
+        } = self;
+        let local = listener.local_addr().ok();
+        let target = Arc::new(target);
+        let limit = Arc::new(Semaphore::new(max_tunnels));
+        let tasks = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (conn, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!(transport = "tcp", local = ?local, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                ForwardStats::add(&stats.0.tunnels_refused, 1);
+                tracing::warn!(transport = "tcp", peer = %peer, limit = max_tunnels, "too many tunnels; closing the new connection");
+                drop(conn);
+                continue;
+            };
+            let tunnel = Tunnel {
+                server,
+                config: Arc::clone(&config),
+                target: Arc::clone(&target),
+                version,
+                connect_timeout,
+                stats: stats.clone(),
+            };
+            let stop = hard_stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = tunnel.serve(conn, peer) => {}
+                    () = stop.cancelled() => {
+                        tracing::info!(transport = "tcp", peer = %peer, target = %tunnel.target, "tunnel closed: still open after the drain period");
+                    }
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tasks.close();
+        if !tasks.is_empty() {
+            tracing::info!(transport = "tcp", local = ?local, open = tasks.len(), drain = ?drain_period, "draining tunnels");
+        }
+        if tokio::time::timeout(drain_period, tasks.wait())
+            .await
+            .is_err()
+        {
+            hard_stop.cancel();
+            tasks.wait().await;
+        }
+    }
+}
+
+/// What one connection's task needs.
+struct Tunnel {
+    server: SocketAddr,
+    config: Arc<tls::ClientConfig>,
+    target: Arc<Target>,
+    version: proto::Version,
+    connect_timeout: Duration,
+    stats: ForwardStats,
+}
+
+impl Tunnel {
+    async fn serve(&self, mut conn: TcpStream, peer: SocketAddr) {
+        let started = Instant::now();
+        let _ = conn.set_nodelay(true);
+        let header = self.target.header(self.version);
+        let connected = tokio::time::timeout(
+            self.connect_timeout,
+            crate::tcp::connect(self.server, &self.config, &header),
+        )
+        .await;
+        let mut stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                ForwardStats::add(&self.stats.0.tunnels_failed, 1);
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.server, target = %self.target, error = %e, "tunnel failed; closing the local connection");
+                return;
+            }
+            Err(_) => {
+                ForwardStats::add(&self.stats.0.tunnels_failed, 1);
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.server, target = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
+                return;
+            }
+        };
+        ForwardStats::add(&self.stats.0.tunnels_opened, 1);
+        tracing::debug!(transport = "tcp", peer = %peer, target = %self.target, "tunnel open");
+        let outcome = crate::relay::relay(&mut conn, &mut stream).await;
+        ForwardStats::add(&self.stats.0.bytes_up, outcome.client_to_destination);
+        ForwardStats::add(&self.stats.0.bytes_down, outcome.destination_to_client);
+        ForwardStats::add(&self.stats.0.tunnels_closed, 1);
+        let duration = started.elapsed();
+        match outcome.result {
+            Ok(()) => tracing::info!(
+                transport = "tcp",
+                peer = %peer,
+                target = %self.target,
+                up = outcome.client_to_destination,
+                down = outcome.destination_to_client,
+                duration = ?duration,
+                "tunnel closed"
+            ),
+            Err(e) => tracing::info!(
+                transport = "tcp",
+                peer = %peer,
+                target = %self.target,
+                up = outcome.client_to_destination,
+                down = outcome.destination_to_client,
+                duration = ?duration,
+                error = %e,
+                "tunnel closed with an error"
+            ),
+        }
+    }
+}

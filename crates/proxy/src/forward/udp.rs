@@ -1,0 +1,453 @@
+//! The UDP forwarder: one local socket, one DTLS tunnel per source address.
+//!
+//! The receive loop owns the local socket's receiving side. Per datagram it looks the source
+//! up in the [`ConnectionManager`] (lock-free, no allocation) and sends one record. A source
+//! without a tunnel gets one from a creation task (single flight per source through the
+//! manager), so a slow handshake never stalls other sources. Each tunnel has one task reading
+//! the server's records and sending them back to its source. A sweeper frees idle tunnels
+//! with `evict_idle`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use connmgr::{Close, ConnectionManager, CreateRequest};
+use dtls::{RecvError, RecvHalf, SendError, SendHalf};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BindError, ForwardStats, Target};
+use crate::client::ClientError;
+
+/// Largest UDP payload over IPv4 or IPv6 without jumbograms.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// One source's tunnel: the sending half of its DTLS session and what stops its reader.
+struct Tunnel {
+    send: SendHalf,
+    max_payload: usize,
+    stop: CancellationToken,
+    /// Why the tunnel was stopped from outside, for the close log.
+    reason: OnceLock<&'static str>,
+    up: AtomicU64,
+}
+
+impl Tunnel {
+    fn is_dead(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+impl Close for Tunnel {
+    async fn close(self: Arc<Self>) {
+        let _ = self.reason.set("closed by the forwarder");
+        self.stop.cancel();
+        // close_notify, so that the server frees its session at once.
+        let _ = self.send.shutdown().await;
+    }
+}
+
+type Tunnels = ConnectionManager<Tunnel, ClientError>;
+
+/// Reads one local UDP socket and forwards each source's datagrams through its own tunnel.
+pub struct UdpForwarder {
+    socket: Arc<UdpSocket>,
+    server: SocketAddr,
+    config: Arc<dtls::ClientConfig>,
+    target: Target,
+    version: proto::Version,
+    idle_timeout: Duration,
+    max_tunnels: usize,
+    max_pending: usize,
+    stats: ForwardStats,
+}
+
+impl std::fmt::Debug for UdpForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpForwarder")
+            .field("local", &self.socket.local_addr().ok())
+            .field("server", &self.server)
+            .field("target", &self.target)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpForwarder {
+    /// Binds `local` and forwards its datagrams through `server` to `target`.
+    pub async fn bind(
+        local: SocketAddr,
+        server: SocketAddr,
+        config: dtls::ClientConfig,
+        target: Target,
+    ) -> Result<UdpForwarder, BindError> {
+        let socket = UdpSocket::bind(local).await.map_err(|source| BindError {
+            transport: "udp",
+            addr: local,
+            source,
+        })?;
+        Ok(UdpForwarder::new(socket, server, config, target))
+    }
+
+    /// Forwards the datagrams of an already-bound `socket`.
+    pub fn new(
+        socket: UdpSocket,
+        server: SocketAddr,
+        config: dtls::ClientConfig,
+        target: Target,
+    ) -> UdpForwarder {
+        UdpForwarder {
+            socket: Arc::new(socket),
+            server,
+            config: Arc::new(config),
+            target,
+            version: proto::Version::default(),
+            idle_timeout: Duration::from_secs(120),
+            max_tunnels: 4096,
+            max_pending: 1024,
+            stats: ForwardStats::default(),
+        }
+    }
+
+    /// The header version to send (default `0.1.0.0`).
+    pub fn header_version(mut self, version: proto::Version) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// A tunnel with no datagram either way for this long is closed (default 120 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Most tunnels open at once; datagrams from further sources are dropped and counted
+    /// (default 4096).
+    pub fn max_tunnels(mut self, n: usize) -> Self {
+        self.max_tunnels = n;
+        self
+    }
+
+    /// The local address datagrams are read from.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound socket always has an address.
+        self.socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The target every tunnel asks for.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The forwarder's counters.
+    pub fn stats(&self) -> ForwardStats {
+        self.stats.clone()
+    }
+
+    /// Forwards until `shutdown` completes; then stops reading and closes every tunnel with
+    /// close_notify.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let UdpForwarder {
+            socket,
+            server,
+            config,
+            target,
+            version,
+            idle_timeout,
+            max_tunnels,
+            max_pending,
+            stats,
+        } = self;
+        let local = socket.local_addr().ok();
+        let target = Arc::new(target);
+        let tasks = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
+            let opener = Opener {
+                server,
+                config,
+                target: Arc::clone(&target),
+                version,
+                socket: Arc::clone(&socket),
+                tunnels: weak.clone(),
+                tasks: tasks.clone(),
+                stats: stats.clone(),
+            };
+            let opener = Arc::new(opener);
+            ConnectionManager::new(move |request: CreateRequest| {
+                let opener = Arc::clone(&opener);
+                async move { opener.open(request.client).await }
+            })
+        });
+        let sweeper = tokio::spawn(sweep(Arc::clone(&tunnels), idle_timeout, stopping.clone()));
+        let pending = Arc::new(Semaphore::new(max_pending));
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        tokio::pin!(shutdown);
+        loop {
+            let (n, source) = tokio::select! {
+                () = &mut shutdown => break,
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok(received) => received,
+                    // ICMP errors for earlier replies and the like: the socket lives on.
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => {
+                        tracing::error!(transport = "udp", local = ?local, error = %e, "local socket failed; stopping");
+                        break;
+                    }
+                },
+            };
+            let counters = &stats.0;
+            if n == 0 {
+                ForwardStats::add(&counters.dropped_other, 1);
+                continue;
+            }
+            let now = Instant::now();
+            match tunnels.get(&source, now) {
+                Some(tunnel) if !tunnel.is_dead() => {
+                    forward(&tunnel, &buf[..n], &stats).await;
+                }
+                found => {
+                    if let Some(dead) = found {
+                        tunnels.remove_if_same(&source, &dead).await;
+                    }
+                    if !tunnels.contains(&source) && tunnels.len() >= max_tunnels {
+                        ForwardStats::add(&counters.tunnels_refused, 1);
+                        ForwardStats::add(&counters.dropped_other, 1);
+                        tracing::warn!(transport = "udp", source = %source, limit = max_tunnels, "too many tunnels; dropping the datagram");
+                        continue;
+                    }
+                    // The datagram waits for its tunnel in a task of its own, within a bound.
+                    let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                        ForwardStats::add(&counters.dropped_other, 1);
+                        continue;
+                    };
+                    let datagram = buf[..n].to_vec();
+                    let tunnels = Arc::clone(&tunnels);
+                    let target = Arc::clone(&target);
+                    let stats = stats.clone();
+                    let stopping = stopping.clone();
+                    tasks.spawn(async move {
+                        let created = tokio::select! {
+                            created = tunnels.get_or_create(source, target.host(), target.port(), Instant::now()) => created,
+                            () = stopping.cancelled() => return,
+                        };
+                        match created {
+                            Ok(tunnel) => forward(&tunnel, &datagram, &stats).await,
+                            // The failure was logged once, where the tunnel was opened.
+                            Err(_) => {
+                                ForwardStats::add(&stats.0.dropped_other, 1);
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        stopping.cancel();
+        let closed = tunnels.close_all().await;
+        if closed > 0 {
+            tracing::info!(transport = "udp", local = ?local, closed, "closed tunnels on shutdown");
+        }
+        tasks.close();
+        tasks.wait().await;
+        let _ = sweeper.await;
+        // Tunnels whose creation finished during `close_all`.
+        tunnels.close_all().await;
+    }
+}
+
+/// Sends one datagram through a tunnel: dropped and counted, never cut, when it is too large.
+async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
+    let counters = &stats.0;
+    if datagram.len() > tunnel.max_payload {
+        ForwardStats::add(&counters.dropped_too_large, 1);
+        return;
+    }
+    match tunnel.send.send(datagram).await {
+        Ok(()) => {
+            ForwardStats::add(&counters.datagrams_up, 1);
+            ForwardStats::add(&counters.bytes_up, datagram.len() as u64);
+            tunnel
+                .up
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        }
+        Err(SendError::TooLarge { .. }) => ForwardStats::add(&counters.dropped_too_large, 1),
+        Err(SendError::Closed) => {
+            // The server ended the session; the next datagram from this source opens a new one.
+            let _ = tunnel.reason.set("closed by the server");
+            tunnel.stop.cancel();
+            ForwardStats::add(&counters.dropped_other, 1);
+        }
+        Err(e) => {
+            tracing::debug!(transport = "udp", error = %e, "sending a datagram failed");
+            ForwardStats::add(&counters.dropped_other, 1);
+        }
+    }
+}
+
+/// Opens tunnels: the manager's factory.
+struct Opener {
+    server: SocketAddr,
+    config: Arc<dtls::ClientConfig>,
+    target: Arc<Target>,
+    version: proto::Version,
+    socket: Arc<UdpSocket>,
+    tunnels: Weak<Tunnels>,
+    tasks: TaskTracker,
+    stats: ForwardStats,
+}
+
+impl Opener {
+    async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
+        let header = self.target.header(self.version);
+        let session = match crate::udp::connect(self.server, &self.config, &header).await {
+            Ok(session) => session,
+            Err(e) => {
+                ForwardStats::add(&self.stats.0.tunnels_failed, 1);
+                tracing::warn!(transport = "udp", source = %source, server = %self.server, target = %self.target, error = %e, "tunnel failed; dropping the datagram");
+                return Err(e);
+            }
+        };
+        ForwardStats::add(&self.stats.0.tunnels_opened, 1);
+        let max_payload = session.max_payload();
+        let (send, recv) = session.into_split();
+        let tunnel = Arc::new(Tunnel {
+            send,
+            max_payload,
+            stop: CancellationToken::new(),
+            reason: OnceLock::new(),
+            up: AtomicU64::new(0),
+        });
+        tracing::debug!(transport = "udp", source = %source, target = %self.target, "tunnel open");
+        self.tasks.spawn(replies(
+            recv,
+            Arc::clone(&tunnel),
+            source,
+            Arc::clone(&self.socket),
+            self.tunnels.clone(),
+            Arc::clone(&self.target),
+            self.stats.clone(),
+        ));
+        Ok(tunnel)
+    }
+}
+
+/// Why a tunnel ended, for the close log.
+enum End {
+    ServerClosed,
+    Stopped(&'static str),
+    Server(RecvError),
+    Local(std::io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ServerClosed => f.write_str("server sent close_notify"),
+            End::Stopped(reason) => f.write_str(reason),
+            End::Server(e) => write!(f, "server: {e}"),
+            End::Local(e) => write!(f, "local socket: {e}"),
+        }
+    }
+}
+
+/// The tunnel's reader: the server's records, back to the source as datagrams. Logs the
+/// tunnel's end and removes its entry.
+async fn replies(
+    mut recv: RecvHalf,
+    tunnel: Arc<Tunnel>,
+    source: SocketAddr,
+    socket: Arc<UdpSocket>,
+    tunnels: Weak<Tunnels>,
+    target: Arc<Target>,
+    stats: ForwardStats,
+) {
+    let started = Instant::now();
+    let counters = &stats.0;
+    let mut down = 0u64;
+    let mut buf = vec![0u8; tunnel.max_payload];
+    let end = loop {
+        let received = tokio::select! {
+            () = tunnel.stop.cancelled() => break End::Stopped(tunnel.reason.get().copied().unwrap_or("stopped")),
+            received = recv.recv(&mut buf) => received,
+        };
+        let n = match received {
+            Ok(Some(n)) => n,
+            Ok(None) => break End::ServerClosed,
+            Err(RecvError::Truncated { .. }) => {
+                ForwardStats::add(&counters.dropped_too_large, 1);
+                continue;
+            }
+            Err(e) => break End::Server(e),
+        };
+        if let Some(tunnels) = tunnels.upgrade() {
+            tunnels.touch(&source, Instant::now());
+        }
+        match socket.send_to(&buf[..n], source).await {
+            Ok(_) => {
+                down += n as u64;
+                ForwardStats::add(&counters.datagrams_down, 1);
+                ForwardStats::add(&counters.bytes_down, n as u64);
+            }
+            Err(e) if is_transient(&e) => ForwardStats::add(&counters.dropped_other, 1),
+            Err(e) => break End::Local(e),
+        }
+    };
+    tunnel.stop.cancel();
+    if !matches!(end, End::ServerClosed | End::Stopped(_)) {
+        let _ = tunnel.send.shutdown().await;
+    }
+    if let Some(tunnels) = tunnels.upgrade() {
+        tunnels.remove_if_same(&source, &tunnel).await;
+    }
+    ForwardStats::add(&counters.tunnels_closed, 1);
+    tracing::info!(
+        transport = "udp",
+        source = %source,
+        target = %target,
+        up = tunnel.up.load(Ordering::Relaxed),
+        down,
+        duration = ?started.elapsed(),
+        reason = %end,
+        "tunnel closed"
+    );
+}
+
+/// Frees tunnels idle for `idle`.
+async fn sweep(tunnels: Arc<Tunnels>, idle: Duration, stop: CancellationToken) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        for info in tunnels.snapshot() {
+            if now.saturating_duration_since(info.last_used) >= idle {
+                let _ = info.connection.reason.set("idle");
+            }
+        }
+        tunnels.evict_idle(now, idle).await;
+    }
+}
+
+/// Errors a UDP socket reports for an earlier datagram (ICMP port unreachable and the like);
+/// they do not end anything.
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,389 @@
+//! The client-side forwarders against a real server: byte-exact relaying, one tunnel per
+//! connection or source, failures closing the local side, oversize datagrams, idle eviction
+//! and shutdown.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use streamproxy_proxy::forward::{ForwardCounts, ForwardStats, Target, TcpForwarder, UdpForwarder};
+use streamproxy_proxy::metrics::Transport;
+use streamproxy_proxy::settings::Settings;
+use support::{Pki, allow_all, payload, start, tcp_echo, udp_echo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const LOCAL: &str = "127.0.0.1:0";
+
+/// A forwarder running in a task, stopped by `stop`.
+struct Running {
+    local: SocketAddr,
+    stats: ForwardStats,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("forwarder stops in time")
+            .expect("forwarder task");
+    }
+}
+
+fn run_tcp(forwarder: TcpForwarder) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let local = forwarder.local_addr();
+    let stats = forwarder.stats();
+    let task = tokio::spawn(forwarder.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        local,
+        stats,
+        stop,
+        task,
+    }
+}
+
+fn run_udp(forwarder: UdpForwarder) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let local = forwarder.local_addr();
+    let stats = forwarder.stats();
+    let task = tokio::spawn(forwarder.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        local,
+        stats,
+        stop,
+        task,
+    }
+}
+
+/// Waits (bounded) until the counters satisfy `done`.
+async fn until(stats: &ForwardStats, done: impl Fn(&ForwardCounts) -> bool) -> ForwardCounts {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = stats.snapshot();
+        if done(&counts) {
+            return counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn echo_over_tcp(local: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let mut conn = TcpStream::connect(local).await.expect("connect locally");
+    let (mut r, mut w) = conn.split();
+    let write = async {
+        w.write_all(&data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let ((), read) = tokio::join!(write, read);
+    read.expect("read echo");
+    back
+}
+
+#[tokio::test]
+async fn tcp_forwarder_gives_every_connection_its_own_tunnel_in_both_header_versions() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = tcp_echo().await;
+    for version in proto::Version::ALL {
+        let forwarder = TcpForwarder::bind(
+            LOCAL.parse().expect("addr"),
+            server.tcp,
+            pki.tls_client(),
+            echo.to_string().parse().expect("target"),
+        )
+        .await
+        .expect("bind")
+        .header_version(version);
+        let running = run_tcp(forwarder);
+        let clients: Vec<_> = (0..4u64)
+            .map(|i| {
+                let data = payload(100_000 + i as usize, i);
+                let local = running.local;
+                tokio::spawn(async move { (echo_over_tcp(local, data.clone()).await, data) })
+            })
+            .collect();
+        for client in clients {
+            let (back, sent) = client.await.expect("client");
+            assert!(back == sent, "echo differs ({version})");
+        }
+        let counts = until(&running.stats, |c| c.tunnels_closed == 4).await;
+        assert_eq!(counts.tunnels_opened, 4);
+        assert_eq!(counts.tunnels_failed, 0);
+        assert_eq!(counts.bytes_up, 400_006);
+        assert_eq!(counts.bytes_down, 400_006);
+        running.stop().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_forwarder_closes_the_local_connection_when_the_tunnel_fails() {
+    let pki = Pki::new();
+    // A port nothing listens on.
+    let closed = {
+        let listener = TcpListener::bind(LOCAL).await.expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let forwarder = TcpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        closed,
+        pki.tls_client(),
+        "127.0.0.1:9".parse().expect("target"),
+    )
+    .await
+    .expect("bind");
+    let running = run_tcp(forwarder);
+    let mut conn = TcpStream::connect(running.local).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the local connection is closed without data");
+    let counts = until(&running.stats, |c| c.tunnels_failed == 1).await;
+    assert_eq!(counts.tunnels_opened, 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_forwarder_refuses_a_server_from_another_ca() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let server = start(&other, allow_all(), Settings::default()).await;
+    let echo = tcp_echo().await;
+    let forwarder = TcpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.tcp,
+        pki.tls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind");
+    let running = run_tcp(forwarder);
+    let mut conn = TcpStream::connect(running.local).await.expect("connect");
+    let _ = conn.write_all(b"hello").await;
+    let mut back = Vec::new();
+    // A clean close or a reset (the unread "hello"), never data.
+    let _ = conn.read_to_end(&mut back).await;
+    assert!(back.is_empty());
+    until(&running.stats, |c| c.tunnels_failed == 1).await;
+    running.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_forwarder_shutdown_lets_a_live_tunnel_finish() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = tcp_echo().await;
+    let forwarder = TcpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.tcp,
+        pki.tls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind")
+    .drain_period(Duration::from_secs(10));
+    let running = run_tcp(forwarder);
+    let local = running.local;
+    let mut conn = TcpStream::connect(local).await.expect("connect");
+    conn.write_all(b"before").await.expect("write");
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf).await.expect("echo");
+    let _ = running.stop.send(());
+    // The listener goes away, the live tunnel keeps working.
+    conn.write_all(b"after!").await.expect("write during drain");
+    conn.read_exact(&mut buf).await.expect("echo during drain");
+    assert_eq!(&buf, b"after!");
+    conn.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.expect("eof");
+    tokio::time::timeout(Duration::from_secs(10), running.task)
+        .await
+        .expect("forwarder ends after its tunnel")
+        .expect("task");
+    assert!(
+        TcpStream::connect(local).await.is_err(),
+        "no longer listening"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn udp_forwarder_gives_every_source_its_own_tunnel_and_answers_it() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let udp = server.udp.expect("udp served");
+    for version in proto::Version::ALL {
+        let target: Target = echo.to_string().parse().expect("target");
+        let forwarder =
+            UdpForwarder::bind(LOCAL.parse().expect("addr"), udp, pki.dtls_client(), target)
+                .await
+                .expect("bind")
+                .header_version(version);
+        let running = run_udp(forwarder);
+        let mut sources = Vec::new();
+        for _ in 0..3 {
+            let socket = UdpSocket::bind(LOCAL).await.expect("bind source");
+            socket.connect(running.local).await.expect("connect");
+            sources.push(socket);
+        }
+        // Every source sends its first datagram at once: the tunnels are created concurrently.
+        for (i, socket) in sources.iter().enumerate() {
+            socket.send(&payload(1000, i as u64)).await.expect("send");
+        }
+        let mut buf = vec![0u8; 65536];
+        for (i, socket) in sources.iter().enumerate() {
+            let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                .await
+                .expect("echo in time")
+                .expect("recv");
+            assert_eq!(&buf[..n], &payload(1000, i as u64)[..]);
+        }
+        // More datagrams, one at a time, every byte checked.
+        for (i, socket) in sources.iter().enumerate() {
+            for k in 0..20u64 {
+                let data = payload(1 + (k as usize * 397) % 8000, k + 100 * i as u64);
+                socket.send(&data).await.expect("send");
+                let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                    .await
+                    .expect("echo in time")
+                    .expect("recv");
+                assert_eq!(&buf[..n], &data[..]);
+            }
+        }
+        let counts = running.stats.snapshot();
+        assert_eq!(counts.tunnels_opened, 3, "{version}");
+        assert_eq!(counts.datagrams_up, 63);
+        assert_eq!(counts.datagrams_down, 63);
+        running.stop().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn udp_forwarder_drops_and_counts_oversize_datagrams_without_truncating() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind");
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+    let mut buf = vec![0u8; 65536];
+    socket.send(b"open").await.expect("send");
+    let n = socket.recv(&mut buf).await.expect("recv");
+    assert_eq!(&buf[..n], b"open");
+    socket.send(&payload(20_000, 1)).await.expect("send big");
+    socket.send(b"after").await.expect("send");
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(
+        &buf[..n],
+        b"after",
+        "the oversize datagram is not forwarded at all"
+    );
+    let counts = running.stats.snapshot();
+    assert_eq!(counts.dropped_too_large, 1);
+    assert_eq!(counts.datagrams_up, 2);
+    running.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn udp_forwarder_frees_idle_tunnels_and_opens_a_new_one_on_the_next_datagram() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind")
+    .idle_timeout(Duration::from_millis(200));
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+    let mut buf = vec![0u8; 1024];
+    socket.send(b"one").await.expect("send");
+    socket.recv(&mut buf).await.expect("recv");
+    until(&running.stats, |c| c.tunnels_closed == 1).await;
+    socket.send(b"two").await.expect("send");
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"two");
+    assert_eq!(running.stats.snapshot().tunnels_opened, 2);
+    running.stop().await;
+    let counts = running_closed_all(&server).await;
+    assert!(counts);
+    server.stop().await;
+}
+
+/// After the forwarder stops, the server has no UDP session left (close_notify reached it).
+async fn running_closed_all(server: &support::Running) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metrics.active_tunnels(Transport::Udp) != 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn udp_forwarder_drops_datagrams_when_the_tunnel_cannot_open() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let server = start(&other, allow_all(), Settings::default()).await;
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        "127.0.0.1:9".parse().expect("target"),
+    )
+    .await
+    .expect("bind");
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+    socket.send(b"lost").await.expect("send");
+    let counts = until(&running.stats, |c| c.tunnels_failed == 1).await;
+    assert_eq!(counts.tunnels_opened, 0);
+    until(&running.stats, |c| c.dropped_other == 1).await;
+    running.stop().await;
+    server.stop().await;
+}
