@@ -9,7 +9,7 @@ use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::policy::Policy;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::tcp;
-use support::{Pki, allow_all, payload, start, tcp_echo, tcp_sink};
+use support::{Pki, allow_all, payload, start, tcp_echo, tcp_sink, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `data` through a tunnel to an echo destination and returns what came back.
@@ -423,4 +423,31 @@ async fn shutdown_lets_a_live_tunnel_finish_within_the_drain_period() {
         .await
         .expect("server stops once the tunnel ends")
         .expect("server task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_fails_the_handshake_and_is_counted() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let stranger = Pki::new();
+    // The stranger trusts our server's CA but presents its own certificate.
+    let ca = tls::CaBundle::from_pem_file(pki.ca.ca_path()).expect("ca");
+    let id = tls::Identity::from_pem_files(&stranger.client.cert, &stranger.client.key)
+        .expect("identity");
+    let config = tls::ClientConfig::builder(&ca, &id)
+        .build()
+        .expect("config");
+    assert!(
+        tcp::health_check(server.tcp, &config, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
+    wait_until(|| {
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_handshake_failures_total{transport=\"tcp\"} 1")
+    })
+    .await;
+    server.stop().await;
 }

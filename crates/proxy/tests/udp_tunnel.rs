@@ -8,7 +8,7 @@ use proto::{Header, Version};
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::udp;
-use support::{Pki, allow_all, payload, start, udp_echo};
+use support::{Pki, allow_all, payload, start, udp_echo, wait_until};
 
 /// Receives one datagram, failing the test after five seconds.
 async fn recv(session: &mut dtls::DtlsSession) -> Option<Vec<u8>> {
@@ -217,14 +217,57 @@ async fn a_restarted_client_on_the_same_port_gets_a_fresh_session() {
     );
 }
 
-/// Polls a condition on the server's state, for at most five seconds.
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_refusals_end_the_session_before_any_dial() {
+    let pki = Pki::new();
+    let policy = streamproxy_proxy::policy::Policy::new(
+        ["10.0.0.0/8".parse().expect("rule")],
+        ["127.0.0.0/8".parse().expect("rule")],
+    )
+    .expect("policy");
+    let server = start(&pki, policy, Settings::default()).await;
+    let echo = udp_echo().await;
+    let header = Header::with_port("127.0.0.1", echo.port()).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("handshake");
+    assert_eq!(recv(&mut session).await, None, "refused session is closed");
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("streamproxy_policy_refusals_total{transport=\"udp\"} 1")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_datagrams_too_large_for_a_record_are_dropped_not_cut() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    // A destination that answers every datagram with a 9000-byte one, then a small one.
+    let dest = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = dest.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = dest.recv_from(&mut buf).await {
+            let _ = dest.send_to(&[1u8; 9000], from).await;
+            let _ = dest.send_to(b"small", from).await;
+        }
+    });
+    let header = Header::with_port("127.0.0.1", port).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("session");
+    session.send(b"go").await.expect("send");
+    assert_eq!(recv(&mut session).await.as_deref(), Some(&b"small"[..]));
+    assert!(
+        server.metrics.encode().contains(
+            "streamproxy_dropped_datagrams_total{transport=\"udp\",kind=\"too_large\"} 1"
+        )
+    );
+    session.shutdown().await.expect("close");
+    server.stop().await;
 }

@@ -189,3 +189,16 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 pub fn allow_all() -> Policy {
     Policy::allow_all([])
 }
+
+/// Polls a condition on the server's state (set by its tasks after the client has seen the
+/// outcome), for at most five seconds.
+pub async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
