@@ -1,11 +1,44 @@
-//! The `streamproxy` command.
+//! The `streamproxy` command: certificates, server, client, probe and a self-contained demo.
+//!
+//! Every command is one module; this file parses the command line, sets up logging, runs the
+//! command and turns any error into one line on stderr and a non-zero exit status.
 
-fn main() {
-    println!(
-        "streamproxy {}: stream proxy protocol over TLS and DTLS (header versions {} and {})",
-        env!("CARGO_PKG_VERSION"),
-        streamproxy::proto::Version::V0_1_0_0,
-        streamproxy::proto::Version::V0_1_0,
-    );
-    println!("usage: streamproxy <certs|server|client|probe|demo> (commands land with the CLI work)");
+mod certs;
+mod cli;
+mod client;
+mod config;
+mod demo;
+mod logging;
+mod probe;
+mod server;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::usage_error(&e),
+    };
+    logging::init(&cli.log, cli.command.default_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("streamproxy: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run()) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` puts the whole chain of causes on one line.
+            eprintln!("streamproxy: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,245 @@
+//! The command line: global options and one subcommand per task.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use streamproxy::proxy::forward::Target;
+use streamproxy::proxy::policy::Rule;
+
+/// Authenticated TCP-over-TLS and UDP-over-DTLS tunnels (GoDoxy's stream proxy protocol).
+#[derive(Debug, Parser)]
+#[command(name = "streamproxy", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Logging options, accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG`, when set, takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// Less log output (-q: warnings and errors, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) quiet: u8,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines with `key=value` fields.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Write a CA, a server certificate and a client certificate (ECDSA P-256) as PEM files.
+    Certs(CertsArgs),
+    /// Run a server: TLS on a TCP port and DTLS on the same UDP port number.
+    Server(ServerArgs),
+    /// Forward local TCP and UDP ports through tunnels to a server.
+    Client(ClientArgs),
+    /// Check that a server is healthy (exit status 0) or not (1, with the reason).
+    Probe(ProbeArgs),
+    /// Run a server, echo destinations and a client on loopback, send traffic through every
+    /// transport and header version, check every byte and report.
+    Demo,
+}
+
+impl Command {
+    /// The log level when neither `-v`/`-q` nor `RUST_LOG` says otherwise.
+    pub(crate) fn default_level(&self) -> &'static str {
+        match self {
+            // The demo prints its own report; per-tunnel lines would drown it.
+            Command::Demo | Command::Certs(_) | Command::Probe(_) => "warn",
+            Command::Server(_) | Command::Client(_) => "info",
+        }
+    }
+
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Certs(args) => crate::certs::run(args).map(|()| ExitCode::SUCCESS),
+            Command::Server(args) => crate::server::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Client(args) => crate::client::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Probe(args) => crate::probe::run(args).await,
+            Command::Demo => crate::demo::run().await,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsArgs {
+    /// Directory to write ca.pem, ca-key.pem, server.pem, server-key.pem, client.pem and
+    /// client-key.pem into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// A further name (DNS name or IP address) for the server certificate, besides
+    /// godoxy.agent, localhost, 127.0.0.1 and ::1. Repeatable.
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub(crate) server_names: Vec<String>,
+    /// Validity of the certificates, in days.
+    #[arg(long, value_name = "N", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub(crate) days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The server's certificate files and their CA.
+#[derive(Debug, Args)]
+pub(crate) struct TlsFiles {
+    /// The CA certificate that peer certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+    /// This side's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// This side's private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on, TCP and UDP (e.g. 0.0.0.0:8890). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) files: TlsFiles,
+    /// Do not serve UDP over DTLS.
+    #[arg(long)]
+    pub(crate) no_udp: bool,
+    /// Do not serve the HTTPS API (/health, /metrics) on the TLS port.
+    #[arg(long)]
+    pub(crate) no_api: bool,
+    /// Allow destinations matching RULE (HOST or HOST:PORTS; e.g. 10.0.0.0/8:22,443,
+    /// *.svc.internal, db.internal:5432). Repeatable.
+    #[arg(long, value_name = "RULE", conflicts_with = "allow_all")]
+    pub(crate) allow: Vec<Rule>,
+    /// Allow every destination not denied (what GoDoxy does).
+    #[arg(long)]
+    pub(crate) allow_all: bool,
+    /// Deny destinations matching RULE, even when an allow rule matches. Repeatable.
+    #[arg(long, value_name = "RULE")]
+    pub(crate) deny: Vec<Rule>,
+    /// A TOML file with the same settings plus timeouts and limits; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// One `LOCAL=TARGET` forward.
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    pub(crate) local: SocketAddr,
+    pub(crate) target: Target,
+}
+
+impl FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Forward, String> {
+        let (local, target) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}`: expected LOCAL=TARGET, e.g. 127.0.0.1:2222=10.0.0.7:22")
+        })?;
+        let local = local
+            .parse()
+            .map_err(|_| format!("`{local}` is not a local address like 127.0.0.1:2222"))?;
+        let target = target.parse().map_err(|e| format!("{e}"))?;
+        Ok(Forward { local, target })
+    }
+}
+
+/// A header version, as written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderVersion(pub(crate) streamproxy::proto::Version);
+
+impl FromStr for HeaderVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<HeaderVersion, String> {
+        streamproxy::proto::Version::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .map(HeaderVersion)
+            .ok_or_else(|| format!("`{s}` is not a header version (0.1.0.0 or 0.1.0)"))
+    }
+}
+
+/// How to reach and trust a server.
+#[derive(Debug, Args)]
+pub(crate) struct ServerConnection {
+    /// The server's address, HOST:PORT (the same port for TCP and UDP).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) server: Option<String>,
+    #[command(flatten)]
+    pub(crate) files: TlsFiles,
+    /// The name to verify in the server's certificate (default godoxy.agent).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    #[command(flatten)]
+    pub(crate) conn: ServerConnection,
+    /// Header version to send (0.1.0.0, the default, or 0.1.0).
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) header_version: Option<HeaderVersion>,
+    /// Forward TCP connections to LOCAL through the server to TARGET (HOST:PORT). Repeatable.
+    #[arg(long, value_name = "LOCAL=TARGET")]
+    pub(crate) tcp: Vec<Forward>,
+    /// Forward UDP datagrams to LOCAL through the server to TARGET (HOST:PORT). Repeatable.
+    #[arg(long, value_name = "LOCAL=TARGET")]
+    pub(crate) udp: Vec<Forward>,
+    /// A TOML file with the same settings plus timeouts and limits; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    #[command(flatten)]
+    pub(crate) conn: ServerConnection,
+    /// Probe over UDP (DTLS) instead of TCP (TLS).
+    #[arg(long)]
+    pub(crate) udp: bool,
+    /// How long the whole check may take, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub(crate) timeout: u64,
+}
+
+/// Prints a command-line error as one line (help and version as they are) and gives the exit
+/// status clap uses.
+pub(crate) fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid command line");
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            eprintln!("streamproxy: error: {line} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}

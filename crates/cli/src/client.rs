@@ -1,0 +1,152 @@
+//! `streamproxy client`: local TCP and UDP ports forwarded through tunnels to a server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use streamproxy::proxy::forward::{TcpForwarder, UdpForwarder};
+use streamproxy::{dtls, proto, tls};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ClientArgs, Forward, HeaderVersion, ServerConnection};
+use crate::config::{ClientConfig, ConfigFile, required};
+use crate::signals::Stop;
+
+/// How to reach and trust the server, resolved and loaded.
+pub(crate) struct Connection {
+    pub(crate) server: SocketAddr,
+    pub(crate) tls: tls::ClientConfig,
+    pub(crate) dtls: dtls::ClientConfig,
+}
+
+/// Resolves the server and loads the client certificate, flags first, then the file.
+pub(crate) async fn connection(
+    args: ServerConnection,
+    file: &ClientConfig,
+) -> anyhow::Result<Connection> {
+    let server = required(
+        args.server,
+        file.server.clone(),
+        "--server ADDR (the server's HOST:PORT)",
+    )?;
+    let ca: PathBuf = required(
+        args.files.ca,
+        file.ca.clone(),
+        "--ca FILE (the CA that signed the server certificate)",
+    )?;
+    let cert: PathBuf = required(
+        args.files.cert,
+        file.cert.clone(),
+        "--cert FILE (the client certificate)",
+    )?;
+    let key: PathBuf = required(
+        args.files.key,
+        file.key.clone(),
+        "--key FILE (the client's private key)",
+    )?;
+    let name = args
+        .server_name
+        .or_else(|| file.server_name.clone())
+        .unwrap_or_else(|| proto::DEFAULT_SERVER_NAME.to_owned());
+    let server = resolve(&server).await?;
+    let server_name = tls::ServerName::try_from(name.clone()).map_err(|_| {
+        anyhow::anyhow!("--server-name `{name}` is neither a DNS name nor an IP address")
+    })?;
+    let tls = tls::ClientConfig::builder(
+        &tls::CaBundle::from_pem_file(&ca)?,
+        &tls::Identity::from_pem_files(&cert, &key)?,
+    )
+    .server_name(server_name)
+    .build()?;
+    let dtls = dtls::ClientConfig::new(
+        dtls::Identity::from_pem_files(&cert, &key)?,
+        dtls::CaCerts::from_pem_file(&ca)?,
+    )
+    .server_name(name);
+    Ok(Connection { server, tls, dtls })
+}
+
+async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = server.parse() {
+        return Ok(addr);
+    }
+    if !server.contains(':') {
+        bail!("--server `{server}`: expected HOST:PORT");
+    }
+    tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("cannot resolve the server `{server}`"))?
+        .next()
+        .with_context(|| format!("the server name `{server}` has no address"))
+}
+
+fn forwards(flags: Vec<Forward>, file: &[String], key: &str) -> anyhow::Result<Vec<Forward>> {
+    if !flags.is_empty() {
+        return Ok(flags);
+    }
+    file.iter()
+        .map(|f| {
+            f.parse::<Forward>()
+                .map_err(|e| anyhow::anyhow!("{key} in the config file: {e}"))
+        })
+        .collect()
+}
+
+pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let file = ConfigFile::load(args.config.as_deref())?.client;
+    let version = match args.header_version {
+        Some(HeaderVersion(v)) => v,
+        None => match &file.header_version {
+            Some(text) => {
+                text.parse::<HeaderVersion>()
+                    .map_err(|e| anyhow::anyhow!("header_version in the config file: {e}"))?
+                    .0
+            }
+            None => proto::Version::default(),
+        },
+    };
+    let tcp = forwards(args.tcp, &file.tcp, "tcp")?;
+    let udp = forwards(args.udp, &file.udp, "udp")?;
+    if tcp.is_empty() && udp.is_empty() {
+        bail!(
+            "nothing to forward: give --tcp LOCAL=TARGET and/or --udp LOCAL=TARGET (e.g. --tcp 127.0.0.1:2222=10.0.0.7:22)"
+        );
+    }
+    let conn = connection(args.conn, &file).await?;
+    let mut stop = Stop::register()?;
+    let connect_timeout = file.connect_timeout.unwrap_or(proto::DIAL_TIMEOUT);
+    let drain = file.drain_period.unwrap_or(Duration::from_secs(30));
+    let idle = file.udp_idle_timeout.unwrap_or(Duration::from_secs(120));
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for f in tcp {
+        let mut forwarder = TcpForwarder::bind(f.local, conn.server, conn.tls.clone(), f.target)
+            .await?
+            .header_version(version)
+            .connect_timeout(connect_timeout)
+            .drain_period(drain);
+        if let Some(n) = file.max_tunnels {
+            forwarder = forwarder.max_tunnels(n);
+        }
+        tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
+        tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
+    }
+    for f in udp {
+        let mut forwarder = UdpForwarder::bind(f.local, conn.server, conn.dtls.clone(), f.target)
+            .await?
+            .header_version(version)
+            .idle_timeout(idle);
+        if let Some(n) = file.max_tunnels {
+            forwarder = forwarder.max_tunnels(n);
+        }
+        tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
+        tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
+    }
+    let name = stop.wait().await;
+    tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}

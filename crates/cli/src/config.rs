@@ -1,0 +1,228 @@
+//! The `--config` file: TOML with a `[server]` and a `[client]` table holding the same settings
+//! as the flags, plus timeouts and limits. Unknown keys are errors naming the key and line.
+//! Relative paths are relative to the file's directory. Flags override the file; a list
+//! given on the command line (`--allow`, `--tcp`, ...) replaces the file's list.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    pub(crate) server: ServerConfig,
+    #[serde(default)]
+    pub(crate) client: ClientConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerConfig {
+    pub(crate) listen: Option<String>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) udp: Option<bool>,
+    pub(crate) api: Option<bool>,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    pub(crate) allow_all: Option<bool>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) dial_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) udp_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) drain_period: Option<Duration>,
+    pub(crate) max_tcp_tunnels: Option<usize>,
+    pub(crate) max_udp_sessions: Option<usize>,
+    pub(crate) max_handshakes: Option<usize>,
+}
+
+/// `[client]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientConfig {
+    pub(crate) server: Option<String>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) header_version: Option<String>,
+    #[serde(default)]
+    pub(crate) tcp: Vec<String>,
+    #[serde(default)]
+    pub(crate) udp: Vec<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) udp_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) drain_period: Option<Duration>,
+    pub(crate) max_tunnels: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads `path`, or gives the empty configuration when there is none.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
+        let Some(path) = path else {
+            return Ok(ConfigFile::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let mut config = parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.server.ca,
+            &mut config.server.cert,
+            &mut config.server.key,
+            &mut config.client.ca,
+            &mut config.client.cert,
+            &mut config.client.key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Parses the text of a configuration file; errors are one line, `line N: message`.
+pub(crate) fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                anyhow::anyhow!("line {line}: {message}")
+            }
+            None => anyhow::anyhow!("{message}"),
+        }
+    })
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"2m"`, `"1h"`, or a number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    let raw = Raw::deserialize(d)?;
+    match raw {
+        Raw::Seconds(s) => Ok(Some(Duration::from_secs(s))),
+        Raw::Text(text) => parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let Ok(n) = number.parse::<u64>() else {
+        bail!("`{text}` is not a duration like \"500ms\", \"10s\", \"2m\" or \"1h\"");
+    };
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => bail!("`{text}` is not a duration like \"500ms\", \"10s\", \"2m\" or \"1h\""),
+    })
+}
+
+/// `flag`, else the file's value, else an error saying how to give it.
+pub(crate) fn required<T>(flag: Option<T>, file: Option<T>, what: &str) -> anyhow::Result<T> {
+    match flag.or(file) {
+        Some(v) => Ok(v),
+        None => bail!("missing {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let config = parse(
+            r#"
+            [server]
+            listen = "0.0.0.0:8890"
+            ca = "ca.pem"
+            cert = "server.pem"
+            key = "server-key.pem"
+            udp = true
+            api = false
+            allow = ["10.0.0.0/8:22,443"]
+            allow_all = false
+            deny = ["10.0.0.1"]
+            header_timeout = "10s"
+            dial_timeout = 10
+            handshake_timeout = "10s"
+            udp_idle_timeout = "2m"
+            drain_period = "30s"
+            max_tcp_tunnels = 4096
+            max_udp_sessions = 4096
+            max_handshakes = 256
+
+            [client]
+            server = "proxy.example:8890"
+            ca = "ca.pem"
+            cert = "client.pem"
+            key = "client-key.pem"
+            server_name = "godoxy.agent"
+            header_version = "0.1.0"
+            tcp = ["127.0.0.1:2222=10.0.0.7:22"]
+            udp = ["127.0.0.1:5353=10.0.0.53:53"]
+            connect_timeout = "10s"
+            udp_idle_timeout = "500ms"
+            drain_period = "1h"
+            max_tunnels = 100
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.server.udp_idle_timeout,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(config.server.dial_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(
+            config.client.udp_idle_timeout,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(config.client.drain_period, Some(Duration::from_secs(3600)));
+        assert_eq!(config.client.tcp.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let e = parse("[server]\nlisten = \"0.0.0.0:1\"\nlisen = 3\n").expect_err("unknown key");
+        let e = e.to_string();
+        assert!(e.starts_with("line 3: unknown field `lisen`"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        let e = parse("[client]\ndrain_period = \"soon\"\n").expect_err("bad duration");
+        assert!(e.to_string().starts_with("line 2:"), "{e}");
+    }
+}

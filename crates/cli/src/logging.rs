@@ -1,0 +1,33 @@
+//! Log output: text or JSON lines on stderr, the level from `-v`/`-q` or `RUST_LOG`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogArgs, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, decides the filter; otherwise
+/// `-v`/`-q` move the level up or down from `default`.
+pub(crate) fn init(args: &LogArgs, default: &str) {
+    let levels = ["error", "warn", "info", "debug", "trace"];
+    let base = levels.iter().position(|l| *l == default).unwrap_or(2) as i32;
+    let index = (base + i32::from(args.verbose) - i32::from(args.quiet)).clamp(0, 4) as usize;
+    let level = levels[index];
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("streamproxy: warning: ignoring RUST_LOG={spec:?}: {e}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match args.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

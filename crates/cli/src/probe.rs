@@ -1,0 +1,52 @@
+//! `streamproxy probe`: a health check (handshake plus the 0.1.0 close-flag header). Exit
+//! status 0 when healthy, 1 with a one-line reason when not.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use streamproxy::proxy;
+
+use crate::cli::ProbeArgs;
+use crate::client::connection;
+use crate::config::ClientConfig;
+
+pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let conn = connection(args.conn, &ClientConfig::default()).await?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let started = Instant::now();
+    let (transport, result) = if args.udp {
+        (
+            "udp",
+            proxy::udp::health_check(conn.server, &conn.dtls, timeout).await,
+        )
+    } else {
+        (
+            "tcp",
+            proxy::tcp::health_check(conn.server, &conn.tls, timeout).await,
+        )
+    };
+    match result {
+        Ok(()) => {
+            println!(
+                "healthy: {transport} {} answered in {:.1} ms",
+                conn.server,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason.push_str(": ");
+                reason.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!(
+                "streamproxy: unhealthy: {transport} {}: {reason}",
+                conn.server
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `streamproxy server`: TLS and DTLS on one port number, a destination policy, SIGHUP
+//! reloads the certificates, SIGINT/SIGTERM drain and exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use streamproxy::proxy::policy::{Policy, Rule};
+use streamproxy::proxy::server::{CertPaths, Server};
+use streamproxy::proxy::settings::Settings;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::ServerArgs;
+use crate::config::{ConfigFile, ServerConfig, required};
+use crate::signals::Stop;
+
+/// Everything a server needs, flags and file merged.
+struct Plan {
+    listen: SocketAddr,
+    certs: CertPaths,
+    policy: Policy,
+    settings: Settings,
+    udp: bool,
+    api: bool,
+}
+
+const NO_POLICY: &str = "no destination policy: give --allow RULE (e.g. --allow 10.0.0.0/8:443, repeatable) or --allow-all to allow every destination";
+
+fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
+    let file = ConfigFile::load(args.config.as_deref())?.server;
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => {
+            let text = required(
+                None,
+                file.listen.clone(),
+                "--listen ADDR (e.g. --listen 0.0.0.0:8890)",
+            )?;
+            text.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "listen = `{text}` in the config file is not an address like 0.0.0.0:8890"
+                )
+            })?
+        }
+    };
+    let certs = CertPaths::new(
+        required::<PathBuf>(
+            args.files.cert,
+            file.cert.clone(),
+            "--cert FILE (the server certificate)",
+        )?,
+        required::<PathBuf>(
+            args.files.key,
+            file.key.clone(),
+            "--key FILE (the server's private key)",
+        )?,
+        required::<PathBuf>(
+            args.files.ca,
+            file.ca.clone(),
+            "--ca FILE (the CA client certificates chain to)",
+        )?,
+    );
+    let allow = if args.allow.is_empty() {
+        parse_rules(&file.allow, "allow")?
+    } else {
+        args.allow
+    };
+    let deny = if args.deny.is_empty() {
+        parse_rules(&file.deny, "deny")?
+    } else {
+        args.deny
+    };
+    let allow_all = args.allow_all || (allow.is_empty() && file.allow_all == Some(true));
+    let policy = if allow_all {
+        if !allow.is_empty() {
+            bail!("give either allow rules or allow-all, not both");
+        }
+        Policy::allow_all(deny)
+    } else if allow.is_empty() {
+        bail!(NO_POLICY);
+    } else {
+        Policy::new(allow, deny)?
+    };
+    Ok(Plan {
+        listen,
+        certs,
+        policy,
+        settings: settings(&file),
+        udp: !args.no_udp && file.udp.unwrap_or(true),
+        api: !args.no_api && file.api.unwrap_or(true),
+    })
+}
+
+fn parse_rules(rules: &[String], key: &str) -> anyhow::Result<Vec<Rule>> {
+    rules
+        .iter()
+        .map(|r| {
+            r.parse::<Rule>()
+                .with_context(|| format!("{key} in the config file"))
+        })
+        .collect()
+}
+
+fn settings(file: &ServerConfig) -> Settings {
+    let mut s = Settings::default();
+    if let Some(d) = file.header_timeout {
+        s = s.header_timeout(d);
+    }
+    if let Some(d) = file.dial_timeout {
+        s = s.dial_timeout(d);
+    }
+    if let Some(d) = file.handshake_timeout {
+        s = s.handshake_timeout(d);
+    }
+    if let Some(d) = file.udp_idle_timeout {
+        s = s.udp_idle_timeout(d);
+    }
+    if let Some(d) = file.drain_period {
+        s = s.drain_period(d);
+    }
+    if let Some(n) = file.max_tcp_tunnels {
+        s = s.max_tcp_tunnels(n);
+    }
+    if let Some(n) = file.max_udp_sessions {
+        s = s.max_udp_sessions(n);
+    }
+    if let Some(n) = file.max_handshakes {
+        s = s.max_handshakes(n);
+    }
+    s
+}
+
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let plan = plan(args)?;
+    // Registered before binding, so that a signal right after the ready line is not missed.
+    let mut stop = Stop::register()?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let drain = plan.settings.drain_period;
+    let server = Server::builder(plan.policy.clone(), plan.certs.clone())
+        .settings(plan.settings)
+        .udp(plan.udp)
+        .api(plan.api)
+        .bind(plan.listen)
+        .await?;
+    let tcp = server.tcp_addr();
+    match server.udp_addr() {
+        Some(udp) => {
+            tracing::info!(tcp = %tcp, udp = %udp, api = plan.api, policy = ?plan.policy, "listening")
+        }
+        None => {
+            tracing::info!(tcp = %tcp, udp = "off", api = plan.api, policy = ?plan.policy, "listening")
+        }
+    }
+    let reloader = server.reloader();
+    server
+        .run(async move {
+            loop {
+                tokio::select! {
+                    name = stop.wait() => {
+                        tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
+                        return;
+                    }
+                    _ = hangup.recv() => match reloader.reload() {
+                        Ok(()) => tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA"),
+                        Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed; keeping the previous certificates"),
+                    },
+                }
+            }
+        })
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}
