@@ -1,4 +1,13 @@
-//! `cargo xtask bench`: criterion benchmarks of single crates.
+//! `cargo xtask bench`: criterion benchmarks of single crates, and the side-by-side tunnel
+//! benchmarks against the Go peer, stunnel and plain loopback (`bench/tunnels.rs`).
+//!
+//! `cargo xtask bench` runs both; `bench CRATE...` only those crates' criterion benchmarks;
+//! `bench tunnels` only the side-by-side scenarios. `--quick` makes every part a smoke run.
+
+mod contenders;
+mod load;
+mod report;
+mod tunnels;
 
 use anyhow::{Result, bail};
 
@@ -14,14 +23,16 @@ const CRATES: &[(&str, &str)] = &[
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
+    let mut tunnels = false;
     let mut selected = Vec::new();
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
+            "tunnels" => tunnels = true,
             name => match CRATES.iter().find(|(n, _)| *n == name) {
                 Some(entry) => selected.push(*entry),
                 None => bail!(
-                    "no benchmarks for `{name}`; known: {}",
+                    "no benchmarks for `{name}`; known: tunnels, {}",
                     CRATES
                         .iter()
                         .map(|(n, _)| *n)
@@ -31,8 +42,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             },
         }
     }
-    if selected.is_empty() {
+    if selected.is_empty() && !tunnels {
         selected.extend_from_slice(CRATES);
+        tunnels = true;
     }
     for (_, package) in selected {
         let mut cmd = cargo();
@@ -42,6 +54,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             cmd.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
         }
         cmd::run(&mut cmd)?;
+    }
+    if tunnels {
+        tunnels::run(quick)?;
     }
     Ok(())
 }

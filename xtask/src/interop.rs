@@ -25,7 +25,7 @@ pub(crate) struct Certs {
 }
 
 impl Certs {
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -34,7 +34,7 @@ impl Certs {
         self.args("client")
     }
 
-    fn args(&self, who: &str) -> Vec<String> {
+    pub(crate) fn args(&self, who: &str) -> Vec<String> {
         vec![
             "--ca".into(),
             self.path("ca.pem").display().to_string(),
@@ -46,7 +46,7 @@ impl Certs {
     }
 
     /// `-ca -cert -key` for the Go peer.
-    fn go_args(&self, who: &str) -> Vec<String> {
+    pub(crate) fn go_args(&self, who: &str) -> Vec<String> {
         vec![
             "-ca".into(),
             self.path("ca.pem").display().to_string(),

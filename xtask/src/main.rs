@@ -18,8 +18,9 @@ usage: cargo xtask <task>
 
 tasks:
   ci                              format, lint and test everything (the CI entry point)
-  bench [CRATE] [--quick]         criterion benchmarks of one crate (proto, connmgr, tls, dtls)
-                                  or of every crate that has some
+  bench [CRATE|tunnels] [--quick] criterion benchmarks of one crate (proto, connmgr, tls,
+                                  dtls), or the side-by-side tunnel benchmarks against the Go
+                                  peer, stunnel and loopback (tunnels), or all of them
   fuzz TARGET [--seconds N]       run a cargo-fuzz target (needs a nightly toolchain);
                                   targets: proto
   interop                         the wire-compatibility matrix against a Go peer

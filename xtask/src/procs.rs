@@ -99,6 +99,11 @@ impl Proc {
         })
     }
 
+    /// The process id (to read its memory use from /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The output so far, as text.
     pub(crate) fn output(&self) -> String {
         let (lock, _) = &*self.output;

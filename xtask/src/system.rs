@@ -55,6 +55,20 @@ const INTEROP: &[Need] = &[
     },
 ];
 
+const BENCH: &[Need] = &[Need {
+    what: "stunnel4 (a side-by-side benchmark contender)",
+    present: || have_program("stunnel4"),
+    package: "stunnel4",
+}];
+
+/// Makes sure the side-by-side benchmarks' contenders are installed (the Go peer's toolchain
+/// comes with the interop dependencies).
+pub(crate) fn ensure_bench_deps() -> Result<()> {
+    ensure(BUILD_AND_TEST)?;
+    ensure(INTEROP)?;
+    ensure(BENCH)
+}
+
 /// Makes sure the Go peer's toolchain and libraries are installed (and what the tests need).
 pub(crate) fn ensure_interop_deps() -> Result<()> {
     ensure(BUILD_AND_TEST)?;

@@ -11,6 +11,10 @@
 //	goPeer health -server ADDR -ca F -cert F -key F -transport tcp|udp
 //	goPeer echo   -tcp ADDR -udp ADDR                    echo destinations
 //	goPeer header -host H -port P [-version V] [-health]  print a header in hex
+//	goPeer forward -listen ADDR -server ADDR -ca F -cert F -key F -transport tcp|udp
+//	              -target HOST:PORT [-version V]         client-side forwarder (benchmarks):
+//	              every accepted TCP connection, or every UDP source address, gets its own
+//	              tunnel to the server for TARGET
 package main
 
 import (
@@ -431,6 +435,107 @@ func echo(tcpAddr, udpAddr string) {
 	select {}
 }
 
+// forward is the client side of a tunnel as the original uses it: a local TCP listener whose
+// connections are each relayed through their own TLS tunnel with io.Copy, or a local UDP socket
+// whose source addresses each get their own DTLS session.
+func forward(transport, listen, server, target, version string, p pki) {
+	host, port, err := net.SplitHostPort(target)
+	must(err)
+	hdr, err := header(version, host, port, 0)
+	must(err)
+	if transport == "tcp" {
+		ln, err := net.Listen("tcp", listen)
+		must(err)
+		fmt.Printf("forwarding tcp=%s\n", ln.Addr())
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go forwardTCP(c, server, p, hdr)
+		}
+	}
+	pc, err := net.ListenPacket("udp", listen)
+	must(err)
+	fmt.Printf("forwarding udp=%s\n", pc.LocalAddr())
+	var mu sync.Mutex
+	sessions := map[string]chan []byte{}
+	buf := make([]byte, 65535)
+	for {
+		n, src, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		key := src.String()
+		mu.Lock()
+		queue, ok := sessions[key]
+		if !ok {
+			queue = make(chan []byte, 64)
+			sessions[key] = queue
+			go forwardUDP(pc, src, queue, server, p, hdr, func() {
+				mu.Lock()
+				delete(sessions, key)
+				mu.Unlock()
+			})
+		}
+		mu.Unlock()
+		d := make([]byte, n)
+		copy(d, buf[:n])
+		select {
+		case queue <- d:
+		default: // the session is behind: drop, as a router would
+		}
+	}
+}
+
+func forwardTCP(c net.Conn, server string, p pki, hdr []byte) {
+	defer c.Close()
+	t, err := dialTunnel("tcp", server, p, hdr)
+	if err != nil {
+		return
+	}
+	defer t.Close()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		io.Copy(t, c)
+		t.(*tls.Conn).CloseWrite()
+	}()
+	go func() {
+		defer wg.Done()
+		io.Copy(c, t)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	wg.Wait()
+}
+
+func forwardUDP(pc net.PacketConn, src net.Addr, queue chan []byte, server string, p pki, hdr []byte, done func()) {
+	defer done()
+	t, err := dialTunnel("udp", server, p, hdr)
+	if err != nil {
+		return
+	}
+	defer t.Close()
+	go func() {
+		b := make([]byte, 65535)
+		for {
+			t.SetReadDeadline(time.Now().Add(60 * time.Second))
+			n, err := t.Read(b)
+			if err != nil {
+				t.Close()
+				return
+			}
+			pc.WriteTo(b[:n], src)
+		}
+	}()
+	for d := range queue {
+		if _, err := t.Write(d); err != nil {
+			return
+		}
+	}
+}
+
 func must(err error) {
 	if err != nil {
 		fail(err.Error())
@@ -444,7 +549,7 @@ func fail(msg string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: goPeer server|check|health|echo|header [flags]")
+		fail("usage: goPeer server|check|health|echo|header|forward [flags]")
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "server address")
@@ -486,6 +591,8 @@ func main() {
 		b, err := header(*version, *host, *port, flags)
 		must(err)
 		fmt.Println(hex.EncodeToString(b))
+	case "forward":
+		forward(*transport, *listen, *server, *target, *version, loadPKI(*ca, *cert, *key))
 	default:
 		fail("unknown role " + strconv.Quote(os.Args[1]))
 	}

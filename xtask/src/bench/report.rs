@@ -1,0 +1,374 @@
+//! The side-by-side results as a markdown table and as JSON.
+
+use std::fmt::Write as _;
+
+use super::contenders::Contender;
+use super::tunnels::Samples;
+
+/// One row of the table.
+pub(crate) struct Metric {
+    pub(crate) id: &'static str,
+    label: String,
+    contenders: &'static [Contender],
+    higher_is_better: bool,
+    /// A loss percentage: shown, not compared.
+    is_loss: bool,
+    target: Option<Target>,
+}
+
+/// What streamproxy should reach against the Go peer (the issue's targets).
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    /// streamproxy / Go at least this.
+    Ratio(f64),
+    /// streamproxy / Go at least this, and streamproxy at least stunnel.
+    RatioAndStunnel(f64),
+    /// streamproxy / Go at most this (lower is better).
+    RatioAtMost(f64),
+    /// streamproxy at most Go (lower is better).
+    NoWorse,
+}
+
+impl Metric {
+    pub(crate) fn new(
+        id: &'static str,
+        label: impl Into<String>,
+        contenders: &'static [Contender],
+    ) -> Metric {
+        Metric {
+            id,
+            label: label.into(),
+            contenders,
+            higher_is_better: true,
+            is_loss: false,
+            target: None,
+        }
+    }
+
+    pub(crate) fn lower(mut self) -> Metric {
+        self.higher_is_better = false;
+        self
+    }
+
+    pub(crate) fn loss(mut self) -> Metric {
+        self.is_loss = true;
+        self.higher_is_better = false;
+        self
+    }
+
+    pub(crate) fn target(mut self, target: Target) -> Metric {
+        self.target = Some(target);
+        self
+    }
+
+    fn median(&self, samples: &Samples, c: Contender) -> Option<f64> {
+        median(samples.values.get(&(self.id, c))?)
+    }
+
+    /// streamproxy's median divided by `other`'s.
+    fn ratio(&self, samples: &Samples, other: Contender) -> Option<f64> {
+        if self.is_loss || !self.contenders.contains(&other) {
+            return None;
+        }
+        let ours = self.median(samples, Contender::Streamproxy)?;
+        let theirs = self.median(samples, other)?;
+        (theirs > 0.0).then(|| ours / theirs)
+    }
+
+    fn target_text(&self) -> Option<String> {
+        Some(match self.target? {
+            Target::Ratio(x) => format!("≥ {x}× Go"),
+            Target::RatioAndStunnel(x) => format!("≥ {x}× Go, ≥ stunnel"),
+            Target::NoWorse => "≤ Go".to_owned(),
+            Target::RatioAtMost(x) => format!("≤ {x:.2}× Go"),
+        })
+    }
+
+    fn target_met(&self, samples: &Samples) -> Option<bool> {
+        let go = self.ratio(samples, Contender::Go)?;
+        Some(match self.target? {
+            Target::Ratio(x) => go >= x,
+            Target::RatioAndStunnel(x) => {
+                go >= x && self.ratio(samples, Contender::Stunnel)? >= 1.0
+            }
+            Target::RatioAtMost(x) => go <= x,
+            Target::NoWorse => go <= 1.0,
+        })
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// A figure with as many digits as it deserves.
+pub(crate) fn number(v: f64) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    let a = v.abs();
+    if a >= 1000.0 {
+        // Thousands separated by a thin space.
+        let digits = format!("{:.0}", a);
+        let mut out = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push('\u{2009}');
+            }
+            out.push(ch);
+        }
+        if v < 0.0 { format!("-{out}") } else { out }
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// What the run was.
+pub(crate) struct Context {
+    pub(crate) quick: bool,
+    pub(crate) runs: usize,
+    pub(crate) machine: String,
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
+    pub(crate) seconds: f64,
+}
+
+const RATIO_TO: [Contender; 3] = [Contender::Go, Contender::Stunnel, Contender::Loopback];
+
+/// The markdown table.
+pub(crate) fn table(metrics: &[Metric], samples: &Samples, ctx: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{} run{}: medians of {} run{} per cell; machine: {}; load average {} before, {} after; {:.0} s.\n",
+        if ctx.quick { "Quick (smoke)" } else { "Full" },
+        if ctx.quick {
+            ", figures not meaningful"
+        } else {
+            ""
+        },
+        ctx.runs,
+        if ctx.runs == 1 { "" } else { "s" },
+        ctx.machine,
+        ctx.load_before,
+        ctx.load_after,
+        ctx.seconds
+    );
+    out.push_str("| scenario |");
+    for c in Contender::ALL {
+        let _ = write!(out, " {} |", c.title());
+    }
+    for c in RATIO_TO {
+        let _ = write!(out, " ÷ {} |", c.title());
+    }
+    out.push_str(" target vs Go |\n|---|");
+    for _ in 0..Contender::ALL.len() + RATIO_TO.len() {
+        out.push_str("---:|");
+    }
+    out.push_str("---|\n");
+    for m in metrics {
+        let _ = write!(out, "| {} |", m.label);
+        for c in Contender::ALL {
+            let cell = if m.contenders.contains(&c) {
+                m.median(samples, c).map_or("**failed**".into(), number)
+            } else {
+                "n/a".into()
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        for c in RATIO_TO {
+            let cell = m
+                .ratio(samples, c)
+                .map_or("".into(), |r| format!("{r:.2}×"));
+            let _ = write!(out, " {cell} |");
+        }
+        let target = match (m.target_text(), m.target_met(samples)) {
+            (Some(t), Some(true)) => format!("{t}: met"),
+            (Some(t), Some(false)) => format!("{t}: **missed**"),
+            (Some(t), None) => t,
+            (None, _) => String::new(),
+        };
+        let _ = writeln!(out, " {target} |");
+    }
+    out.push_str(
+        "\nRatios are streamproxy's median divided by the other's: above 1 is better for rates, \
+         below 1 is better for times and memory.\n",
+    );
+    out
+}
+
+/// Cells that should have a figure and have none.
+pub(crate) fn missing_cells(metrics: &[Metric], samples: &Samples) -> Vec<String> {
+    let mut missing = Vec::new();
+    for m in metrics {
+        for &c in m.contenders {
+            match m.median(samples, c) {
+                Some(v) if v >= 0.0 => {}
+                _ => missing.push(format!("{} / {}", m.label, c.title())),
+            }
+        }
+    }
+    missing
+}
+
+/// The results as JSON: every run's figure, the medians, the ratios and the targets.
+pub(crate) fn json(metrics: &[Metric], samples: &Samples, ctx: &Context) -> String {
+    let mut rows = Vec::new();
+    for m in metrics {
+        let mut figures = Vec::new();
+        for &c in m.contenders {
+            let runs = samples
+                .values
+                .get(&(m.id, c))
+                .map(|v| Json::Arr(v.iter().map(|x| Json::Num(*x)).collect()))
+                .unwrap_or(Json::Arr(Vec::new()));
+            figures.push((
+                c.key(),
+                Json::Obj(vec![
+                    ("median", m.median(samples, c).map_or(Json::Null, Json::Num)),
+                    ("runs", runs),
+                ]),
+            ));
+        }
+        let ratios = RATIO_TO
+            .iter()
+            .filter_map(|&c| Some((c.key(), Json::Num(m.ratio(samples, c)?))))
+            .collect();
+        rows.push(Json::Obj(vec![
+            ("id", Json::Str(m.id.to_owned())),
+            ("label", Json::Str(m.label.clone())),
+            ("higher_is_better", Json::Bool(m.higher_is_better)),
+            ("figures", Json::Obj(figures)),
+            ("streamproxy_ratio_to", Json::Obj(ratios)),
+            ("target", m.target_text().map_or(Json::Null, Json::Str)),
+            (
+                "target_met",
+                m.target_met(samples).map_or(Json::Null, Json::Bool),
+            ),
+        ]));
+    }
+    let doc = Json::Obj(vec![
+        ("quick", Json::Bool(ctx.quick)),
+        ("runs", Json::Num(ctx.runs as f64)),
+        ("machine", Json::Str(ctx.machine.clone())),
+        ("load_average_before", Json::Str(ctx.load_before.clone())),
+        ("load_average_after", Json::Str(ctx.load_after.clone())),
+        ("seconds", Json::Num(ctx.seconds)),
+        ("rows", Json::Arr(rows)),
+        (
+            "errors",
+            Json::Arr(samples.errors.iter().cloned().map(Json::Str).collect()),
+        ),
+    ]);
+    let mut out = String::new();
+    doc.write(&mut out);
+    out.push('\n');
+    out
+}
+
+/// Just enough JSON to write the results without a serializer.
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(&'static str, Json)>),
+}
+
+impl Json {
+    fn write(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Num(x) if x.is_finite() => {
+                let _ = write!(out, "{x}");
+            }
+            Json::Num(_) => out.push_str("null"),
+            Json::Str(s) => write_str(out, s),
+            Json::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Json::Obj(fields) => {
+                out.push('{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_str(out, k);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes_and_nulls_non_finite_numbers() {
+        let mut out = String::new();
+        Json::Obj(vec![
+            ("a", Json::Str("q\"\\\n\u{1}".into())),
+            ("b", Json::Arr(vec![Json::Num(1.5), Json::Num(f64::NAN)])),
+        ])
+        .write(&mut out);
+        assert_eq!(out, r#"{"a":"q\"\\\n\u0001","b":[1.5,null]}"#);
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn numbers_keep_three_significant_digits() {
+        assert_eq!(number(1234.4), "1\u{2009}234");
+        assert_eq!(number(123.4), "123");
+        assert_eq!(number(12.34), "12.3");
+        assert_eq!(number(1.234), "1.23");
+    }
+}

@@ -1,0 +1,441 @@
+//! `cargo xtask bench tunnels`: the side-by-side scenarios.
+//!
+//! Every scenario runs against every contender that can carry it, several times, interleaved
+//! (run 1 of every contender, then run 2, ...) so that a change in the machine's load hits all
+//! of them alike; each contender gets fresh processes for every measurement. Each cell is the
+//! median of its runs, and streamproxy's ratio to a contender is the ratio of the medians.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::contenders::{self, Contender, Stack, Transport};
+use super::load::{self, Destinations};
+use super::report::{self, Metric, Target};
+use crate::cmd::project_root;
+use crate::interop::Tools;
+
+/// The sizes of one run: the full benchmark or the quick smoke run.
+pub(crate) struct Sizes {
+    pub(crate) runs: usize,
+    bulk: u64,
+    parallel_streams: usize,
+    parallel_each: u64,
+    setup_clients: usize,
+    setup_time: Duration,
+    round_trips: usize,
+    idle_tunnels: usize,
+    udp_time: Duration,
+    udp_sessions: usize,
+    handshake_time: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                runs: 1,
+                bulk: 16 << 20,
+                parallel_streams: 32,
+                parallel_each: 512 << 10,
+                setup_clients: 8,
+                setup_time: Duration::from_millis(300),
+                round_trips: 300,
+                idle_tunnels: 100,
+                udp_time: Duration::from_millis(300),
+                udp_sessions: 32,
+                handshake_time: Duration::from_millis(500),
+            }
+        } else {
+            Sizes {
+                runs: 3,
+                bulk: 1 << 30,
+                parallel_streams: 32,
+                parallel_each: 64 << 20,
+                setup_clients: 8,
+                setup_time: Duration::from_secs(3),
+                round_trips: 20_000,
+                idle_tunnels: 5_000,
+                udp_time: Duration::from_secs(3),
+                udp_sessions: 32,
+                handshake_time: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
+const TCP: &[Contender] = &[
+    Contender::Streamproxy,
+    Contender::Go,
+    Contender::Stunnel,
+    Contender::Loopback,
+];
+const TUNNELS: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Stunnel];
+const UDP: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Loopback];
+
+/// The rows of the table, in order.
+fn metrics(s: &Sizes) -> Vec<Metric> {
+    let mib = |b: u64| b >> 20;
+    let size = |b: u64| {
+        if b >= 1 << 30 {
+            format!("{} GiB", b >> 30)
+        } else if b >= 1 << 20 {
+            format!("{} MiB", mib(b))
+        } else {
+            format!("{} KiB", b >> 10)
+        }
+    };
+    let more = Target::Ratio;
+    vec![
+        Metric::new(
+            "tcp_bulk",
+            format!("1. TCP bulk, {} one way (MB/s)", size(s.bulk)),
+            TCP,
+        )
+        .target(Target::RatioAndStunnel(1.5)),
+        Metric::new(
+            "tcp_parallel",
+            format!(
+                "2. TCP parallel, {} × {} (aggregate MB/s)",
+                s.parallel_streams,
+                size(s.parallel_each)
+            ),
+            TCP,
+        )
+        .target(Target::RatioAndStunnel(1.5)),
+        Metric::new(
+            "tcp_setup_rate",
+            format!("3. TCP setup, {} clients (tunnels/s)", s.setup_clients),
+            TCP,
+        )
+        .target(more(2.0)),
+        Metric::new(
+            "tcp_setup_p50",
+            "3. TCP setup, time to first byte p50 (ms)",
+            TCP,
+        )
+        .lower(),
+        Metric::new(
+            "tcp_setup_p99",
+            "3. TCP setup, time to first byte p99 (ms)",
+            TCP,
+        )
+        .lower(),
+        Metric::new(
+            "tcp_rtt_p50",
+            "4. TCP latency, 64 B round trip p50 (µs)",
+            TCP,
+        )
+        .lower()
+        .target(Target::NoWorse),
+        Metric::new(
+            "tcp_rtt_p99",
+            "4. TCP latency, 64 B round trip p99 (µs)",
+            TCP,
+        )
+        .lower()
+        .target(Target::NoWorse),
+        Metric::new(
+            "memory_per_tunnel",
+            format!(
+                "5. Server memory per idle tunnel, {} open (KiB)",
+                s.idle_tunnels
+            ),
+            TUNNELS,
+        )
+        .lower()
+        .target(Target::RatioAtMost(1.0 / 3.0)),
+        Metric::new("udp_64_rate", "6. UDP 64 B, 1 session (datagrams/s)", UDP).target(more(3.0)),
+        Metric::new("udp_64_loss", "6. UDP 64 B, 1 session, loss (%)", UDP).loss(),
+        Metric::new(
+            "udp_1200_rate",
+            "6. UDP 1200 B, 1 session (datagrams/s)",
+            UDP,
+        )
+        .target(more(3.0)),
+        Metric::new("udp_1200_loss", "6. UDP 1200 B, 1 session, loss (%)", UDP).loss(),
+        Metric::new(
+            "udp_sessions_rate",
+            format!(
+                "6. UDP 1200 B, {} sessions (aggregate datagrams/s)",
+                s.udp_sessions
+            ),
+            UDP,
+        )
+        .target(more(3.0)),
+        Metric::new(
+            "udp_sessions_loss",
+            format!("6. UDP 1200 B, {} sessions, loss (%)", s.udp_sessions),
+            UDP,
+        )
+        .loss(),
+        Metric::new(
+            "dtls_handshake_rate",
+            format!(
+                "7. DTLS handshakes, {} clients (sessions/s)",
+                s.setup_clients
+            ),
+            UDP,
+        )
+        .target(more(2.0)),
+        Metric::new(
+            "dtls_handshake_p50",
+            "7. DTLS session, time to first echo p50 (ms)",
+            UDP,
+        )
+        .lower(),
+        Metric::new(
+            "dtls_handshake_p99",
+            "7. DTLS session, time to first echo p99 (ms)",
+            UDP,
+        )
+        .lower(),
+    ]
+}
+
+/// Samples per metric and contender, and what failed.
+#[derive(Default)]
+pub(crate) struct Samples {
+    pub(crate) values: HashMap<(&'static str, Contender), Vec<f64>>,
+    pub(crate) errors: Vec<String>,
+}
+
+struct Bench<'a> {
+    tools: &'a Tools,
+    work: PathBuf,
+    sizes: &'a Sizes,
+    samples: Samples,
+}
+
+impl Bench<'_> {
+    /// Runs `measure` `runs` times against each of `contenders`, each time on fresh processes
+    /// forwarding `transport` to `target`.
+    fn scenario(
+        &mut self,
+        name: &str,
+        contenders: &[Contender],
+        transport: Transport,
+        target: u16,
+        measure: impl Fn(&Stack) -> Result<Vec<(&'static str, f64)>>,
+    ) {
+        for run in 1..=self.sizes.runs {
+            for &contender in contenders {
+                let started = Instant::now();
+                let result =
+                    contenders::start(self.tools, &self.work, contender, transport, target)
+                        .and_then(|stack| measure(&stack));
+                match result {
+                    Ok(values) => {
+                        let shown: Vec<String> = values
+                            .iter()
+                            .map(|(id, v)| format!("{id}={}", report::number(*v)))
+                            .collect();
+                        eprintln!(
+                            "bench: {name}, run {run}, {}: {} ({:.1} s)",
+                            contender.title(),
+                            shown.join(" "),
+                            started.elapsed().as_secs_f64()
+                        );
+                        for (id, v) in values {
+                            self.samples
+                                .values
+                                .entry((id, contender))
+                                .or_default()
+                                .push(v);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{name}, run {run}, {}: {e:#}", contender.title());
+                        eprintln!("bench: FAILED {msg}");
+                        self.samples.errors.push(msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ms(us: f64) -> f64 {
+    us / 1000.0
+}
+
+/// Runs every scenario and prints and writes the results.
+pub(crate) fn run(quick: bool) -> Result<()> {
+    let sizes = Sizes::new(quick);
+    crate::system::ensure_bench_deps()?;
+    let tools = Tools::prepare("bench-tunnels", true)?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    let work = target_dir.join("bench-tunnels");
+    let dest = Destinations::start()?;
+    let load_before = load_average();
+    let started = Instant::now();
+    let mut bench = Bench {
+        tools: &tools,
+        work: work.clone(),
+        sizes: &sizes,
+        samples: Samples::default(),
+    };
+    let s = &sizes;
+
+    bench.scenario("TCP bulk", TCP, Transport::Tcp, dest.tcp_sink, |st| {
+        Ok(vec![("tcp_bulk", load::bulk(st.port, s.bulk)?)])
+    });
+    bench.scenario("TCP parallel", TCP, Transport::Tcp, dest.tcp_sink, |st| {
+        let v = load::parallel(st.port, s.parallel_streams, s.parallel_each)?;
+        Ok(vec![("tcp_parallel", v)])
+    });
+    bench.scenario("TCP setup", TCP, Transport::Tcp, dest.tcp_echo, |st| {
+        let r = load::setup(st.port, s.setup_clients, s.setup_time)?;
+        if r.failures > 0 {
+            eprintln!("bench: TCP setup: {} attempts failed", r.failures);
+        }
+        Ok(vec![
+            ("tcp_setup_rate", r.per_second),
+            ("tcp_setup_p50", ms(r.times.quantile_us(0.5))),
+            ("tcp_setup_p99", ms(r.times.quantile_us(0.99))),
+        ])
+    });
+    bench.scenario("TCP latency", TCP, Transport::Tcp, dest.tcp_echo, |st| {
+        let t = load::latency(st.port, s.round_trips)?;
+        Ok(vec![
+            ("tcp_rtt_p50", t.quantile_us(0.5)),
+            ("tcp_rtt_p99", t.quantile_us(0.99)),
+        ])
+    });
+    bench.scenario("memory", TUNNELS, Transport::Tcp, dest.tcp_echo, |st| {
+        let pid = st.server_pid.context("no server process")?;
+        // Warm up: the first tunnels allocate pools and buffers that later ones reuse.
+        drop(load::idle_connections(st.port, 16)?);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = rss_kib(pid)?;
+        let conns = load::idle_connections(st.port, s.idle_tunnels)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(pid)?;
+        drop(conns);
+        let per = (after - before) / s.idle_tunnels as f64;
+        Ok(vec![("memory_per_tunnel", per)])
+    });
+    for (name, size, sessions, window, rate, loss) in [
+        ("UDP 64 B", 64, 1, 32, "udp_64_rate", "udp_64_loss"),
+        ("UDP 1200 B", 1200, 1, 32, "udp_1200_rate", "udp_1200_loss"),
+        (
+            "UDP sessions",
+            1200,
+            s.udp_sessions,
+            4,
+            "udp_sessions_rate",
+            "udp_sessions_loss",
+        ),
+    ] {
+        bench.scenario(name, UDP, Transport::Udp, dest.udp_echo, |st| {
+            let r = load::udp(st.port, sessions, size, window, s.udp_time)?;
+            Ok(vec![(rate, r.per_second), (loss, r.loss * 100.0)])
+        });
+    }
+    bench.scenario(
+        "DTLS handshakes",
+        UDP,
+        Transport::Udp,
+        dest.udp_echo,
+        |st| {
+            let r = load::udp_sessions(st.port, s.setup_clients, s.handshake_time)?;
+            if r.failures > 0 {
+                eprintln!("bench: DTLS handshakes: {} attempts failed", r.failures);
+            }
+            Ok(vec![
+                ("dtls_handshake_rate", r.per_second),
+                ("dtls_handshake_p50", ms(r.times.quantile_us(0.5))),
+                ("dtls_handshake_p99", ms(r.times.quantile_us(0.99))),
+            ])
+        },
+    );
+
+    let samples = bench.samples;
+    let metrics = metrics(&sizes);
+    let context = report::Context {
+        quick,
+        runs: sizes.runs,
+        machine: machine(),
+        load_before,
+        load_after: load_average(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let table = report::table(&metrics, &samples, &context);
+    println!("{table}");
+    let json = report::json(&metrics, &samples, &context);
+    let out_dir = target_dir.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let file = out_dir.join(if quick {
+        "tunnels-quick.json"
+    } else {
+        "tunnels.json"
+    });
+    std::fs::write(&file, json).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("bench: results in {}", file.display());
+    let missing = report::missing_cells(&metrics, &samples);
+    if !samples.errors.is_empty() || !missing.is_empty() {
+        bail!(
+            "bench: {} measurements failed, {} cells without a figure:\n{}\n{}",
+            samples.errors.len(),
+            missing.len(),
+            samples.errors.join("\n"),
+            missing.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory of a process, in KiB (VmRSS in /proc/PID/status).
+fn rss_kib(pid: u32) -> Result<f64> {
+    let path = Path::new("/proc").join(pid.to_string()).join("status");
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("no VmRSS value")?
+        .parse()?;
+    Ok(kib)
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// CPU model, cores, memory and kernel.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |kib| {
+            format!(", {} GiB", (kib + (1 << 19)) >> 20)
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cores} cores{mem}, Linux {}, {}",
+        kernel.trim(),
+        std::env::consts::ARCH
+    )
+}
