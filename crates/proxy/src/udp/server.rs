@@ -23,8 +23,12 @@ use crate::tunnel::{Client, Tunnel};
 
 /// The destination side of one UDP session: a connected socket, and the signal that ends the
 /// session when the manager closes it (idle eviction, shutdown, a replacing session).
+///
+/// The session's task takes the socket out when it starts and owns it, so the socket is closed
+/// when the session ends. The registry frees removed entries later, in batches (epoch-based
+/// reclamation); a socket left in the entry would stay open until then.
 pub(crate) struct Destination {
-    socket: UdpSocket,
+    socket: std::sync::Mutex<Option<UdpSocket>>,
     stop: CancellationToken,
     /// Why the session was stopped from outside, for the close log.
     reason: std::sync::OnceLock<&'static str>,
@@ -80,7 +84,7 @@ impl UdpServer {
                     };
                     let socket = dial_udp(&request, &dialer).await?;
                     Ok(Arc::new(Destination {
-                        socket,
+                        socket: std::sync::Mutex::new(Some(socket)),
                         stop: CancellationToken::new(),
                         reason: std::sync::OnceLock::new(),
                     }))
@@ -270,17 +274,31 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
             return;
         }
     };
+    // Owned by this task from here on: closed when the session ends, whenever the registry
+    // frees its entry.
+    let taken = destination
+        .socket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(socket) = taken else {
+        // Another session from the same address holds it (a race of two restarts).
+        tracing::warn!(transport = "udp", peer = %client, destination = %request.destination(), "destination socket already in use; session closed");
+        let _ = send.shutdown().await;
+        return;
+    };
 
     let tunnel = Tunnel::open(metrics, Transport::Udp, &client, request.destination());
     let counters = Counters::default();
     let end = tokio::select! {
-        end = client_to_destination(&mut recv, &mut buf, &destination, sessions, &client.addr, &counters) => end,
-        end = destination_to_client(&send, max_payload, &destination, sessions, &client.addr, metrics, &counters) => end,
+        end = client_to_destination(&mut recv, &mut buf, &socket, sessions, &client.addr, &counters) => end,
+        end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, metrics, &counters) => end,
         () = destination.stop.cancelled() => End::Stopped(destination.reason.get().copied().unwrap_or("closed by the server")),
     };
     if !matches!(end, End::ClientClosed | End::Replaced) {
         let _ = send.shutdown().await;
     }
+    drop(socket);
     // Remove our own entry only: a replacing session may already have its own.
     sessions.remove_if_same(&client.addr, &destination).await;
     tunnel.close(
@@ -299,7 +317,7 @@ struct Counters {
 async fn client_to_destination(
     recv: &mut RecvHalf,
     buf: &mut [u8],
-    destination: &Destination,
+    destination: &UdpSocket,
     sessions: &Sessions,
     client: &SocketAddr,
     counters: &Counters,
@@ -313,7 +331,7 @@ async fn client_to_destination(
             Err(e) => return End::ClientError(e),
         };
         sessions.touch(client, Instant::now());
-        match destination.socket.send(&buf[..n]).await {
+        match destination.send(&buf[..n]).await {
             Ok(_) => {
                 counters.up.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -327,7 +345,7 @@ async fn client_to_destination(
 async fn destination_to_client(
     send: &SendHalf,
     max_payload: usize,
-    destination: &Destination,
+    destination: &UdpSocket,
     sessions: &Sessions,
     client: &SocketAddr,
     metrics: &Metrics,
@@ -337,7 +355,7 @@ async fn destination_to_client(
     // as such (the kernel truncates what does not fit) and dropped rather than cut.
     let mut buf = vec![0u8; max_payload + 1];
     loop {
-        let n = match destination.socket.recv(&mut buf).await {
+        let n = match destination.recv(&mut buf).await {
             Ok(n) => n,
             Err(e) if is_transient(&e) => continue,
             Err(e) => return End::DestinationError(e),
