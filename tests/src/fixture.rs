@@ -1,0 +1,290 @@
+//! A running server with test certificates, and destinations on loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use streamproxy::proxy::metrics::Metrics;
+use streamproxy::proxy::policy::Policy;
+use streamproxy::proxy::server::{CertPaths, Reloader, Server, ServerBuilder};
+use streamproxy::proxy::settings::Settings;
+use tls::testutil::{CertFiles, TestCa};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A CA with a server certificate and a client certificate.
+pub struct Pki {
+    /// The CA, which can issue more certificates (and reissue the server's for a rotation).
+    pub ca: TestCa,
+    /// The server's certificate files.
+    pub server: CertFiles,
+    /// The client's certificate files.
+    pub client: CertFiles,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+impl Pki {
+    /// A fresh CA, server and client.
+    pub fn new() -> Pki {
+        let ca = TestCa::new("e2e");
+        let server = ca.server("server");
+        let client = ca.client("client", "agent-1");
+        Pki { ca, server, client }
+    }
+
+    /// The server's files, for the builder.
+    pub fn cert_paths(&self) -> CertPaths {
+        CertPaths::new(&self.server.cert, &self.server.key, self.ca.ca_path())
+    }
+
+    /// Writes a new server key and certificate over the old files (a rotation).
+    pub fn rotate_server(&self) {
+        let _ = self.ca.server("server");
+    }
+
+    /// A TLS client configuration with the client certificate.
+    pub fn tls_client(&self) -> tls::ClientConfig {
+        let ca = tls::CaBundle::from_pem_file(self.ca.ca_path()).expect("ca");
+        let id = tls::Identity::from_pem_files(&self.client.cert, &self.client.key)
+            .expect("client identity");
+        tls::ClientConfig::builder(&ca, &id)
+            .build()
+            .expect("client config")
+    }
+
+    /// A DTLS client configuration with the client certificate.
+    pub fn dtls_client(&self) -> streamproxy::dtls::ClientConfig {
+        streamproxy::dtls::ClientConfig::new(
+            streamproxy::dtls::Identity::from_pem_files(&self.client.cert, &self.client.key)
+                .expect("client identity"),
+            streamproxy::dtls::CaCerts::from_pem_file(self.ca.ca_path()).expect("ca"),
+        )
+    }
+
+    /// A builder for a server with these certificates.
+    pub fn builder(&self, policy: Policy, settings: Settings) -> ServerBuilder {
+        Server::builder(policy, self.cert_paths()).settings(settings)
+    }
+}
+
+/// A policy that allows every destination.
+pub fn allow_all() -> Policy {
+    Policy::allow_all([])
+}
+
+/// A running server; aborted when dropped.
+pub struct Running {
+    /// The TLS address.
+    pub tcp: SocketAddr,
+    /// The DTLS address.
+    pub udp: SocketAddr,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Reloads the certificates (what SIGHUP does in the binary).
+    pub reloader: Reloader,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts shutdown (what SIGTERM does in the binary) and returns the server's task, which
+    /// ends when the drain is over.
+    pub fn begin_stop(mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+
+    /// Shuts down and waits for the drain to end.
+    pub async fn stop(self) {
+        self.begin_stop().await.expect("server task");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Binds the server on an ephemeral loopback port and runs it.
+pub async fn start(builder: ServerBuilder) -> Running {
+    let server = builder
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("server binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let tcp = server.tcp_addr();
+    let udp = server.udp_addr().expect("udp enabled");
+    let metrics = server.metrics();
+    let reloader = server.reloader();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        tcp,
+        udp,
+        metrics,
+        reloader,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A TCP echo destination: each connection echoes until end of stream, then closes.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP echo destination.
+pub async fn udp_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// A TCP listener that counts the connections it accepts (and closes them), and a UDP socket
+/// on another port that counts the datagrams it receives: a destination that must see nothing.
+pub struct Witness {
+    /// The TCP address.
+    pub tcp: SocketAddr,
+    /// The UDP address.
+    pub udp: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    datagrams: Arc<AtomicUsize>,
+}
+
+impl Witness {
+    /// Starts both sockets.
+    pub async fn start() -> Witness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let (tcp, udp) = (
+            listener.local_addr().expect("addr"),
+            socket.local_addr().expect("addr"),
+        );
+        let connections = Arc::new(AtomicUsize::new(0));
+        let datagrams = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        let d = Arc::clone(&datagrams);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while socket.recv_from(&mut buf).await.is_ok() {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Witness {
+            tcp,
+            udp,
+            connections,
+            datagrams,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Datagrams received so far.
+    pub fn datagrams(&self) -> usize {
+        self.datagrams.load(Ordering::SeqCst)
+    }
+}
+
+/// A deterministic pseudo-random payload (xorshift64 from `seed`).
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small seeded random number generator (xorshift64*), for faults and payload sizes.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `true` with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let r = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+}
+
+/// Polls `cond` (state the server's tasks set after the client saw the outcome) until it holds,
+/// for at most `limit`; panics with `what` otherwise.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

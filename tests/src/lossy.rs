@@ -1,0 +1,123 @@
+//! A userspace UDP relay that drops, duplicates and reorders datagrams with seeded randomness:
+//! clients talk to the relay, and the relay talks to the server from one socket per client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::UdpSocket;
+
+use crate::fixture::Rng;
+
+/// How the relay mistreats datagrams, in each direction independently.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    /// Probability that a datagram is dropped.
+    pub drop: f64,
+    /// Probability that a datagram is sent twice.
+    pub duplicate: f64,
+    /// Probability that a datagram is held back and sent after the next one.
+    pub reorder: f64,
+    /// Seed of the randomness.
+    pub seed: u64,
+}
+
+/// What the relay did.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Datagrams received from either side.
+    pub seen: AtomicU64,
+    /// Datagrams dropped.
+    pub dropped: AtomicU64,
+    /// Datagrams sent twice.
+    pub duplicated: AtomicU64,
+    /// Datagrams held back behind a later one.
+    pub reordered: AtomicU64,
+}
+
+/// Starts a relay in front of `server`; returns the address clients should use.
+pub async fn start(server: SocketAddr, faults: Faults) -> (SocketAddr, Arc<RelayStats>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let addr = front.local_addr().expect("addr");
+    let stats = Arc::new(RelayStats::default());
+    let st = Arc::clone(&stats);
+    tokio::spawn(async move {
+        let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, Mangler)> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        let mut next_seed = faults.seed;
+        while let Ok((n, from)) = front.recv_from(&mut buf).await {
+            if !clients.contains_key(&from) {
+                let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else {
+                    continue;
+                };
+                if up.connect(server).await.is_err() {
+                    continue;
+                }
+                let up = Arc::new(up);
+                next_seed = next_seed.wrapping_add(0x5851_F42D_4C95_7F2D);
+                tokio::spawn(backward(
+                    Arc::clone(&up),
+                    Arc::clone(&front),
+                    from,
+                    Mangler::new(faults, next_seed ^ 1, Arc::clone(&st)),
+                ));
+                clients.insert(from, (up, Mangler::new(faults, next_seed, Arc::clone(&st))));
+            }
+            if let Some((up, mangler)) = clients.get_mut(&from) {
+                for d in mangler.pass(&buf[..n]) {
+                    let _ = up.send(&d).await;
+                }
+            }
+        }
+    });
+    (addr, stats)
+}
+
+async fn backward(up: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, mut m: Mangler) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = up.recv(&mut buf).await {
+        for d in m.pass(&buf[..n]) {
+            let _ = front.send_to(&d, client).await;
+        }
+    }
+}
+
+struct Mangler {
+    faults: Faults,
+    rng: Rng,
+    held: Option<Vec<u8>>,
+    stats: Arc<RelayStats>,
+}
+
+impl Mangler {
+    fn new(faults: Faults, seed: u64, stats: Arc<RelayStats>) -> Mangler {
+        Mangler {
+            faults,
+            rng: Rng::new(seed),
+            held: None,
+            stats,
+        }
+    }
+
+    /// The datagrams to send now for one received datagram.
+    fn pass(&mut self, datagram: &[u8]) -> Vec<Vec<u8>> {
+        self.stats.seen.fetch_add(1, Ordering::Relaxed);
+        if self.rng.chance(self.faults.drop) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        if self.held.is_none() && self.rng.chance(self.faults.reorder) {
+            self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+            self.held = Some(datagram.to_vec());
+            return Vec::new();
+        }
+        let mut out = vec![datagram.to_vec()];
+        if self.rng.chance(self.faults.duplicate) {
+            self.stats.duplicated.fetch_add(1, Ordering::Relaxed);
+            out.push(datagram.to_vec());
+        }
+        out.extend(self.held.take());
+        out
+    }
+}
