@@ -192,7 +192,7 @@ pub async fn udp_roundtrip(
     wait: Duration,
 ) -> Result<u64, CheckError> {
     let session = udp_open(server, config, echo).await?;
-    udp_exchange(session, count, max_size, seed, wait).await
+    udp_exchange(session, count, max_size, seed, wait, None).await
 }
 
 /// Opens a UDP tunnel to `dest`.
@@ -207,12 +207,16 @@ pub async fn udp_open(
 
 /// Over an open tunnel to an echo destination, sends `count` datagrams one at a time and
 /// verifies each comes back intact within `wait`; then closes the session.
+///
+/// `window`, shared by many sessions, bounds the datagrams in flight across all of them: the
+/// pace at which the whole run may send (each round trip holds one permit).
 pub async fn udp_exchange(
     mut session: dtls::DtlsSession,
     count: u64,
     max_size: usize,
     seed: u64,
     wait: Duration,
+    window: Option<&tokio::sync::Semaphore>,
 ) -> Result<u64, CheckError> {
     let mut rng = Rng::new(seed);
     let mut out = vec![0u8; max_size.max(8)];
@@ -223,6 +227,10 @@ pub async fn udp_exchange(
         let datagram = &mut out[..size];
         datagram[..8].copy_from_slice(&seq.to_be_bytes());
         rng.fill(&mut datagram[8..]);
+        let _permit = match window {
+            Some(w) => Some(w.acquire().await.map_err(|_| CheckError::Closed)?),
+            None => None,
+        };
         session.send(datagram).await?;
         let n = match tokio::time::timeout(wait, session.recv(&mut back)).await {
             Err(_) => return Err(CheckError::Lost { seq, after: wait }),

@@ -288,3 +288,58 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The value of a metric from the server's text exposition: the sum over the series named
+/// `name` whose labels contain every one of `labels` (such as `kind="checksum"`).
+pub fn metric(metrics: &Metrics, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' '])
+                .next()
+                .is_some_and(|n| n == name || n.strip_suffix("_total") == Some(name))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A v0.1.0.0 header with exactly these host and port fields (lengths taken from the slices,
+/// or forced by `host_len`/`port_len`), and a correct checksum: for headers that no encoder
+/// would produce.
+pub fn craft_header(
+    host: &[u8],
+    port: &[u8],
+    host_len: Option<u8>,
+    port_len: Option<u8>,
+) -> Vec<u8> {
+    use streamproxy::proto::field;
+    let mut out = vec![0u8; streamproxy::proto::HEADER_LEN_V0_1_0_0];
+    out[field::VERSION].copy_from_slice(b"0.1.0.0\0");
+    out[field::HOST_LEN] = host_len.unwrap_or(host.len() as u8);
+    out[field::HOST][..host.len()].copy_from_slice(host);
+    out[field::PORT_LEN] = port_len.unwrap_or(port.len() as u8);
+    out[field::PORT][..port.len()].copy_from_slice(port);
+    let sum = field::v0_1_0_0::CHECKSUM;
+    let crc = crc32(&out[..sum.start]);
+    out[sum].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// CRC-32/IEEE, bit by bit: an implementation independent of the codec's.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

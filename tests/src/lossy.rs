@@ -21,6 +21,9 @@ pub struct Faults {
     pub reorder: f64,
     /// Seed of the randomness.
     pub seed: u64,
+    /// If set, only this many datagrams from the server reach each client; the rest are
+    /// dropped (a handshake that stalls half-way).
+    pub backward_pass_first: Option<u64>,
 }
 
 /// What the relay did.
@@ -76,7 +79,16 @@ pub async fn start(server: SocketAddr, faults: Faults) -> (SocketAddr, Arc<Relay
 
 async fn backward(up: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, mut m: Mangler) {
     let mut buf = vec![0u8; 65536];
+    let mut passed = 0;
     while let Ok(n) = up.recv(&mut buf).await {
+        if m.faults
+            .backward_pass_first
+            .is_some_and(|max| passed >= max)
+        {
+            m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        passed += 1;
         for d in m.pass(&buf[..n]) {
             let _ = front.send_to(&d, client).await;
         }

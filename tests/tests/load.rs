@@ -21,6 +21,9 @@ const SEQUENTIAL: usize = 10_000;
 const CONCURRENT: usize = 2_000;
 /// Handshakes the clients run at once while opening the concurrent tunnels.
 const CLIENT_HANDSHAKES: usize = 64;
+/// Datagrams in flight at once across all concurrent UDP sessions (at most 77 KB of
+/// 1,200-byte datagrams: within the default socket buffers on every hop).
+const UDP_WINDOW: usize = 64;
 
 fn settings() -> Settings {
     Settings::default()
@@ -210,16 +213,19 @@ async fn udp_sequential_then_concurrent_sessions_relay_every_datagram_and_leak_n
     let n = scaled(CONCURRENT);
     let per_session = 16;
     let gate = Arc::new(Semaphore::new(CLIENT_HANDSHAKES));
+    // Datagrams in flight across all sessions: the paced rate of the run.
+    let window = Arc::new(Semaphore::new(UDP_WINDOW));
     let all_open = Arc::new(Barrier::new(n + 1));
     let (go_tx, go) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let mut go = go.clone();
-        let (gate, all_open, totals, config) = (
+        let (gate, all_open, totals, config, window) = (
             Arc::clone(&gate),
             Arc::clone(&all_open),
             Arc::clone(&totals),
             config.clone(),
+            Arc::clone(&window),
         );
         let udp = server.udp;
         tasks.push(tokio::spawn(async move {
@@ -231,7 +237,15 @@ async fn udp_sequential_then_concurrent_sessions_relay_every_datagram_and_leak_n
             let _ = go.wait_for(|go| *go).await;
             let outcome = match opened {
                 Ok(session) => {
-                    check::udp_exchange(session, per_session, 1200, 1_000_000 + i, wait).await
+                    check::udp_exchange(
+                        session,
+                        per_session,
+                        1200,
+                        1_000_000 + i,
+                        wait,
+                        Some(&window),
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
