@@ -2,14 +2,15 @@
 //! benchmarks against the Go peer, stunnel and plain loopback (`bench/tunnels.rs`).
 //!
 //! `cargo xtask bench` runs both; `bench CRATE...` only those crates' criterion benchmarks;
-//! `bench tunnels` only the side-by-side scenarios. `--quick` makes every part a smoke run.
+//! `bench tunnels` only the side-by-side scenarios. `--quick` makes every part a smoke run;
+//! `--only TEXT` runs only the scenarios whose name contains TEXT (e.g. `--only bulk`).
 
 mod contenders;
 mod load;
 mod report;
 mod tunnels;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, cargo};
 
@@ -24,10 +25,16 @@ const CRATES: &[(&str, &str)] = &[
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
     let mut tunnels = false;
+    let mut only = None;
     let mut selected = Vec::new();
-    for arg in args {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => {
+                only = Some(args.next().context("--only needs a scenario name")?.clone());
+                tunnels = true;
+            }
             "tunnels" => tunnels = true,
             name => match CRATES.iter().find(|(n, _)| *n == name) {
                 Some(entry) => selected.push(*entry),
@@ -56,7 +63,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         cmd::run(&mut cmd)?;
     }
     if tunnels {
-        tunnels::run(quick)?;
+        tunnels::run(quick, only.as_deref())?;
     }
     Ok(())
 }

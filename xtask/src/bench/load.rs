@@ -117,6 +117,11 @@ fn send_to_sink(conn: &mut TcpStream, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// One byte through a first tunnel: whatever a contender sets up lazily is not measured.
+fn warm_up_sink(port: u16) -> Result<()> {
+    send_to_sink(&mut connect(port)?, 1).context("warming up")
+}
+
 /// Megabytes (10^6 bytes) per second.
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / 1e6
@@ -125,6 +130,7 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
 /// Scenario 1: one connection, `len` bytes one way into the sink; MB/s from the first byte
 /// written to the sink's acknowledgement.
 pub(crate) fn bulk(port: u16, len: u64) -> Result<f64> {
+    warm_up_sink(port)?;
     let mut conn = connect(port)?;
     let started = Instant::now();
     send_to_sink(&mut conn, len)?;
@@ -134,6 +140,7 @@ pub(crate) fn bulk(port: u16, len: u64) -> Result<f64> {
 /// Scenario 2: `streams` connections at once, `len` bytes each; aggregate MB/s from the
 /// moment all are connected to the last acknowledgement.
 pub(crate) fn parallel(port: u16, streams: usize, len: u64) -> Result<f64> {
+    warm_up_sink(port)?;
     let barrier = Arc::new(Barrier::new(streams + 1));
     let mut threads = Vec::with_capacity(streams);
     for _ in 0..streams {
@@ -181,11 +188,17 @@ pub(crate) struct Rate {
 
 /// Runs `attempt` from `clients` threads until `duration` has passed; each successful attempt
 /// returns its own time.
+/// One attempt first, unmeasured (a warm-up).
 fn rate(
     clients: usize,
     duration: Duration,
     attempt: impl Fn() -> Result<Duration> + Send + Sync + 'static,
 ) -> Result<Rate> {
+    let warm = attempt().context("warming up")?;
+    eprintln!(
+        "bench: first attempt (warm-up, not measured): {:.1} ms",
+        warm.as_secs_f64() * 1e3
+    );
     let attempt = Arc::new(attempt);
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut threads = Vec::with_capacity(clients);

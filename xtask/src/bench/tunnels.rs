@@ -204,6 +204,7 @@ pub(crate) struct Samples {
 
 struct Bench<'a> {
     tools: &'a Tools,
+    only: Option<&'a str>,
     work: PathBuf,
     sizes: &'a Sizes,
     samples: Samples,
@@ -220,12 +221,17 @@ impl Bench<'_> {
         target: u16,
         measure: impl Fn(&Stack) -> Result<Vec<(&'static str, f64)>>,
     ) {
+        if self
+            .only
+            .is_some_and(|only| !name.to_lowercase().contains(&only.to_lowercase()))
+        {
+            return;
+        }
         for run in 1..=self.sizes.runs {
             for &contender in contenders {
                 let started = Instant::now();
-                let result =
-                    contenders::start(self.tools, &self.work, contender, transport, target)
-                        .and_then(|stack| measure(&stack));
+                let result = start(self.tools, &self.work, contender, transport, target)
+                    .and_then(|stack| measure(&stack));
                 match result {
                     Ok(values) => {
                         let shown: Vec<String> = values
@@ -257,12 +263,33 @@ impl Bench<'_> {
     }
 }
 
+/// Starts a contender, retrying twice: a port picked free can be taken a moment later.
+fn start(
+    tools: &Tools,
+    work: &Path,
+    contender: Contender,
+    transport: Transport,
+    target: u16,
+) -> Result<Stack> {
+    let mut attempt = 1;
+    loop {
+        match contenders::start(tools, work, contender, transport, target) {
+            Ok(stack) => return Ok(stack),
+            Err(e) if attempt < 3 => {
+                eprintln!("bench: starting {} again: {e:#}", contender.title());
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn ms(us: f64) -> f64 {
     us / 1000.0
 }
 
 /// Runs every scenario and prints and writes the results.
-pub(crate) fn run(quick: bool) -> Result<()> {
+pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
     let sizes = Sizes::new(quick);
     crate::system::ensure_bench_deps()?;
     let tools = Tools::prepare("bench-tunnels", true)?;
@@ -275,6 +302,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     let started = Instant::now();
     let mut bench = Bench {
         tools: &tools,
+        only,
         work: work.clone(),
         sizes: &sizes,
         samples: Samples::default(),
@@ -326,7 +354,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             "UDP sessions",
             1200,
             s.udp_sessions,
-            4,
+            2,
             "udp_sessions_rate",
             "udp_sessions_loss",
         ),
@@ -376,7 +404,11 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     });
     std::fs::write(&file, json).with_context(|| format!("writing {}", file.display()))?;
     eprintln!("bench: results in {}", file.display());
-    let missing = report::missing_cells(&metrics, &samples);
+    let missing = if only.is_some() {
+        Vec::new()
+    } else {
+        report::missing_cells(&metrics, &samples)
+    };
     if !samples.errors.is_empty() || !missing.is_empty() {
         bail!(
             "bench: {} measurements failed, {} cells without a figure:\n{}\n{}",
