@@ -221,11 +221,20 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 &format!("Go health check → streamproxy server, {transport}"),
                 go_health(&tools, &server, transport),
             );
+            // The client trusts our CA, so the refusal is the server's, but presents a
+            // certificate from another CA (later Go flags override earlier ones).
+            let stranger = tools.other_certs.go_args("client");
+            let stranger = [
+                "-cert",
+                stranger[3].as_str(),
+                "-key",
+                stranger[5].as_str(),
+            ];
             row(
                 &format!("Go client with another CA's certificate refused, {transport}"),
                 expect_refused(go_check(
                     &tools,
-                    &tools.other_certs,
+                    &tools.certs,
                     &server,
                     transport,
                     if transport == "tcp" {
@@ -234,7 +243,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                         echo_udp
                     },
                     "0.1.0.0",
-                    &[],
+                    &stranger,
                 )),
             );
             row(
