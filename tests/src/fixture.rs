@@ -45,9 +45,9 @@ impl Pki {
         CertPaths::new(&self.server.cert, &self.server.key, self.ca.ca_path())
     }
 
-    /// Writes a new server key and certificate over the old files (a rotation).
-    pub fn rotate_server(&self) {
-        let _ = self.ca.server("server");
+    /// Writes a new server key and certificate over the old files (a rotation); returns them.
+    pub fn rotate_server(&self) -> CertFiles {
+        self.ca.server("server")
     }
 
     /// A TLS client configuration with the client certificate.

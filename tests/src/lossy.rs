@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
 
 use crate::fixture::Rng;
 
@@ -26,6 +27,19 @@ pub struct Faults {
     pub backward_pass_first: Option<u64>,
 }
 
+impl Faults {
+    /// A relay that passes everything (until it is cut).
+    pub fn none(seed: u64) -> Faults {
+        Faults {
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            seed,
+            backward_pass_first: None,
+        }
+    }
+}
+
 /// What the relay did.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -39,13 +53,46 @@ pub struct RelayStats {
     pub reordered: AtomicU64,
 }
 
-/// Starts a relay in front of `server`; returns the address clients should use.
-pub async fn start(server: SocketAddr, faults: Faults) -> (SocketAddr, Arc<RelayStats>) {
+/// A running relay; its sockets close when it is dropped.
+pub struct Relay {
+    /// The address clients should use.
+    pub addr: SocketAddr,
+    /// What it did so far.
+    pub stats: Arc<RelayStats>,
+    cut: Arc<AtomicBool>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Relay {
+    /// Drops every datagram from now on, both ways: the clients vanish for the server.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a relay in front of `server`.
+pub async fn start(server: SocketAddr, faults: Faults) -> Relay {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let addr = front.local_addr().expect("addr");
     let stats = Arc::new(RelayStats::default());
     let st = Arc::clone(&stats);
-    tokio::spawn(async move {
+    let cut = Arc::new(AtomicBool::new(false));
+    let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+    let (cut2, tasks2) = (Arc::clone(&cut), Arc::clone(&tasks));
+    let main = tokio::spawn(async move {
         let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, Mangler)> = HashMap::new();
         let mut buf = vec![0u8; 65536];
         let mut next_seed = faults.seed;
@@ -59,13 +106,21 @@ pub async fn start(server: SocketAddr, faults: Faults) -> (SocketAddr, Arc<Relay
                 }
                 let up = Arc::new(up);
                 next_seed = next_seed.wrapping_add(0x5851_F42D_4C95_7F2D);
-                tokio::spawn(backward(
+                let back = tokio::spawn(backward(
                     Arc::clone(&up),
                     Arc::clone(&front),
                     from,
                     Mangler::new(faults, next_seed ^ 1, Arc::clone(&st)),
+                    Arc::clone(&cut2),
                 ));
+                tasks2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(back.abort_handle());
                 clients.insert(from, (up, Mangler::new(faults, next_seed, Arc::clone(&st))));
+            }
+            if cut2.load(Ordering::SeqCst) {
+                continue;
             }
             if let Some((up, mangler)) = clients.get_mut(&from) {
                 for d in mangler.pass(&buf[..n]) {
@@ -74,13 +129,31 @@ pub async fn start(server: SocketAddr, faults: Faults) -> (SocketAddr, Arc<Relay
             }
         }
     });
-    (addr, stats)
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(main.abort_handle());
+    Relay {
+        addr,
+        stats,
+        cut,
+        tasks,
+    }
 }
 
-async fn backward(up: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, mut m: Mangler) {
+async fn backward(
+    up: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    mut m: Mangler,
+    cut: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 65536];
     let mut passed = 0;
     while let Ok(n) = up.recv(&mut buf).await {
+        if cut.load(Ordering::SeqCst) {
+            continue;
+        }
         if m.faults
             .backward_pass_first
             .is_some_and(|max| passed >= max)
