@@ -36,9 +36,24 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.command.run()) {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` puts the whole chain of causes on one line.
-            eprintln!("streamproxy: error: {e:#}");
+            eprintln!("streamproxy: error: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, leaving out causes whose text an outer message
+/// already repeats.
+pub(crate) fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
 }

@@ -35,13 +35,7 @@ pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let mut reason = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                reason.push_str(": ");
-                reason.push_str(&s.to_string());
-                source = s.source();
-            }
+            let reason = crate::one_line(&e);
             eprintln!(
                 "streamproxy: unhealthy: {transport} {}: {reason}",
                 conn.server

@@ -1,0 +1,524 @@
+//! End-to-end tests of the built `streamproxy` binary: certificates, server, client, probe,
+//! demo, user errors and signals. Servers bind port 0 and print their addresses in their
+//! ready line; the tests wait for that line, never for a fixed time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamproxy");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn streamproxy(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run streamproxy")
+}
+
+fn certs(dir: &Path) {
+    let out = streamproxy(&["certs", "--out", s(dir), "--force"]);
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A running `streamproxy` process whose stderr lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn streamproxy");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The next line containing `needle` (panics with the lines seen after `WAIT`).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line with {needle:?}; saw: {seen:#?}"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> SocketAddr {
+    let start = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .expect("value")
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {key} in {line}"))
+}
+
+struct Server {
+    proc: Proc,
+    tcp: SocketAddr,
+    udp: SocketAddr,
+}
+
+fn server(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--ca",
+        s(dir),
+        "--cert",
+        s(dir),
+        "--key",
+        s(dir),
+    ];
+    let ca = dir.join("ca.pem");
+    let cert = dir.join("server.pem");
+    let key = dir.join("server-key.pem");
+    args[4] = s(&ca);
+    args[6] = s(&cert);
+    args[8] = s(&key);
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&args);
+    let ready = proc.wait_for("listening");
+    Server {
+        tcp: field(&ready, "tcp"),
+        udp: field(&ready, "udp"),
+        proc,
+    }
+}
+
+fn client_args(dir: &Path, server: SocketAddr) -> Vec<String> {
+    vec![
+        "--server".into(),
+        server.to_string(),
+        "--ca".into(),
+        s(&dir.join("ca.pem")).into(),
+        "--cert".into(),
+        s(&dir.join("client.pem")).into(),
+        "--key".into(),
+        s(&dir.join("client-key.pem")).into(),
+    ]
+}
+
+/// Starts a client with the given forwards; returns it and the local address of each forward.
+fn client(
+    dir: &Path,
+    server: SocketAddr,
+    forwards: &[(&str, SocketAddr)],
+    extra: &[&str],
+) -> (Proc, Vec<SocketAddr>) {
+    let mut args: Vec<String> = vec!["client".into()];
+    args.extend(client_args(dir, server));
+    for (kind, target) in forwards {
+        args.push(format!("--{kind}"));
+        args.push(format!("127.0.0.1:0={target}"));
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(&refs);
+    let locals = forwards
+        .iter()
+        .map(|_| field(&proc.wait_for("forwarding"), "local"))
+        .collect();
+    (proc, locals)
+}
+
+fn probe(dir: &Path, server: SocketAddr, udp: bool) -> Output {
+    let mut args: Vec<String> = vec!["probe".into()];
+    args.extend(client_args(dir, server));
+    if udp {
+        args.push("--udp".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    streamproxy(&refs)
+}
+
+fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            thread::spawn(move || {
+                let mut back = conn.try_clone().expect("clone");
+                let _ = std::io::copy(&mut conn, &mut back);
+                let _ = back.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn udp_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn tcp_roundtrip(conn: &mut TcpStream, data: &[u8]) {
+    conn.write_all(data).expect("write");
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).expect("read echo");
+    assert!(back == data, "echo differs");
+}
+
+fn udp_roundtrip(socket: &UdpSocket, data: &[u8]) {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 65536];
+    // UDP may lose a datagram: send again, at most three times.
+    for _ in 0..3 {
+        socket.send(data).expect("send");
+        if let Ok(n) = socket.recv(&mut buf) {
+            assert_eq!(&buf[..n], data, "echo differs");
+            return;
+        }
+    }
+    panic!("no UDP echo");
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("streamproxy-cli-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+#[test]
+fn certs_server_and_client_forward_tcp_and_udp_byte_exact() {
+    let dir = tmp();
+    certs(dir.path());
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.path().join(name))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("server-key.pem"), 0o600);
+    assert_eq!(mode("client-key.pem"), 0o600);
+    assert_eq!(mode("ca-key.pem"), 0o600);
+    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let (tcp_target, udp_target) = (tcp_echo(), udp_echo());
+    for version in ["0.1.0.0", "0.1.0"] {
+        let (_client, locals) = client(
+            dir.path(),
+            server.tcp,
+            &[("tcp", tcp_target), ("udp", udp_target)],
+            &["--header-version", version],
+        );
+        let mut conn = TcpStream::connect(locals[0]).expect("connect");
+        tcp_roundtrip(&mut conn, &payload(1 << 20, 1));
+        conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).expect("eof");
+        assert!(rest.is_empty());
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(locals[1]).expect("connect");
+        for i in 0..20 {
+            udp_roundtrip(&socket, &payload(1 + i * 401, i as u64));
+        }
+    }
+}
+
+#[test]
+fn probe_exit_codes_follow_server_health() {
+    let dir = tmp();
+    certs(dir.path());
+    let other = tmp();
+    certs(other.path());
+    let mut server = server(dir.path(), &["--allow-all"]);
+    for udp in [false, true] {
+        let out = probe(dir.path(), server.tcp, udp);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another CA: the server refuses the client and the client refuses the server.
+        let out = probe(other.path(), server.tcp, udp);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    server.proc.signal("TERM");
+    assert!(server.proc.wait_exit().success());
+    let out = probe(dir.path(), server.tcp, false);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn user_errors_are_one_line_and_a_failure_status() {
+    let dir = tmp();
+    certs(dir.path());
+    let d = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").expect("write");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = busy.local_addr().expect("addr").to_string();
+    let _keep = TcpListener::bind(&busy);
+    let server = |extra: &[&str]| {
+        let mut args = vec![
+            "server".to_owned(),
+            "--ca".into(),
+            d("ca.pem"),
+            "--cert".into(),
+            d("server.pem"),
+            "--key".into(),
+            d("server-key.pem"),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("no policy", server(&["--listen", "127.0.0.1:0"]), "--allow"),
+        (
+            "bad address",
+            server(&["--listen", "nowhere", "--allow-all"]),
+            "--listen",
+        ),
+        (
+            "bad rule",
+            server(&["--listen", "127.0.0.1:0", "--allow", "a b"]),
+            "rule",
+        ),
+        ("port in use", vec![], "cannot listen"),
+        (
+            "missing file",
+            vec![
+                "server".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--allow-all".into(),
+                "--ca".into(),
+                d("ca.pem"),
+                "--cert".into(),
+                d("server.pem"),
+                "--key".into(),
+                d("missing.pem"),
+            ],
+            "missing.pem",
+        ),
+        (
+            "unreadable key",
+            vec![
+                "server".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--allow-all".into(),
+                "--ca".into(),
+                d("ca.pem"),
+                "--cert".into(),
+                d("server.pem"),
+                "--key".into(),
+                d("ca.pem"),
+            ],
+            "key",
+        ),
+        (
+            "bad config",
+            server(&["--config", bad_toml.to_str().expect("utf-8"), "--allow-all"]),
+            "line 3: unknown field `lisen`",
+        ),
+        (
+            "missing config",
+            server(&["--config", &d("none.toml"), "--allow-all"]),
+            "none.toml",
+        ),
+        (
+            "bad forward",
+            vec!["client".into(), "--tcp".into(), "127.0.0.1:0".into()],
+            "LOCAL=TARGET",
+        ),
+        (
+            "bad header version",
+            vec!["client".into(), "--header-version".into(), "2".into()],
+            "header version",
+        ),
+        (
+            "nothing to forward",
+            vec![
+                "client".into(),
+                "--server".into(),
+                "127.0.0.1:1".into(),
+                "--ca".into(),
+                d("ca.pem"),
+                "--cert".into(),
+                d("client.pem"),
+                "--key".into(),
+                d("client-key.pem"),
+            ],
+            "--tcp",
+        ),
+        (
+            "existing certs",
+            vec!["certs".into(), "--out".into(), s(dir.path()).into()],
+            "--force",
+        ),
+        ("unknown command", vec!["serve".into()], "serve"),
+    ];
+    for (name, mut args, needle) in cases {
+        if name == "port in use" {
+            args = server(&["--listen", &busy, "--allow-all"]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = streamproxy(&refs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: succeeded");
+        assert_eq!(err.lines().count(), 1, "{name}: not one line: {err}");
+        assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn demo_exits_zero() {
+    let out = streamproxy(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn sigterm_lets_a_live_tunnel_finish_then_exits_zero() {
+    let dir = tmp();
+    certs(dir.path());
+    let mut server = server(dir.path(), &["--allow-all"]);
+    let (_client, locals) = client(dir.path(), server.tcp, &[("tcp", tcp_echo())], &[]);
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    tcp_roundtrip(&mut conn, b"before");
+    server.proc.signal("TERM");
+    server.proc.wait_for("draining");
+    tcp_roundtrip(&mut conn, &payload(100_000, 7));
+    assert!(
+        server.proc.child.try_wait().expect("try_wait").is_none(),
+        "server waits for the tunnel"
+    );
+    drop(conn);
+    assert!(server.proc.wait_exit().success());
+}
+
+#[test]
+fn sighup_reloads_certificates_for_new_tunnels_while_a_live_one_continues() {
+    let dir = tmp();
+    certs(dir.path());
+    let old = tmp();
+    for f in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(dir.path().join(f), old.path().join(f)).expect("copy");
+    }
+    let mut server = server(dir.path(), &["--allow-all"]);
+    let (_client, locals) = client(old.path(), server.tcp, &[("tcp", tcp_echo())], &[]);
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    tcp_roundtrip(&mut conn, b"before");
+
+    // A bad reload (a key that is not a key) is logged and changes nothing.
+    let key = dir.path().join("server-key.pem");
+    let good_key = std::fs::read(&key).expect("read key");
+    std::fs::write(&key, b"not a key").expect("write");
+    server.proc.signal("HUP");
+    server.proc.wait_for("reload failed");
+    assert_eq!(probe(old.path(), server.tcp, false).status.code(), Some(0));
+    std::fs::write(&key, good_key).expect("write");
+
+    // New certificates from a new CA.
+    certs(dir.path());
+    server.proc.signal("HUP");
+    server.proc.wait_for("reloaded");
+    assert_eq!(probe(dir.path(), server.tcp, false).status.code(), Some(0));
+    assert_eq!(probe(dir.path(), server.udp, true).status.code(), Some(0));
+    assert_eq!(probe(old.path(), server.tcp, false).status.code(), Some(1));
+    // The tunnel opened before the reload carries on.
+    tcp_roundtrip(&mut conn, b"after the reload");
+}
