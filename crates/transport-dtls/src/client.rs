@@ -1,17 +1,16 @@
 //! The client: a DTLS session over a UDP socket connected to the server.
 
-use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::ssl::{Ssl, SslContext, SslStream};
+use openssl::ssl::{Ssl, SslContext};
 use tokio::net::UdpSocket;
 
 use crate::config::{ClientConfig, Common, ConfigError};
 use crate::error::{ConnectError, HandshakeError};
 use crate::io::DatagramIo;
-use crate::session::{self, DtlsSession, Input};
+use crate::session::{self, DtlsSession, Stream};
 
 /// Connects to `server` with a fresh ephemeral UDP socket and completes the handshake.
 ///
@@ -89,28 +88,17 @@ impl DtlsConnector {
         // A freshly registered socket is not known to be writable until the reactor has seen it;
         // without this, the first ClientHello could be dropped (see `io`) and cost a timeout.
         socket.writable().await.map_err(ConnectError::Socket)?;
-        let socket = Arc::new(socket);
-        let mut stream = SslStream::new(
-            self.ssl()?,
-            DatagramIo::connected(socket.clone(), self.common.mtu.get() as usize),
-        )
-        .map_err(ConfigError::Context)?;
-        let mut input = Input::Socket;
+        let io = DatagramIo::connected(Arc::new(socket), self.common.mtu.get() as usize);
+        let mut stream = Stream::new(self.ssl()?, io).map_err(ConfigError::Context)?;
         let timeout = self.common.handshake_timeout;
-        let done = tokio::time::timeout(
-            timeout,
-            session::handshake(&mut stream, &socket, &mut input, VecDeque::new()),
-        )
-        .await;
+        let done = tokio::time::timeout(timeout, session::handshake(&mut stream)).await;
         match done {
             Ok(r) => r?,
             Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
         }
         Ok(DtlsSession::new(
             stream,
-            socket,
             server,
-            input,
             self.common.max_payload.get(),
             None,
         ))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use foreign_types::ForeignTypeRef;
-use openssl::ssl::SslRef;
+use openssl::ssl::{ShutdownState, SslRef};
 
 /// `DTLS_CTRL_GET_TIMEOUT` (`DTLSv1_get_timeout` is a macro over `SSL_ctrl`).
 const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
@@ -91,6 +91,16 @@ pub(crate) fn extended_master_secret(ssl: &SslRef) -> bool {
     r == 1
 }
 
+/// Which close_notify alerts this connection has sent and received (`SSL_get_shutdown`).
+///
+/// `tokio_openssl::SslStream` only lends out `&SslRef`, and the `openssl` crate reads this
+/// state only through its own `SslStream` (with `&mut`).
+pub(crate) fn shutdown_state(ssl: &SslRef) -> ShutdownState {
+    // SAFETY: `ssl` is a live SSL object; SSL_get_shutdown only reads its `shutdown` field.
+    let bits = unsafe { openssl_sys::SSL_get_shutdown(ssl.as_ptr()) };
+    ShutdownState::from_bits_retain(bits)
+}
+
 /// The largest application payload that fits in one datagram of the configured MTU.
 pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
     // SAFETY: `ssl` is a live SSL object; DTLS_get_data_mtu only reads it (and returns 0 when no
@@ -111,6 +121,7 @@ mod tests {
         assert_eq!(dtls_timeout(&ssl), None, "no timer before the handshake");
         assert!(!extended_master_secret(&ssl));
         assert_eq!(data_mtu(&ssl), 0, "no cipher negotiated yet");
+        assert_eq!(shutdown_state(&ssl), ShutdownState::empty());
         let mut ssl = ssl;
         set_retransmit_schedule(&mut ssl);
         assert_eq!(
@@ -130,5 +141,6 @@ mod tests {
         assert_eq!(retransmit_schedule(null, u32::MAX), 2_000_000);
     }
     // The same functions on live connections: tests/session.rs (`data_mtu`, EMS checked on every
-    // handshake) and tests/loss.rs (timer and schedule drive retransmissions).
+    // handshake, `shutdown_state` by every send and the close tests) and tests/loss.rs (timer and
+    // schedule drive retransmissions).
 }

@@ -1,32 +1,52 @@
-//! The byte pipe under OpenSSL: one `write` is one datagram, one `read` is one datagram.
+//! The datagram pipe under `tokio_openssl::SslStream`: one `poll_write` is one datagram, one
+//! `poll_read` is one datagram.
 //!
-//! Non-blocking by construction: a read with nothing to read returns `WouldBlock` (OpenSSL then
-//! reports `WANT_READ`), and the caller awaits readiness *outside* the session lock. Writes never
-//! block either: a full socket buffer drops the datagram, as UDP would (DTLS retransmits
-//! handshake flights; application data is datagrams anyway). Senders await write readiness
-//! before taking the lock, so such drops are rare.
+//! Reads come from the client's connected socket (`poll_recv`) or, on the server, from the
+//! datagrams the listener's demultiplexer queued for this peer (`poll_recv` on the queue);
+//! with nothing to read they return `Pending` and register the calling task's waker. Only the
+//! task that drives the handshake, and after it the session's receiving half, ever causes reads
+//! (renegotiation is disabled, so `SSL_write` never reads), so each read side has exactly one
+//! waiting task and its waker is never overwritten by another task.
+//!
+//! Writes never wait: they hand the datagram to the kernel with `try_send`/`try_send_to` and a
+//! full socket buffer drops it, as UDP would (DTLS retransmits handshake flights; application
+//! data is datagrams anyway). Waiting for write readiness is left to the callers, which await
+//! `UdpSocket::writable()` before they poll the session. A write that returned `Pending` would
+//! park the caller's waker in the socket's single write-waker slot, which tokio keeps per
+//! socket, not per task: the listener's socket is shared by every session, and a session's
+//! receiving half writes too (close_notify, a retransmitted final flight), so a later write
+//! from another task would replace that waker and strand the first writer.
 //!
 //! During the handshake, writes are coalesced up to the MTU and sent when the handshake step
 //! returns: OpenSSL retransmits a flight one message per datagram, and a flight of five
 //! datagrams over a path losing 20% arrives whole only a third of the time; packed into one
 //! datagram, four times in five.
 
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::record;
 
 /// Where incoming datagrams come from.
 #[derive(Debug)]
-pub(crate) enum Inbox {
+enum Inbox {
     /// A connected socket owned by this session (client side): read it directly.
     Socket,
-    /// The listener's demultiplexer hands datagrams over one at a time (server side).
-    Slot(Option<Bytes>),
+    /// The listener's demultiplexer queues this peer's datagrams (server side); `first` holds
+    /// datagrams to read before the queue (the replayed ClientHello exchange).
+    Queue {
+        first: VecDeque<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+    },
 }
 
 #[derive(Debug)]
@@ -34,33 +54,75 @@ pub(crate) struct DatagramIo {
     socket: Arc<UdpSocket>,
     /// `None`: the socket is connected to the peer.
     peer: Option<SocketAddr>,
-    pub(crate) inbox: Inbox,
+    inbox: Inbox,
     /// Handshake writes waiting to go out as one datagram; `None` once the handshake is over.
     pending: Option<Vec<u8>>,
     mtu: usize,
+    /// The listener closed this peer's queue: reads fail from now on.
+    detached: bool,
+    /// The last read returned `Pending`, so the reading task's waker is registered.
+    read_parked: bool,
 }
 
 impl DatagramIo {
     /// Client side: a socket connected to the server.
     pub(crate) fn connected(socket: Arc<UdpSocket>, mtu: usize) -> Self {
+        Self::new(socket, None, Inbox::Socket, mtu)
+    }
+
+    /// Server side: the listener's socket, sending to `peer`, reading `first` and then the
+    /// demultiplexer's queue for this peer.
+    pub(crate) fn demultiplexed(
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+        mtu: usize,
+        first: VecDeque<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
+    ) -> Self {
+        Self::new(socket, Some(peer), Inbox::Queue { first, rx }, mtu)
+    }
+
+    fn new(socket: Arc<UdpSocket>, peer: Option<SocketAddr>, inbox: Inbox, mtu: usize) -> Self {
         Self {
             socket,
-            peer: None,
-            inbox: Inbox::Socket,
+            peer,
+            inbox,
             pending: Some(Vec::with_capacity(mtu)),
             mtu,
+            detached: false,
+            read_parked: false,
         }
     }
 
-    /// Server side: the listener's socket, sending to `peer`, fed by the demultiplexer.
-    pub(crate) fn demultiplexed(socket: Arc<UdpSocket>, peer: SocketAddr, mtu: usize) -> Self {
-        Self {
-            socket,
-            peer: Some(peer),
-            inbox: Inbox::Slot(None),
-            pending: Some(Vec::with_capacity(mtu)),
-            mtu,
+    /// The socket datagrams are sent on (and, on the client, received from).
+    pub(crate) fn socket(&self) -> &Arc<UdpSocket> {
+        &self.socket
+    }
+
+    /// Whether the listener stopped feeding this peer (reads then fail with
+    /// `ConnectionAborted`).
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Stops taking datagrams from the listener (the receiving half is gone): the listener then
+    /// sees the peer's queue closed and forgets the address.
+    pub(crate) fn close_input(&mut self) {
+        if let Inbox::Queue { first, rx } = &mut self.inbox {
+            first.clear();
+            rx.close();
         }
+    }
+
+    /// Clears the record of a parked read; call before polling the stream, then ask
+    /// [`read_parked`](Self::read_parked) whether the poll left a waker with the input.
+    pub(crate) fn clear_read_parked(&mut self) {
+        self.read_parked = false;
+    }
+
+    /// Whether a read since [`clear_read_parked`](Self::clear_read_parked) returned `Pending`.
+    pub(crate) fn read_parked(&self) -> bool {
+        self.read_parked
     }
 
     /// Sends the coalesced handshake writes as one datagram.
@@ -100,32 +162,7 @@ impl DatagramIo {
         }
     }
 
-    /// Hands one datagram to the next read (server side).
-    pub(crate) fn put(&mut self, datagram: Bytes) {
-        self.inbox = Inbox::Slot(Some(datagram));
-    }
-}
-
-impl Read for DatagramIo {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.inbox {
-            Inbox::Socket => self.socket.try_recv(buf),
-            Inbox::Slot(slot) => match slot.take() {
-                Some(d) => {
-                    // OpenSSL reads with a buffer larger than any DTLS record; a longer datagram
-                    // is not a record and fails authentication whatever is cut.
-                    let n = d.len().min(buf.len());
-                    buf[..n].copy_from_slice(&d[..n]);
-                    Ok(n)
-                }
-                None => Err(io::ErrorKind::WouldBlock.into()),
-            },
-        }
-    }
-}
-
-impl Write for DatagramIo {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write_datagram(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.peer.is_some() && record::is_hello_verify_request(buf) {
             // The listener answered the cookieless ClientHello itself; OpenSSL's own answer to
             // the replayed copy (see `demux`) must not reach the client.
@@ -144,7 +181,81 @@ impl Write for DatagramIo {
         Ok(buf.len())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn poll_datagram(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // An empty datagram is never a record; OpenSSL would take a zero-length read for the
+        // end of the stream, so skip it.
+        loop {
+            let datagram = match &mut self.inbox {
+                Inbox::Socket => {
+                    if buf.remaining() == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let before = buf.filled().len();
+                    match self.socket.poll_recv(cx, buf) {
+                        Poll::Ready(Ok(())) if buf.filled().len() == before => continue,
+                        other => return other,
+                    }
+                }
+                Inbox::Queue { first, rx } => match first.pop_front() {
+                    Some(d) => d,
+                    None => match rx.poll_recv(cx) {
+                        Poll::Ready(Some(d)) => d,
+                        Poll::Ready(None) => {
+                            self.detached = true;
+                            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    },
+                },
+            };
+            if datagram.is_empty() {
+                continue;
+            }
+            // OpenSSL reads with a buffer larger than any DTLS record; a longer datagram is not
+            // a record and fails authentication whatever is cut.
+            let n = datagram.len().min(buf.remaining());
+            buf.put_slice(&datagram[..n]);
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl AsyncRead for DatagramIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.detached {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        let r = this.poll_datagram(cx, buf);
+        if r.is_pending() {
+            this.read_parked = true;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for DatagramIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.get_mut().write_datagram(buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }

@@ -7,6 +7,12 @@
 //! [`recv`](DtlsSession::recv) is one record. It interoperates with GoDoxy's pion/dtls peer
 //! (DTLS 1.2, `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`, server name `godoxy.agent`).
 //!
+//! How: OpenSSL through the `openssl` crate, driven by `tokio_openssl::SslStream` over an
+//! adapter whose reads receive one datagram and whose writes send one. The handshake is polled
+//! together with OpenSSL's DTLS retransmission timer; each session's stream sits behind a
+//! mutex of its own, taken only for one non-blocking poll, so a session's sending and
+//! receiving halves work from two tasks at once.
+//!
 //! What it does not do: read the stream proxy header (that is the proxy's job), resume
 //! sessions, fragment payloads (anything over [`MaxPayload`] is refused, never split), keep
 //! sessions alive (an idle timeout belongs to the application), or provide flow control.

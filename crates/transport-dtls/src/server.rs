@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use openssl::error::ErrorStack;
 use openssl::memcmp;
-use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslStream};
+use openssl::ssl::{Ssl, SslContext, SslContextBuilder};
 use openssl::x509::X509NameRef;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::demux::{Action, Context, Demux, DropReason, PeerState};
 use crate::error::{AcceptError, HandshakeError, ListenError};
 use crate::io::DatagramIo;
 use crate::record::COOKIE_LEN;
-use crate::session::{self, DtlsSession, Input, PeerLink};
+use crate::session::{self, DtlsSession, PeerLink, Stream};
 
 /// Datagrams read per wake-up before the driver looks at its timers again.
 const BATCH: usize = 64;
@@ -385,7 +385,15 @@ impl Driver {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let stream = match new_server_stream(&ctx, &self.config, cookie, &self.socket, source) {
+        let (tx, rx) = mpsc::channel(self.config.limits.peer_queue);
+        let io = DatagramIo::demultiplexed(
+            self.socket.clone(),
+            source,
+            self.config.common.mtu.get() as usize,
+            VecDeque::from([first, second]),
+            rx,
+        );
+        let stream = match new_server_stream(&ctx, &self.config, cookie, io) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(peer = %source, error = %e, "cannot create DTLS server state");
@@ -393,7 +401,6 @@ impl Driver {
                 return;
             }
         };
-        let (tx, rx) = mpsc::channel(self.config.limits.peer_queue);
         let link = Arc::new(PeerLink::default());
         counters.half_open.fetch_add(1, Ordering::Relaxed);
         self.peers.insert(
@@ -406,10 +413,7 @@ impl Driver {
         self.publish_peers();
         let handshake = Handshake {
             stream,
-            socket: self.socket.clone(),
             source,
-            input: Input::Queue(rx),
-            first: VecDeque::from([first, second]),
             link,
             shared: self.shared.clone(),
             accept_tx: self.accept_tx.clone(),
@@ -424,25 +428,20 @@ fn new_server_stream(
     ctx: &SslContext,
     config: &ServerConfig,
     cookie: [u8; COOKIE_LEN],
-    socket: &Arc<UdpSocket>,
-    peer: SocketAddr,
-) -> Result<SslStream<DatagramIo>, ErrorStack> {
+    io: DatagramIo,
+) -> Result<Stream, ErrorStack> {
     let mut ssl = Ssl::new(ctx)?;
     ssl.set_mtu(config.common.mtu.get())?;
     ssl.set_ex_data(cookie_index()?, cookie);
     crate::ffi::set_retransmit_schedule(&mut ssl);
     ssl.set_accept_state();
-    let mtu = config.common.mtu.get() as usize;
-    SslStream::new(ssl, DatagramIo::demultiplexed(socket.clone(), peer, mtu))
+    Stream::new(ssl, io)
 }
 
 /// One handshake in its own task; decrements the half-open count when it ends, however.
 struct Handshake {
-    stream: SslStream<DatagramIo>,
-    socket: Arc<UdpSocket>,
+    stream: Stream,
     source: SocketAddr,
-    input: Input,
-    first: VecDeque<Bytes>,
     link: Arc<PeerLink>,
     shared: Arc<Shared>,
     accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
@@ -463,13 +462,9 @@ impl Handshake {
         let _half_open = HalfOpen(self.shared.clone());
         let counters = &self.shared.counters;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let first = std::mem::take(&mut self.first);
-        let result = tokio::time::timeout_at(
-            deadline,
-            session::handshake(&mut self.stream, &self.socket, &mut self.input, first),
-        )
-        .await
-        .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
+        let result = tokio::time::timeout_at(deadline, session::handshake(&mut self.stream))
+            .await
+            .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
         if let Err(e) = result {
             bump(&counters.handshakes_failed);
             if matches!(e, HandshakeError::TimedOut(_)) {
@@ -480,14 +475,7 @@ impl Handshake {
         }
         bump(&counters.handshakes_ok);
         self.link.set_established();
-        let session = DtlsSession::new(
-            self.stream,
-            self.socket,
-            self.source,
-            self.input,
-            self.max_payload,
-            Some(self.link),
-        );
+        let session = DtlsSession::new(self.stream, self.source, self.max_payload, Some(self.link));
         let handed = tokio::time::timeout_at(deadline, self.accept_tx.send(Ok(session))).await;
         if !matches!(handed, Ok(Ok(()))) {
             bump(&counters.accept_overflows);

@@ -1,42 +1,49 @@
 //! A DTLS session with datagram semantics, shared by client and server.
 //!
+//! I/O runs through `tokio_openssl::SslStream` over [`DatagramIo`], polled with `poll_fn`.
+//!
 //! Concurrency design: OpenSSL's `SSL` object is not thread-safe, so each session keeps its
-//! `SslStream` behind a `std::sync::Mutex` of its own (never a global lock). Every OpenSSL call
-//! made under that lock is non-blocking (see [`crate::io`]): waiting for socket or queue
-//! readiness happens *before* taking the lock, never while holding it, so a reader waiting for
-//! a datagram never stalls a writer, nothing is held across an `.await`, and no lock order
-//! exists to deadlock on. A critical section is one `SSL_read` or `SSL_write`: one AES-GCM
-//! operation and one `sendto`. Only the receiving half reads the transport (the handshake is
-//! done and renegotiation is disabled, so `SSL_write` never reads), which is why the halves
-//! can be moved to two tasks.
+//! stream behind a `std::sync::Mutex` of its own (never a global lock). The lock is taken
+//! inside a `poll_fn` closure for one poll of the stream and released before the closure
+//! returns, so it is never held across an `.await` and there is no lock order to deadlock on.
+//! A critical section is one `SSL_read` or `SSL_write`: one AES-GCM operation and at most one
+//! `recv`/`sendto`. A poll that finds nothing to read leaves the polling task's waker with the
+//! input (the connected socket's read readiness, or the listener's per-peer queue) and
+//! returns; the lock is free while the task waits, so a reader waiting for a datagram never
+//! stalls a writer.
+//!
+//! Each waker slot has one owner. Only the receiving half reads the transport (the handshake is
+//! done and renegotiation is disabled, so `SSL_write` never reads), so the waker of a task
+//! waiting in `recv` cannot be replaced by a sending task's poll. Writes never park a waker:
+//! the adapter's writes never return `Pending` (see [`crate::io`]); senders wait with
+//! `UdpSocket::writable()`, which keeps a waiter per task, before they poll. That is why the
+//! halves can be moved to two tasks, and why many sessions can share the listener's socket.
 
-use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use openssl::ssl::{ErrorCode, ShutdownState, SslRef, SslStream};
+use openssl::ssl::{ErrorCode, ShutdownState};
 use openssl::x509::X509VerifyResult;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 use crate::error::{HandshakeError, RecvError, SendError};
 use crate::ffi;
 use crate::io::DatagramIo;
 
+/// The TLS stream over one peer's datagrams.
+pub(crate) type Stream = tokio_openssl::SslStream<DatagramIo>;
+
 /// The shortest wait on the retransmission timer (OpenSSL reports < 15 ms as expired).
 const MIN_TIMER_WAIT: Duration = Duration::from_millis(1);
-
-/// Where a session's incoming datagrams come from.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// Its own connected socket (client).
-    Socket,
-    /// The listener's per-peer queue (server).
-    Queue(mpsc::Receiver<Bytes>),
-}
+/// Handshake steps in one poll before the task yields (a step normally ends waiting for input).
+const MAX_STEPS_PER_POLL: usize = 8;
 
 /// How the listener ended a session's feed; set before the queue's sender is dropped.
 #[derive(Debug, Default)]
@@ -71,55 +78,50 @@ impl PeerLink {
     }
 }
 
-/// Drives a handshake to completion: feeds `first` datagrams, then waits for input or the
-/// DTLS retransmission timer, whichever comes first. OpenSSL retransmits by itself when a
-/// handshake step finds the timer expired; this loop only makes sure that step happens.
-pub(crate) async fn handshake(
-    stream: &mut SslStream<DatagramIo>,
-    socket: &UdpSocket,
-    input: &mut Input,
-    mut first: VecDeque<Bytes>,
-) -> Result<(), HandshakeError> {
-    loop {
-        let step = stream.do_handshake();
-        stream
-            .get_mut()
-            .send_pending()
-            .map_err(HandshakeError::Io)?;
-        match step {
-            Ok(()) => break,
-            Err(e) if e.code() == ErrorCode::WANT_READ => {}
-            Err(e) => return Err(handshake_error(e, stream.ssl())),
-        }
-        if let Some(d) = first.pop_front() {
-            stream.get_mut().put(d);
-            continue;
-        }
-        let timer = ffi::dtls_timeout(stream.ssl());
-        let expired = async {
-            match timer {
-                Some(t) => tokio::time::sleep(t.max(MIN_TIMER_WAIT)).await,
-                None => std::future::pending().await,
+/// Drives a handshake to completion. Each step polls `SSL_do_handshake`, which reads the
+/// input through the adapter (leaving the task's waker there when nothing is queued); after a
+/// step that has to wait, the DTLS retransmission timer (`DTLSv1_get_timeout`) arms a sleep,
+/// so the task also wakes when the timer expires. OpenSSL retransmits by itself when a
+/// handshake step finds its timer expired; this loop only makes sure that step happens. It
+/// never calls `DTLSv1_handle_timeout`: tokio-openssl's BIO only works inside its own polls.
+pub(crate) async fn handshake(stream: &mut Stream) -> Result<(), HandshakeError> {
+    let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    poll_fn(|cx| {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            if steps > MAX_STEPS_PER_POLL {
+                // Let other tasks run; come back on the next turn.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-        };
-        match input {
-            Input::Socket => {
-                tokio::select! {
-                    r = socket.readable() => r.map_err(HandshakeError::Io)?,
-                    () = expired => {}
+            stream.get_mut().clear_read_parked();
+            let step = Pin::new(&mut *stream).poll_do_handshake(cx);
+            stream
+                .get_mut()
+                .send_pending()
+                .map_err(HandshakeError::Io)?;
+            match step {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(handshake_error(e, stream))),
+                Poll::Pending => {}
+            }
+            if !stream.get_ref().read_parked() {
+                // OpenSSL wants to go on without new input, and nothing would wake this task
+                // for it: step again.
+                continue;
+            }
+            if let Some(left) = ffi::dtls_timeout(stream.ssl()) {
+                let at = tokio::time::Instant::now() + left.max(MIN_TIMER_WAIT);
+                timer.as_mut().reset(at);
+                if timer.as_mut().poll(cx).is_ready() {
+                    continue;
                 }
             }
-            Input::Queue(rx) => {
-                tokio::select! {
-                    d = rx.recv() => match d {
-                        Some(d) => stream.get_mut().put(d),
-                        None => return Err(HandshakeError::Detached),
-                    },
-                    () = expired => {}
-                }
-            }
+            return Poll::Pending;
         }
-    }
+    })
+    .await?;
     stream
         .get_mut()
         .stop_coalescing()
@@ -130,14 +132,45 @@ pub(crate) async fn handshake(
     Ok(())
 }
 
-fn handshake_error(e: openssl::ssl::Error, ssl: &SslRef) -> HandshakeError {
-    let verify = ssl.verify_result();
+fn handshake_error(e: openssl::ssl::Error, stream: &Stream) -> HandshakeError {
+    if stream.get_ref().is_detached() {
+        return HandshakeError::Detached;
+    }
+    let verify = stream.ssl().verify_result();
     if verify != X509VerifyResult::OK {
         return HandshakeError::PeerCertificate(verify);
     }
     match e.into_io_error() {
         Ok(io) => HandshakeError::Io(io),
         Err(e) => HandshakeError::Tls(e),
+    }
+}
+
+/// tokio-openssl reports OpenSSL errors as `io::Error`s wrapping the `ssl::Error`, and errors
+/// of the transport as they were: gives the former back.
+fn ssl_error(e: io::Error) -> Result<openssl::ssl::Error, io::Error> {
+    if !e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<openssl::ssl::Error>())
+    {
+        return Err(e);
+    }
+    let kind = e.kind();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<openssl::ssl::Error>())
+    {
+        Some(Ok(ssl)) => Ok(*ssl),
+        Some(Err(inner)) => Err(io::Error::new(kind, inner)),
+        None => Err(kind.into()),
+    }
+}
+
+fn send_error(e: io::Error) -> SendError {
+    match ssl_error(e) {
+        Ok(e) if e.code() == ErrorCode::ZERO_RETURN => SendError::Closed,
+        Ok(e) => SendError::from_ssl(e),
+        Err(io) => SendError::Io(io),
     }
 }
 
@@ -153,7 +186,7 @@ struct Info {
 
 #[derive(Debug)]
 struct Shared {
-    stream: Mutex<SslStream<DatagramIo>>,
+    stream: Mutex<Stream>,
     socket: Arc<UdpSocket>,
     info: Info,
     max_payload: usize,
@@ -161,7 +194,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, SslStream<DatagramIo>> {
+    fn lock(&self) -> MutexGuard<'_, Stream> {
         // A panic inside OpenSSL calls cannot leave Rust-side state half-updated; go on.
         self.stream.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -187,19 +220,17 @@ pub struct SendHalf {
 #[derive(Debug)]
 pub struct RecvHalf {
     shared: Arc<Shared>,
-    input: Input,
 }
 
 impl DtlsSession {
     /// Wraps a stream whose handshake has finished.
     pub(crate) fn new(
-        stream: SslStream<DatagramIo>,
-        socket: Arc<UdpSocket>,
+        stream: Stream,
         peer: SocketAddr,
-        input: Input,
         max_payload: usize,
         link: Option<Arc<PeerLink>>,
     ) -> Self {
+        let socket = stream.get_ref().socket().clone();
         let ssl = stream.ssl();
         let info = Info {
             peer,
@@ -221,7 +252,7 @@ impl DtlsSession {
             send: SendHalf {
                 shared: shared.clone(),
             },
-            recv: RecvHalf { shared, input },
+            recv: RecvHalf { shared },
         }
     }
 
@@ -295,42 +326,53 @@ impl SendHalf {
             return Err(SendError::Empty);
         }
         self.shared.socket.writable().await.map_err(SendError::Io)?;
-        let mut stream = self.shared.lock();
-        if stream.get_shutdown() != ShutdownState::empty() {
-            return Err(SendError::Closed);
-        }
-        match stream.ssl_write(payload) {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Err(SendError::Closed),
-            Err(e) => Err(SendError::from_ssl(e)),
-        }
+        poll_fn(|cx| {
+            let mut stream = self.shared.lock();
+            if ffi::shutdown_state(stream.ssl()) != ShutdownState::empty() {
+                return Poll::Ready(Err(SendError::Closed));
+            }
+            match Pin::new(&mut *stream).poll_write(cx, payload) {
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(send_error(e))),
+                Poll::Pending => {
+                    // Not expected: the adapter's writes never wait and `SSL_write` never reads.
+                    // Nothing holds this task's waker, so come back on the next turn.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// Sends close_notify (once); the peer's `recv` then returns `Ok(None)`. Does not wait for
     /// the peer's close_notify. Later `send`s fail with [`SendError::Closed`].
     pub async fn shutdown(&self) -> Result<(), SendError> {
         self.shared.socket.writable().await.map_err(SendError::Io)?;
-        let mut stream = self.shared.lock();
-        if stream.get_shutdown().contains(ShutdownState::SENT) {
-            return Ok(());
-        }
-        match stream.shutdown() {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(()),
-            Err(e) => Err(SendError::from_ssl(e)),
-        }
+        poll_fn(|cx| {
+            let mut stream = self.shared.lock();
+            // Once close_notify is out, `SSL_shutdown` would wait for the peer's: reading, from
+            // the sending side.
+            if ffi::shutdown_state(stream.ssl()).contains(ShutdownState::SENT) {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut *stream).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(send_error(e))),
+                Poll::Pending => {
+                    // As in `send`: nothing holds this task's waker.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.info.peer
     }
-}
-
-enum Step {
-    Record(usize),
-    Eof,
-    Wait,
 }
 
 impl RecvHalf {
@@ -344,51 +386,39 @@ impl RecvHalf {
         if buf.is_empty() {
             return Err(RecvError::EmptyBuffer);
         }
-        loop {
-            match self.try_recv(buf)? {
-                Step::Record(n) => return Ok(Some(n)),
-                Step::Eof => return Ok(None),
-                Step::Wait => {}
-            }
-            match &mut self.input {
-                Input::Socket => self.shared.socket.readable().await.map_err(RecvError::Io)?,
-                Input::Queue(rx) => match rx.recv().await {
-                    Some(d) => self.shared.lock().get_mut().put(d),
-                    None => return Err(self.detached()),
-                },
-            }
-        }
+        poll_fn(|cx| self.poll_recv(cx, buf)).await
     }
 
-    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Step, RecvError> {
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<Option<usize>, RecvError>> {
+        let capacity = buf.len();
         let mut stream = self.shared.lock();
-        loop {
-            match stream.ssl_read(buf) {
-                Ok(n) => {
-                    if n == buf.len() && stream.ssl().pending() > 0 {
-                        return Err(discard_rest(&mut stream, n, buf.len()));
-                    }
-                    return Ok(Step::Record(n));
-                }
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                    if !stream.get_shutdown().contains(ShutdownState::SENT) {
-                        // Best effort: a lost close_notify only delays the peer's idle timeout.
-                        let _ = stream.shutdown();
-                    }
-                    return Ok(Step::Eof);
-                }
-                Err(e) if e.code() == ErrorCode::WANT_READ => {
-                    // Feed queued datagrams without dropping the lock in between.
-                    if let Input::Queue(rx) = &mut self.input {
-                        if let Ok(d) = rx.try_recv() {
-                            stream.get_mut().put(d);
-                            continue;
-                        }
-                    }
-                    return Ok(Step::Wait);
-                }
-                Err(e) => return Err(RecvError::from_ssl(e)),
-            }
+        let mut read = ReadBuf::new(buf);
+        let n = match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_error(&stream, e))),
+            Poll::Ready(Ok(())) => read.filled().len(),
+        };
+        if n == 0 {
+            // The adapter never reports the end of its input, so OpenSSL read an alert.
+            return Poll::Ready(end_of_session(&mut stream, cx));
+        }
+        if n == capacity && stream.ssl().pending() > 0 {
+            return Poll::Ready(Err(discard_rest(&mut stream, cx, n, capacity)));
+        }
+        Poll::Ready(Ok(Some(n)))
+    }
+
+    fn read_error(&self, stream: &Stream, e: io::Error) -> RecvError {
+        if stream.get_ref().is_detached() {
+            return self.detached();
+        }
+        match ssl_error(e) {
+            Ok(e) => RecvError::from_ssl(e),
+            Err(io) => RecvError::Io(io),
         }
     }
 
@@ -405,13 +435,48 @@ impl RecvHalf {
     }
 }
 
-fn discard_rest(stream: &mut SslStream<DatagramIo>, read: usize, capacity: usize) -> RecvError {
+impl Drop for RecvHalf {
+    fn drop(&mut self) {
+        // Nobody reads any more: let the listener stop queueing for this peer.
+        self.shared.lock().get_mut().close_input();
+    }
+}
+
+/// After a read of zero bytes: tokio-openssl reports a received close_notify that way, and also
+/// every later read once the peer has sent a fatal alert (which OpenSSL reports as
+/// `SSL_ERROR_SYSCALL`). `SSL_peek` returns at once in that state and tells the two apart.
+fn end_of_session(stream: &mut Stream, cx: &mut Context<'_>) -> Result<Option<usize>, RecvError> {
+    if !ffi::shutdown_state(stream.ssl()).contains(ShutdownState::RECEIVED) {
+        return Err(RecvError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    let mut probe = [0u8; 1];
+    match Pin::new(&mut *stream).poll_peek(cx, &mut probe) {
+        Poll::Ready(Err(e)) if e.code() == ErrorCode::ZERO_RETURN => {}
+        Poll::Ready(Err(e)) => return Err(RecvError::from_ssl(e)),
+        // Not reached: OpenSSL answers at once once it has received a shutdown.
+        Poll::Ready(Ok(_)) | Poll::Pending => {}
+    }
+    if !ffi::shutdown_state(stream.ssl()).contains(ShutdownState::SENT) {
+        // Best effort: a lost close_notify only delays the peer's idle timeout.
+        let _ = Pin::new(&mut *stream).poll_shutdown(cx);
+    }
+    Ok(None)
+}
+
+fn discard_rest(
+    stream: &mut Stream,
+    cx: &mut Context<'_>,
+    read: usize,
+    capacity: usize,
+) -> RecvError {
     let mut len = read;
     let mut scratch = [0u8; 1024];
+    // The rest of the record is already decrypted in OpenSSL's buffer: no input is read.
     while stream.ssl().pending() > 0 {
-        match stream.ssl_read(&mut scratch) {
-            Ok(n) => len += n,
-            Err(_) => break,
+        let mut rest = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rest) {
+            Poll::Ready(Ok(())) if !rest.filled().is_empty() => len += rest.filled().len(),
+            _ => break,
         }
     }
     RecvError::Truncated { len, capacity }

@@ -181,3 +181,22 @@ async fn restarted_client_reusing_its_port_replaces_the_session() {
     tokio::spawn(support::echo(new));
     echo_once(&mut second, 9).await;
 }
+
+#[tokio::test]
+async fn empty_datagrams_are_dropped_not_taken_for_the_end_of_the_session() {
+    let pki = pki();
+    let (addr, handle) = echo_server(pki.server_config()).await;
+    let relay = Relay::start(addr, 1, Impairment::NONE, Impairment::NONE).await;
+    let connector = DtlsConnector::new(&pki.client_config()).unwrap();
+    let mut session = connector.connect(relay.addr).await.unwrap();
+    echo_once(&mut session, 1).await;
+    // A zero-length read is how OpenSSL's BIO reports the end of the input; an empty datagram
+    // is not that, on either side.
+    relay.inject(&[]).await;
+    relay.inject_to_client(&[]).await;
+    echo_once(&mut session, 2).await;
+    relay.inject(&[]).await;
+    relay.inject_to_client(&[]).await;
+    echo_once(&mut session, 3).await;
+    assert_eq!(handle.stats().handshakes_ok, 1);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamproxy_dtls::{DtlsConnector, DtlsListener, MaxPayload, RecvError, SendError, connect};
-use support::{echo_server, payload, pki};
+use support::{echo_server, eventually, payload, pki};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -236,6 +236,32 @@ async fn close_notify_ends_the_session_cleanly_both_ways() {
         .await
         .unwrap();
     assert!(end.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn dropping_the_receiving_half_frees_the_address_and_keeps_sending() {
+    let pki = pki();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let config = pki.client_config();
+    let client = tokio::spawn(async move { connect(addr, &config).await.unwrap() });
+    let server = listener.accept().await.unwrap();
+    let mut client = client.await.unwrap();
+    assert_eq!(listener.stats().peers, 1);
+    let (tx, rx) = server.into_split();
+    drop(rx);
+    // Nobody reads for that address any more: the listener stops queueing for it.
+    eventually(TIMEOUT, || listener.stats().peers == 0).await;
+    tx.send(b"one way").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(TIMEOUT, client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"one way");
 }
 
 #[tokio::test]

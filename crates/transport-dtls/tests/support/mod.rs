@@ -171,6 +171,8 @@ impl Impairment {
 pub struct Relay {
     pub addr: SocketAddr,
     pub upstream: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: Arc<Mutex<Option<SocketAddr>>>,
     server: SocketAddr,
     /// Every datagram the client sent, as received by the relay (before impairment).
     pub from_client: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -238,6 +240,8 @@ impl Relay {
         Relay {
             addr,
             upstream,
+            front,
+            client,
             server,
             from_client,
             stop,
@@ -248,6 +252,17 @@ impl Relay {
     /// server knows the client by).
     pub async fn inject(&self, datagram: &[u8]) {
         self.upstream.send(datagram).await.unwrap();
+    }
+
+    /// Sends a datagram to the client from the relay's address (the address the client's
+    /// socket is connected to).
+    pub async fn inject_to_client(&self, datagram: &[u8]) {
+        let to = self
+            .client
+            .lock()
+            .await
+            .expect("the client has sent something");
+        self.front.send_to(datagram, to).await.unwrap();
     }
 }
 
