@@ -68,7 +68,35 @@ pub(crate) struct Stack {
     pub(crate) port: u16,
     /// The server side's process, whose memory scenario 5 reads.
     pub(crate) server_pid: Option<u32>,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
+}
+
+impl Stack {
+    /// CPU time (user + system) the contender's processes have used so far, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for proc in &self.procs {
+            total += cpu_seconds(proc.pid())?;
+        }
+        Ok(total)
+    }
+}
+
+/// User + system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in clock
+/// ticks of 1/100 s, which is what Linux reports to user space on every architecture).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces: count fields after its closing paren.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // After the paren, field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Starts `contender` forwarding `transport` traffic to `127.0.0.1:target`.
@@ -84,10 +112,29 @@ pub(crate) fn start(
         Contender::Loopback => Ok(Stack {
             port: target,
             server_pid: None,
-            _procs: Vec::new(),
+            procs: Vec::new(),
         }),
         Contender::Streamproxy => {
-            let (server, server_port) = tools.start_server()?;
+            // The default limits (4,096 tunnels) are below scenario 5's 5,000 idle tunnels;
+            // Go and stunnel have none.
+            let config = work.join("streamproxy-bench.toml");
+            std::fs::write(
+                &config,
+                "[server]\nmax_tcp_tunnels = 65536\nmax_udp_sessions = 65536\n\
+                 [client]\nmax_tunnels = 65536\n",
+            )?;
+            let mut cmd = tools.streamproxy();
+            cmd.args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-all",
+                "--config",
+            ])
+            .arg(&config)
+            .args(tools.certs.args("server"));
+            let mut server = Proc::start("streamproxy server", &mut cmd)?;
+            let server_port = server.wait_for_line(READY, |l| find_port(l, "127.0.0.1"))?;
             let local = free_port()?;
             let flag = match transport {
                 Transport::Tcp => "--tcp",
@@ -96,6 +143,8 @@ pub(crate) fn start(
             let mut cmd = tools.streamproxy();
             cmd.args(["client", "--server", &format!("127.0.0.1:{server_port}")])
                 .args([flag, &format!("127.0.0.1:{local}={target_addr}")])
+                .arg("--config")
+                .arg(&config)
                 .args(tools.certs.args("client"));
             let mut client = Proc::start("streamproxy client", &mut cmd)?;
             client.wait_for_line(READY, |l| {
@@ -104,7 +153,7 @@ pub(crate) fn start(
             Ok(Stack {
                 port: local,
                 server_pid: Some(server.pid()),
-                _procs: vec![client, server],
+                procs: vec![client, server],
             })
         }
         Contender::Go => {
@@ -127,7 +176,7 @@ pub(crate) fn start(
             Ok(Stack {
                 port,
                 server_pid: Some(server.pid()),
-                _procs: vec![client, server],
+                procs: vec![client, server],
             })
         }
         Contender::Stunnel => {
@@ -161,7 +210,7 @@ pub(crate) fn start(
             Ok(Stack {
                 port: local,
                 server_pid: Some(server.pid()),
-                _procs: vec![client, server],
+                procs: vec![client, server],
             })
         }
     }

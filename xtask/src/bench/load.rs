@@ -186,6 +186,13 @@ pub(crate) struct Rate {
     pub(crate) failures: usize,
 }
 
+impl Rate {
+    /// Every attempt made, the unmeasured warm-up included.
+    pub(crate) fn attempts(&self) -> usize {
+        self.times.0.len() + self.failures + 1
+    }
+}
+
 /// Runs `attempt` from `clients` threads until `duration` has passed; each successful attempt
 /// returns its own time.
 /// One attempt first, unmeasured (a warm-up).

@@ -74,6 +74,7 @@ const TCP: &[Contender] = &[
 ];
 const TUNNELS: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Stunnel];
 const UDP: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Loopback];
+const DTLS: &[Contender] = &[Contender::Streamproxy, Contender::Go];
 
 /// The rows of the table, in order.
 fn metrics(s: &Sizes) -> Vec<Metric> {
@@ -95,6 +96,12 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
             TCP,
         )
         .target(Target::RatioAndStunnel(1.5)),
+        Metric::new(
+            "tcp_bulk_cpu",
+            "1. TCP bulk, CPU per GB, client + server side (s)",
+            TUNNELS,
+        )
+        .lower(),
         Metric::new(
             "tcp_parallel",
             format!(
@@ -180,6 +187,12 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
             UDP,
         )
         .target(more(2.0)),
+        Metric::new(
+            "dtls_handshake_cpu",
+            "7. DTLS sessions, CPU per session, client + server side (ms)",
+            DTLS,
+        )
+        .lower(),
         Metric::new(
             "dtls_handshake_p50",
             "7. DTLS session, time to first echo p50 (ms)",
@@ -310,22 +323,34 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
     let s = &sizes;
 
     bench.scenario("TCP bulk", TCP, Transport::Tcp, dest.tcp_sink, |st| {
-        Ok(vec![("tcp_bulk", load::bulk(st.port, s.bulk)?)])
+        let cpu = st.cpu_seconds()?;
+        let mut values = vec![("tcp_bulk", load::bulk(st.port, s.bulk)?)];
+        if st.server_pid.is_some() {
+            let gb = s.bulk as f64 / 1e9;
+            values.push(("tcp_bulk_cpu", (st.cpu_seconds()? - cpu) / gb));
+        }
+        Ok(values)
     });
     bench.scenario("TCP parallel", TCP, Transport::Tcp, dest.tcp_sink, |st| {
         let v = load::parallel(st.port, s.parallel_streams, s.parallel_each)?;
         Ok(vec![("tcp_parallel", v)])
     });
     bench.scenario("TCP setup", TCP, Transport::Tcp, dest.tcp_echo, |st| {
+        let cpu = st.cpu_seconds()?;
         let r = load::setup(st.port, s.setup_clients, s.setup_time)?;
         if r.failures > 0 {
             eprintln!("bench: TCP setup: {} attempts failed", r.failures);
         }
-        Ok(vec![
+        let mut values = vec![
             ("tcp_setup_rate", r.per_second),
             ("tcp_setup_p50", ms(r.times.quantile_us(0.5))),
             ("tcp_setup_p99", ms(r.times.quantile_us(0.99))),
-        ])
+        ];
+        if st.server_pid.is_some() {
+            let per = (st.cpu_seconds()? - cpu) / r.attempts() as f64;
+            values.push(("tcp_setup_cpu", per * 1e3));
+        }
+        Ok(values)
     });
     bench.scenario("TCP latency", TCP, Transport::Tcp, dest.tcp_echo, |st| {
         let t = load::latency(st.port, s.round_trips)?;
