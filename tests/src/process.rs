@@ -7,6 +7,27 @@ pub fn open_fds() -> usize {
     fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// Open TCP and UDP sockets of this process: what tunnels hold (unlike the polling descriptors
+/// and local sockets each test's runtime and harness create).
+pub fn open_sockets() -> usize {
+    let mut inet = std::collections::HashSet::new();
+    for proto in ["tcp", "udp", "tcp6", "udp6"] {
+        let table = fs::read_to_string(format!("/proc/net/{proto}")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inet.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    fs::read_dir("/proc/self/fd").map_or(0, |d| {
+        d.filter_map(|e| e.ok())
+            .filter(|e| {
+                fs::read_link(e.path()).is_ok_and(|t| inet.contains(t.to_string_lossy().as_ref()))
+            })
+            .count()
+    })
+}
+
 /// Resident set size now, in KiB (`VmRSS`).
 pub fn rss_kib() -> u64 {
     status_field("VmRSS:")

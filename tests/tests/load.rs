@@ -42,7 +42,7 @@ impl Baseline {
     fn take() -> Baseline {
         process::trim_heap();
         Baseline {
-            fds: process::open_fds(),
+            fds: process::open_sockets(),
             targets: process::fd_targets(),
             rss: process::rss_kib(),
         }
@@ -52,12 +52,12 @@ impl Baseline {
     /// checks that memory returned within `slack_kib`.
     async fn back(&self, server: &Running, transport: Transport, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while server.metrics.active_tunnels(transport) != 0 || process::open_fds() > self.fds {
+        while server.metrics.active_tunnels(transport) != 0 || process::open_sockets() > self.fds {
             assert!(
                 Instant::now() < deadline,
                 "{what}: after 20 s, {} tunnels active and {} fds open (baseline {}): {:?}, baseline {:?}",
                 server.metrics.active_tunnels(transport),
-                process::open_fds(),
+                process::open_sockets(),
                 self.fds,
                 process::fd_targets(),
                 self.targets,
@@ -67,9 +67,9 @@ impl Baseline {
         process::trim_heap();
         let rss = process::rss_kib();
         eprintln!(
-            "figures {what}: fds {} -> {}, rss {} KiB -> {} KiB, peak {} KiB",
+            "figures {what}: sockets {} -> {}, rss {} KiB -> {} KiB, peak {} KiB",
             self.fds,
-            process::open_fds(),
+            process::open_sockets(),
             self.rss,
             rss,
             process::peak_rss_kib()
