@@ -145,10 +145,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
-            tracing::info!(tcp = %tcp, udp = %udp, api = plan.api, policy = ?plan.policy, "listening")
+            tracing::info!(tcp = %tcp, udp = %udp, api = plan.api, allow_all = plan.policy.is_allow_all(), "listening")
         }
         None => {
-            tracing::info!(tcp = %tcp, udp = "off", api = plan.api, policy = ?plan.policy, "listening")
+            tracing::info!(tcp = %tcp, udp = "off", api = plan.api, allow_all = plan.policy.is_allow_all(), "listening")
         }
     }
     let reloader = server.reloader();
