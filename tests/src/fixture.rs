@@ -368,3 +368,9 @@ pub fn reset_on_close(conn: &tokio::net::TcpStream) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Tests that measure the whole process (sockets, memory) take this first: one at a time.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}

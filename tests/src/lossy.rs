@@ -2,6 +2,7 @@
 //! clients talk to the relay, and the relay talks to the server from one socket per client.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,7 +98,7 @@ pub async fn start(server: SocketAddr, faults: Faults) -> Relay {
         let mut buf = vec![0u8; 65536];
         let mut next_seed = faults.seed;
         while let Ok((n, from)) = front.recv_from(&mut buf).await {
-            if !clients.contains_key(&from) {
+            if let Entry::Vacant(slot) = clients.entry(from) {
                 let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else {
                     continue;
                 };
@@ -117,7 +118,7 @@ pub async fn start(server: SocketAddr, faults: Faults) -> Relay {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(back.abort_handle());
-                clients.insert(from, (up, Mangler::new(faults, next_seed, Arc::clone(&st))));
+                slot.insert((up, Mangler::new(faults, next_seed, Arc::clone(&st))));
             }
             if cut2.load(Ordering::SeqCst) {
                 continue;

@@ -19,13 +19,6 @@ use streamproxy_e2e::process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The tests count the process's descriptors: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn settings() -> Settings {
     Settings::default()
         .udp_idle_timeout(Duration::from_secs(1))
@@ -78,7 +71,7 @@ async fn write_until_fails<W: AsyncWriteExt + Unpin>(w: &mut W, data: &[u8]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_reset_mid_transfer_ends_the_tunnel_and_frees_everything() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let dest = destination(|mut conn| async move {
         let mut buf = vec![0u8; 100 * 1024];
@@ -118,7 +111,7 @@ async fn a_destination_reset_mid_transfer_ends_the_tunnel_and_frees_everything()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_never_reads_gets_backpressure_and_memory_stays_bounded() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let (release_tx, release) = tokio::sync::watch::channel(false);
     let (got_tx, mut got_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
@@ -191,7 +184,7 @@ async fn a_destination_that_never_reads_gets_backpressure_and_memory_stays_bound
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_stops_sending_early_still_receives_every_byte() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let (got_tx, mut got_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let dest = destination(move |mut conn| {
@@ -229,7 +222,7 @@ async fn a_destination_that_stops_sending_early_still_receives_every_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_closes_with_unread_data_ends_the_tunnel_with_an_unaltered_answer() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let answer = payload(256 * 1024, 77);
     let dest = destination({
@@ -286,7 +279,7 @@ async fn a_destination_that_closes_with_unread_data_ends_the_tunnel_with_an_unal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_vanishes_is_torn_down() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let echo = fixture::tcp_echo().await;
     let server = fixture::start(pki.builder(allow_all(), settings())).await;
@@ -311,7 +304,7 @@ async fn a_tcp_client_that_vanishes_is_torn_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_client_that_vanishes_is_freed_by_the_idle_timeout() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let echo = fixture::udp_echo().await;
     let server = fixture::start(pki.builder(allow_all(), settings())).await;
@@ -349,7 +342,7 @@ async fn a_udp_client_that_vanishes_is_freed_by_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_tunnels_finish_byte_exact_within_the_drain() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let tcp_echo = fixture::tcp_echo().await;
     let udp_echo = fixture::udp_echo().await;
@@ -440,7 +433,7 @@ async fn shutdown_lets_in_flight_tunnels_finish_byte_exact_within_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_outliving_the_drain_are_closed_when_it_ends() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let echo = fixture::tcp_echo().await;
     let server = fixture::start(pki.builder(
@@ -467,7 +460,7 @@ async fn tunnels_outliving_the_drain_are_closed_when_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_sustained_load_fails_no_tunnel() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let tcp_echo = fixture::tcp_echo().await;
     let udp_echo = fixture::udp_echo().await;
@@ -561,7 +554,7 @@ async fn certificate_rotation_under_sustained_load_fails_no_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtls_through_a_lossy_relay_completes_handshakes_delivers_intact_and_leaks_nothing() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let echo = fixture::udp_echo().await;
     let server = fixture::start(pki.builder(allow_all(), settings())).await;

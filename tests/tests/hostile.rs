@@ -25,13 +25,6 @@ use tokio::sync::Semaphore;
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Tests that measure the process's memory run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn settings() -> Settings {
     Settings::default()
         .header_timeout(HEADER_TIMEOUT)
@@ -435,7 +428,7 @@ async fn a_slow_header_over_tls_is_accepted_under_and_closed_over_the_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_closed_at_the_header_timeout_while_a_good_client_is_served() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     process::raise_nofile(65_536);
     let pki = Pki::new();
     let timeout = Duration::from_secs(5);
@@ -518,7 +511,7 @@ async fn slowloris_clients_are_closed_at_the_header_timeout_while_a_good_client_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_handshake_flood_is_held_to_the_limit_and_a_good_client_is_served() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     process::raise_nofile(65_536);
     let pki = Pki::new();
     let limit = 32;
@@ -572,7 +565,7 @@ async fn a_tcp_handshake_flood_is_held_to_the_limit_and_a_good_client_is_served(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dtls_client_hello_flood_from_many_ports_leaves_a_good_client_served() {
-    let _serial = serial();
+    let _serial = fixture::serial().await;
     let pki = Pki::new();
     let limit = 32;
     let server = server(&pki, settings().max_handshakes(limit)).await;

@@ -14,9 +14,6 @@ use streamproxy_e2e::fixture::{self, Pki, Running, allow_all};
 use streamproxy_e2e::process::{self, scaled};
 use tokio::sync::{Barrier, Semaphore};
 
-/// The load tests measure the whole process: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 const SEQUENTIAL: usize = 10_000;
 const CONCURRENT: usize = 2_000;
 /// Handshakes the clients run at once while opening the concurrent tunnels.
@@ -93,7 +90,7 @@ fn report(what: &str, totals: &Totals, started: Instant) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_sequential_then_concurrent_tunnels_relay_every_byte_and_leak_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = fixture::serial().await;
     process::raise_nofile(65_536);
     let pki = Pki::new();
     let config = pki.tls_client();
@@ -174,7 +171,7 @@ async fn tcp_sequential_then_concurrent_tunnels_relay_every_byte_and_leak_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sequential_then_concurrent_sessions_relay_every_datagram_and_leak_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = fixture::serial().await;
     process::raise_nofile(65_536);
     let pki = Pki::new();
     let config = pki.dtls_client();

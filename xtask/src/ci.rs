@@ -20,6 +20,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     cmd::run(cargo().args(["test", "--workspace"]))?;
+    cmd::run(cargo().args(["xtask", "soak", "--minutes", "1"]))?;
     cmd::run(cargo().args(["xtask", "interop"]))?;
     cmd::run(cargo().args(["xtask", "bench", "--quick"]))?;
     eprintln!("ci: all checks passed");

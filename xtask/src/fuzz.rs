@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{self, cargo, project_root};
 
 /// Fuzz targets: the name given on the command line, the fuzz directory and the target.
-const TARGETS: &[(&str, &str, &str)] = &[("proto", "crates/proto/fuzz", "decode_header")];
+const TARGETS: &[(&str, &str, &str)] = &[
+    ("proto", "crates/proto/fuzz", "decode_header"),
+    ("proxy-header", "crates/proxy/fuzz", "read_header"),
+];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut seconds: u64 = 60;

@@ -9,6 +9,7 @@ mod cmd;
 mod fuzz;
 mod interop;
 mod procs;
+mod soak;
 mod system;
 
 use anyhow::{Result, bail};
@@ -22,7 +23,8 @@ tasks:
                                   dtls), or the side-by-side tunnel benchmarks against the Go
                                   peer, stunnel and loopback (tunnels), or all of them
   fuzz TARGET [--seconds N]       run a cargo-fuzz target (needs a nightly toolchain);
-                                  targets: proto
+                                  targets: proto, proxy-header
+  soak [--minutes N] [--seed S]   mixed TCP/UDP load with verified bytes and seeded faults
   interop                         the wire-compatibility matrix against a Go peer
                                   (crypto/tls, pion/dtls), OpenSSL's command line and curl
   deps                            install the system packages the build and tests need
@@ -39,6 +41,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
         "interop" => interop::run(rest),
+        "soak" => soak::run(rest),
         "deps" => system::ensure_build_and_test_deps(),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
