@@ -395,15 +395,21 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
         Transport::Udp,
         dest.udp_echo,
         |st| {
+            let cpu = st.cpu_seconds()?;
             let r = load::udp_sessions(st.port, s.setup_clients, s.handshake_time)?;
             if r.failures > 0 {
                 eprintln!("bench: DTLS handshakes: {} attempts failed", r.failures);
             }
-            Ok(vec![
+            let mut values = vec![
                 ("dtls_handshake_rate", r.per_second),
                 ("dtls_handshake_p50", ms(r.times.quantile_us(0.5))),
                 ("dtls_handshake_p99", ms(r.times.quantile_us(0.99))),
-            ])
+            ];
+            if st.server_pid.is_some() {
+                let per = (st.cpu_seconds()? - cpu) / r.attempts() as f64;
+                values.push(("dtls_handshake_cpu", per * 1e3));
+            }
+            Ok(values)
         },
     );
 
