@@ -7,9 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use tls::AppProtocol;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::serve_api;
 use crate::metrics::Transport;
@@ -20,8 +24,10 @@ use crate::tunnel::Client;
 /// A TLS server on an already-bound TCP listener.
 ///
 /// Limits: at most `max_handshakes` handshakes in flight and `max_tcp_tunnels` tunnels open
-/// (from the handler's [`Settings`](crate::settings::Settings)); a connection beyond either is
-/// closed at once and counted. Connections that negotiate `http/1.1` get the HTTPS API when it
+/// (from the handler's [`Settings`](crate::settings::Settings)). A connection beyond the tunnel
+/// limit is closed at once and counted. When every handshake slot is taken, the oldest
+/// handshake in flight is closed (and counted) to make room: connections that never finish
+/// their handshake cannot lock out clients that do. Connections that negotiate `http/1.1` get the HTTPS API when it
 /// is enabled; every other connection is a stream tunnel.
 pub struct TcpServer {
     listener: TcpListener,
@@ -70,6 +76,7 @@ impl TcpServer {
         let settings = handler.settings().clone();
         let metrics = Arc::clone(handler.metrics());
         let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let tunnels = Arc::new(Semaphore::new(settings.max_tcp_tunnels));
         let tasks = Tasks::new();
         tokio::pin!(shutdown);
@@ -86,26 +93,51 @@ impl TcpServer {
                     }
                 },
             };
-            let Ok(handshake_permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-                metrics.limit_refused(Transport::Tcp);
-                tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; connection closed");
-                continue;
+            let handshake_permit = match Arc::clone(&handshakes).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let oldest = lock(&in_flight).queue.pop_front();
+                    metrics.limit_refused(Transport::Tcp);
+                    let Some((_, evict)) = oldest else {
+                        tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; connection closed");
+                        continue;
+                    };
+                    evict.cancel();
+                    tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; closed the oldest");
+                    // The evicted task frees its permit as soon as it runs.
+                    let freed = tokio::time::timeout(
+                        EVICTION_WAIT,
+                        Arc::clone(&handshakes).acquire_owned(),
+                    )
+                    .await;
+                    match freed {
+                        Ok(Ok(permit)) => permit,
+                        _ => continue,
+                    }
+                }
             };
+            let slot = Slot::register(&in_flight);
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             let metrics = Arc::clone(&metrics);
             let tunnels = Arc::clone(&tunnels);
             tasks.spawn(async move {
-                let accepted = match acceptor.accept(tcp, addr).await {
-                    Ok(a) => a,
-                    Err(e) => {
+                let handshake = tokio::select! {
+                    accepted = acceptor.accept(tcp, addr) => Some(accepted),
+                    () = slot.evicted.cancelled() => None,
+                };
+                drop(slot);
+                drop(handshake_permit);
+                let accepted = match handshake {
+                    Some(Ok(a)) => a,
+                    Some(Err(e)) => {
                         metrics.handshake_failed(Transport::Tcp);
                         tracing::warn!(transport = "tcp", peer = %addr, error = %e, "handshake failed");
                         return;
                     }
+                    None => return,
                 };
-                drop(handshake_permit);
                 let client = Client {
                     addr,
                     subject: Some(accepted.peer.certificate.subject.clone()),
@@ -142,6 +174,52 @@ impl TcpServer {
                 cancelled,
                 "closed connections still open after the drain period"
             );
+        }
+    }
+}
+
+/// How long the accept loop waits for an evicted handshake to free its slot.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Handshakes in flight, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct InFlight {
+    next: u64,
+    queue: VecDeque<(u64, CancellationToken)>,
+}
+
+fn lock(in_flight: &Mutex<InFlight>) -> MutexGuard<'_, InFlight> {
+    in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One handshake's place in [`InFlight`]; leaves it when dropped.
+struct Slot {
+    id: u64,
+    evicted: CancellationToken,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+impl Slot {
+    fn register(in_flight: &Arc<Mutex<InFlight>>) -> Slot {
+        let evicted = CancellationToken::new();
+        let mut list = lock(in_flight);
+        let id = list.next;
+        list.next += 1;
+        list.queue.push_back((id, evicted.clone()));
+        Slot {
+            id,
+            evicted,
+            in_flight: Arc::clone(in_flight),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut list = lock(&self.in_flight);
+        // Usually at the front: handshakes mostly finish in the order they started.
+        if let Some(i) = list.queue.iter().position(|(id, _)| *id == self.id) {
+            list.queue.remove(i);
         }
     }
 }
