@@ -529,8 +529,8 @@ async fn a_tcp_handshake_flood_is_held_to_the_limit_and_a_good_client_is_served(
     for _ in 0..flood {
         idle.push(TcpStream::connect(server.tcp).await.expect("connect"));
     }
-    // Connections beyond the limit are closed at once.
-    fixture::wait_until("limit refusals", Duration::from_secs(10), || {
+    // Every connection beyond the limit evicts the oldest idle one.
+    fixture::wait_until("evictions", Duration::from_secs(10), || {
         metric(
             &server.metrics,
             "streamproxy_limit_refusals",
@@ -539,22 +539,40 @@ async fn a_tcp_handshake_flood_is_held_to_the_limit_and_a_good_client_is_served(
     })
     .await;
     let rss_flood = process::rss_kib();
-    // A good client gets through within the handshake timeout, retrying while refused.
+    // While the flood holds every slot, a good client is served at once: its connection
+    // evicts the oldest idle one.
     let echo = fixture::tcp_echo().await;
     let config = pki.tls_client();
     let started = Instant::now();
-    loop {
-        match check::tcp_roundtrip(server.tcp, &config, echo, 16 * 1024, 5).await {
-            Ok(_) => break,
-            Err(e) => assert!(
-                started.elapsed() < handshake_timeout + Duration::from_secs(2),
-                "good client not served: {e}"
-            ),
+    check::tcp_roundtrip(server.tcp, &config, echo, 16 * 1024, 5)
+        .await
+        .expect("a good client is served during the flood");
+    let served_after = started.elapsed();
+    // The flood keeps coming: still served.
+    let mut more = Vec::new();
+    for _ in 0..limit {
+        more.push(TcpStream::connect(server.tcp).await.expect("connect"));
+    }
+    check::tcp_roundtrip(server.tcp, &config, echo, 16 * 1024, 6)
+        .await
+        .expect("a good client is served while the flood goes on");
+    // The evicted connections were closed by the server.
+    let mut closed = 0;
+    for conn in idle.iter_mut().take(flood - limit) {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_secs(2), conn.read(&mut byte)).await
+        {
+            closed += 1;
         }
     }
-    let served_after = started.elapsed();
+    assert_eq!(closed, flood - limit, "evicted connections still open");
     eprintln!(
-        "figures tcp handshake flood: {flood} idle connections, limit {limit}; good client served after {served_after:?}; rss {rss_before} -> {rss_flood} KiB"
+        "figures tcp handshake flood: {flood} idle connections, limit {limit}; good client served in {served_after:?}; rss {rss_before} -> {rss_flood} KiB"
+    );
+    assert!(
+        served_after < handshake_timeout / 2,
+        "good client waited {served_after:?}"
     );
     assert!(
         rss_flood < rss_before + 32 * 1024,
