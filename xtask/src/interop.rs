@@ -224,12 +224,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             // The client trusts our CA, so the refusal is the server's, but presents a
             // certificate from another CA (later Go flags override earlier ones).
             let stranger = tools.other_certs.go_args("client");
-            let stranger = [
-                "-cert",
-                stranger[3].as_str(),
-                "-key",
-                stranger[5].as_str(),
-            ];
+            let stranger = ["-cert", stranger[3].as_str(), "-key", stranger[5].as_str()];
             row(
                 &format!("Go client with another CA's certificate refused, {transport}"),
                 expect_refused(go_check(
