@@ -119,6 +119,12 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
         )
         .target(more(2.0)),
         Metric::new(
+            "tcp_setup_cpu",
+            "3. TCP setup, CPU per tunnel, client + server side (ms)",
+            TUNNELS,
+        )
+        .lower(),
+        Metric::new(
             "tcp_setup_p50",
             "3. TCP setup, time to first byte p50 (ms)",
             TCP,
