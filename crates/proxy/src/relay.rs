@@ -26,82 +26,153 @@ pub struct RelayOutcome {
 /// close_notify) while the other direction keeps flowing. Each direction has one fixed
 /// buffer, and a side that does not read slows the other down: memory per tunnel is bounded.
 /// The byte counts are exact even when the relay ends in an error.
+///
+/// When writing to the destination fails (it reset the connection), what the destination sent
+/// before going away is still delivered to the client: the other direction runs until the
+/// destination's side ends, which a dead connection does at once, and the relay then fails
+/// without shutting the client's side down (a TLS client sees a truncation, not a clean end).
+/// Any other failure ends both directions at once.
 pub async fn relay<C, D>(client: &mut C, destination: &mut D) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut client = Counted::new(client);
-    let mut destination = Counted::new(destination);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut destination,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await
-    .map(|_| ());
+    let mut up = Direction::new();
+    let mut down = Direction::new();
+    let mut up_end: Option<Result<(), Fault>> = None;
+    let mut down_end: Option<Result<(), Fault>> = None;
+    let result = std::future::poll_fn(|cx| {
+        if up_end.is_none() {
+            if let Poll::Ready(end) = up.poll_copy(cx, &mut *client, &mut *destination) {
+                up_end = Some(end);
+            }
+        }
+        if down_end.is_none() {
+            // After a reset, the destination's end of stream is no clean end: deliver what it
+            // sent, but no close_notify that would make a cut stream look complete.
+            down.shutdown_at_eof = !matches!(up_end, Some(Err(Fault::Write(_))));
+            if let Poll::Ready(end) = down.poll_copy(cx, &mut *destination, &mut *client) {
+                down_end = Some(end);
+            }
+        }
+        match (&mut up_end, &mut down_end) {
+            (Some(Ok(())), Some(Ok(()))) => Poll::Ready(Ok(())),
+            // The destination is gone: drain what it sent before it went.
+            (Some(Err(Fault::Write(_))), None) => Poll::Pending,
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Poll::Ready(Err(e.take())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
     RelayOutcome {
-        client_to_destination: client.read,
-        destination_to_client: destination.read,
+        client_to_destination: up.read,
+        destination_to_client: down.read,
         result,
     }
 }
 
-/// Counts the bytes read through a stream.
-struct Counted<'a, S: ?Sized> {
-    inner: &'a mut S,
+/// How one direction failed.
+#[derive(Debug)]
+enum Fault {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Fault {
+    fn take(&mut self) -> io::Error {
+        let (Fault::Read(e) | Fault::Write(e)) = self;
+        std::mem::replace(e, io::Error::other("reported already"))
+    }
+}
+
+/// One direction of the relay: a fixed buffer and the bytes read so far.
+struct Direction {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
     read: u64,
+    eof: bool,
+    need_flush: bool,
+    /// Whether the reader's end of stream shuts the writer down.
+    shutdown_at_eof: bool,
 }
 
-impl<'a, S: ?Sized> Counted<'a, S> {
-    fn new(inner: &'a mut S) -> Self {
-        Counted { inner, read: 0 }
-    }
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll {
-            self.read += (buf.filled().len() - before) as u64;
+impl Direction {
+    fn new() -> Direction {
+        Direction {
+            buf: vec![0u8; RELAY_BUFFER].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            read: 0,
+            eof: false,
+            need_flush: false,
+            shutdown_at_eof: true,
         }
-        poll
     }
-}
 
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+    /// Copies from `reader` to `writer` until the reader's end of stream (then flushes and
+    /// shuts the writer down) or an error.
+    fn poll_copy<R, W>(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<(), Fault>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.eof {
+                let mut buf = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        if n == 0 {
+                            self.eof = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                            self.read += n as u64;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Fault::Read(e))),
+                    Poll::Pending => {
+                        // Nothing more to send for now: push out what was written.
+                        if self.need_flush {
+                            match Pin::new(&mut *writer).poll_flush(cx) {
+                                Poll::Ready(Ok(())) => self.need_flush = false,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(Fault::Write(e))),
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Fault::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Fault::Write(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.eof {
+                let mut w = Pin::new(&mut *writer);
+                return match w.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) if !self.shutdown_at_eof => Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => w.poll_shutdown(cx).map_err(Fault::Write),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(Fault::Write(e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        }
     }
 }
 
