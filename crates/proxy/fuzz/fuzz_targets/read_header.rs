@@ -49,7 +49,10 @@ impl AsyncRead for Chunked<'_> {
             return Poll::Pending;
         }
         self.pending = false;
-        let n = self.chunk().min(buf.remaining()).min(self.data.len() - self.pos);
+        let n = self
+            .chunk()
+            .min(buf.remaining())
+            .min(self.data.len() - self.pos);
         let start = self.pos;
         buf.put_slice(&self.data[start..start + n]);
         self.pos += n;
@@ -91,7 +94,10 @@ fuzz_target!(|input: &[u8]| {
             assert!(received < expected);
         }
         Err(ReadHeaderError::Invalid(_)) => {
-            assert!(stream.pos <= Version::V0_1_0.header_len(), "read past the header");
+            assert!(
+                stream.pos <= Version::V0_1_0.header_len(),
+                "read past the header"
+            );
         }
         Err(ReadHeaderError::Io(e)) => panic!("no I/O error was injected: {e}"),
         Err(e) => panic!("unexpected error {e:?}"),
