@@ -20,8 +20,8 @@ pub struct Settings {
     pub max_tcp_tunnels: usize,
     /// Most UDP sessions open at once; more are refused. Default 4096.
     pub max_udp_sessions: usize,
-    /// Most TLS handshakes in flight at once; connections beyond it are closed at once.
-    /// Default 256.
+    /// Most TLS handshakes in flight at once; a connection beyond it closes the oldest
+    /// handshake in flight and takes its place. Default 256.
     pub max_handshakes: usize,
 }
 
