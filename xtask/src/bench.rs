@@ -56,7 +56,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     for (_, package) in selected {
         let mut cmd = cargo();
         // Only the bench targets: a library's unit-test harness rejects criterion's flags.
-        cmd.args(["bench", "-p", package, "--benches", "--"]);
+        cmd.args(["bench", "-p", package, "--bench", "*", "--"]);
         if quick {
             // A smoke run: every benchmark runs and reports, the figures are not meaningful.
             cmd.args(["--warm-up-time", "0.2", "--measurement-time", "0.5"]);
