@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use serde_json::json;
+
 use super::contenders::Contender;
 use super::tunnels::Samples;
 
@@ -226,120 +228,50 @@ pub(crate) fn missing_cells(metrics: &[Metric], samples: &Samples) -> Vec<String
 }
 
 /// The results as JSON: every run's figure, the medians, the ratios and the targets.
+/// Non-finite numbers become `null`.
 pub(crate) fn json(metrics: &[Metric], samples: &Samples, ctx: &Context) -> String {
+    let num = |x: f64| serde_json::Value::from(x);
     let mut rows = Vec::new();
     for m in metrics {
-        let mut figures = Vec::new();
+        let mut figures = serde_json::Map::new();
         for &c in m.contenders {
-            let runs = samples
+            let runs: Vec<serde_json::Value> = samples
                 .values
                 .get(&(m.id, c))
-                .map(|v| Json::Arr(v.iter().map(|x| Json::Num(*x)).collect()))
-                .unwrap_or(Json::Arr(Vec::new()));
-            figures.push((
-                c.key(),
-                Json::Obj(vec![
-                    ("median", m.median(samples, c).map_or(Json::Null, Json::Num)),
-                    ("runs", runs),
-                ]),
-            ));
+                .map(|v| v.iter().map(|&x| num(x)).collect())
+                .unwrap_or_default();
+            figures.insert(
+                c.key().to_owned(),
+                json!({ "median": m.median(samples, c).map(num), "runs": runs }),
+            );
         }
-        let ratios = RATIO_TO
+        let ratios: serde_json::Map<String, serde_json::Value> = RATIO_TO
             .iter()
-            .filter_map(|&c| Some((c.key(), Json::Num(m.ratio(samples, c)?))))
+            .filter_map(|&c| Some((c.key().to_owned(), num(m.ratio(samples, c)?))))
             .collect();
-        rows.push(Json::Obj(vec![
-            ("id", Json::Str(m.id.to_owned())),
-            ("label", Json::Str(m.label.clone())),
-            ("higher_is_better", Json::Bool(m.higher_is_better)),
-            ("figures", Json::Obj(figures)),
-            ("streamproxy_ratio_to", Json::Obj(ratios)),
-            ("target", m.target_text().map_or(Json::Null, Json::Str)),
-            (
-                "target_met",
-                m.target_met(samples).map_or(Json::Null, Json::Bool),
-            ),
-        ]));
+        rows.push(json!({
+            "id": m.id,
+            "label": m.label,
+            "higher_is_better": m.higher_is_better,
+            "figures": figures,
+            "streamproxy_ratio_to": ratios,
+            "target": m.target_text(),
+            "target_met": m.target_met(samples),
+        }));
     }
-    let doc = Json::Obj(vec![
-        ("quick", Json::Bool(ctx.quick)),
-        ("runs", Json::Num(ctx.runs as f64)),
-        ("machine", Json::Str(ctx.machine.clone())),
-        ("load_average_before", Json::Str(ctx.load_before.clone())),
-        ("load_average_after", Json::Str(ctx.load_after.clone())),
-        ("seconds", Json::Num(ctx.seconds)),
-        ("rows", Json::Arr(rows)),
-        (
-            "errors",
-            Json::Arr(samples.errors.iter().cloned().map(Json::Str).collect()),
-        ),
-    ]);
-    let mut out = String::new();
-    doc.write(&mut out);
+    let doc = json!({
+        "quick": ctx.quick,
+        "runs": ctx.runs,
+        "machine": ctx.machine,
+        "load_average_before": ctx.load_before,
+        "load_average_after": ctx.load_after,
+        "seconds": num(ctx.seconds),
+        "rows": rows,
+        "errors": samples.errors,
+    });
+    let mut out = serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_owned());
     out.push('\n');
     out
-}
-
-/// Just enough JSON to write the results without a serializer.
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(&'static str, Json)>),
-}
-
-impl Json {
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(x) if x.is_finite() => {
-                let _ = write!(out, "{x}");
-            }
-            Json::Num(_) => out.push_str("null"),
-            Json::Str(s) => write_str(out, s),
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    item.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_str(out, k);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -347,14 +279,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_escapes_and_nulls_non_finite_numbers() {
-        let mut out = String::new();
-        Json::Obj(vec![
-            ("a", Json::Str("q\"\\\n\u{1}".into())),
-            ("b", Json::Arr(vec![Json::Num(1.5), Json::Num(f64::NAN)])),
-        ])
-        .write(&mut out);
-        assert_eq!(out, r#"{"a":"q\"\\\n\u0001","b":[1.5,null]}"#);
+    fn non_finite_numbers_become_null() {
+        assert_eq!(serde_json::Value::from(f64::NAN), serde_json::Value::Null);
     }
 
     #[test]
