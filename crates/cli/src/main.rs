@@ -23,6 +23,11 @@ fn main() -> ExitCode {
         Err(e) => return cli::usage_error(&e),
     };
     logging::init(&cli.log, cli.command.default_level());
+    // aws-lc sets up its entropy source on the first random draw (about 130 ms here): draw
+    // now, so that the first handshake a client waits for does not pay for it.
+    let _ = streamproxy::tls::crypto_provider()
+        .secure_random
+        .fill(&mut [0u8; 1]);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
