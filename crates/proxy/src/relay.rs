@@ -9,6 +9,34 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Size of each direction's copy buffer: one TLS record's worth of plaintext.
 pub const RELAY_BUFFER: usize = 16 * 1024;
 
+/// Copy buffers kept for reuse per worker thread, so that a burst after an idle spell does
+/// not go to the allocator.
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer from this thread's spares, or a new one.
+fn take_buffer() -> Box<[u8]> {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0u8; RELAY_BUFFER].into_boxed_slice())
+}
+
+/// Gives a copy buffer back to this thread's spares (or to the allocator when they are full).
+fn give_buffer(buf: Box<[u8]>) {
+    // During thread teardown the spares are gone already: the buffer is freed.
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
+
 /// What a finished relay moved, and how it ended.
 #[derive(Debug)]
 pub struct RelayOutcome {
@@ -23,9 +51,11 @@ pub struct RelayOutcome {
 /// Relays bytes both ways until both directions have ended or either side fails.
 ///
 /// An end of stream from one side becomes a write shutdown on the other (for TLS, a
-/// close_notify) while the other direction keeps flowing. Each direction has one fixed
-/// buffer, and a side that does not read slows the other down: memory per tunnel is bounded.
-/// The byte counts are exact even when the relay ends in an error.
+/// close_notify) while the other direction keeps flowing. Each direction copies through one
+/// buffer of [`RELAY_BUFFER`] bytes, held only while data moves: a direction that waits for
+/// its reader with nothing left to write gives the buffer back, so an idle tunnel holds none.
+/// A side that does not read slows the other down: memory per tunnel is bounded. The byte
+/// counts are exact even when the relay ends in an error.
 ///
 /// When writing to the destination fails (it reset the connection), what the destination sent
 /// before going away is still delivered to the client: the other direction runs until the
@@ -85,9 +115,11 @@ impl Fault {
     }
 }
 
-/// One direction of the relay: a fixed buffer and the bytes read so far.
+/// One direction of the relay: its copy buffer while data moves, and the bytes read so far.
 struct Direction {
-    buf: Box<[u8]>,
+    /// Holds `buf[pos..cap]`, not yet written; `None` whenever that range is empty and the
+    /// reader has nothing to give.
+    buf: Option<Box<[u8]>>,
     pos: usize,
     cap: usize,
     read: u64,
@@ -97,10 +129,18 @@ struct Direction {
     shutdown_at_eof: bool,
 }
 
+impl Drop for Direction {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_buffer(buf);
+        }
+    }
+}
+
 impl Direction {
     fn new() -> Direction {
         Direction {
-            buf: vec![0u8; RELAY_BUFFER].into_boxed_slice(),
+            buf: None,
             pos: 0,
             cap: 0,
             read: 0,
@@ -124,7 +164,7 @@ impl Direction {
     {
         loop {
             if self.pos == self.cap && !self.eof {
-                let mut buf = ReadBuf::new(&mut self.buf);
+                let mut buf = ReadBuf::new(self.buf.get_or_insert_with(take_buffer));
                 match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => {
                         let n = buf.filled().len();
@@ -138,6 +178,11 @@ impl Direction {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Fault::Read(e))),
                     Poll::Pending => {
+                        // Nothing to write and nothing to read: the buffer goes back until
+                        // the reader wakes this direction up again.
+                        if let Some(buf) = self.buf.take() {
+                            give_buffer(buf);
+                        }
                         // Nothing more to send for now: push out what was written.
                         if self.need_flush {
                             match Pin::new(&mut *writer).poll_flush(cx) {
@@ -151,7 +196,11 @@ impl Direction {
                 }
             }
             while self.pos < self.cap {
-                match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                let Some(buf) = self.buf.as_deref() else {
+                    // Unreachable: a read fills the buffer it keeps.
+                    return Poll::Ready(Err(Fault::Read(io::Error::other("relay buffer lost"))));
+                };
+                match Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Fault::Write(io::ErrorKind::WriteZero.into())));
                     }
@@ -164,6 +213,9 @@ impl Direction {
                 }
             }
             if self.eof {
+                if let Some(buf) = self.buf.take() {
+                    give_buffer(buf);
+                }
                 let mut w = Pin::new(&mut *writer);
                 return match w.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) if !self.shutdown_at_eof => Poll::Ready(Ok(())),
@@ -179,7 +231,44 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut client_app, mut client_side) = tokio::io::duplex(64);
+        let (mut dest_side, mut dest_app) = tokio::io::duplex(64);
+        let mut up = Direction::new();
+        let poll = |up: &mut Direction, r: &mut DuplexStream, w: &mut DuplexStream| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            up.poll_copy(&mut cx, r, w)
+        };
+        assert!(poll(&mut up, &mut client_side, &mut dest_side).is_pending());
+        assert!(up.buf.is_none(), "idle before any byte");
+
+        client_app.write_all(b"ping").await.expect("write");
+        assert!(poll(&mut up, &mut client_side, &mut dest_side).is_pending());
+        assert!(up.buf.is_none(), "idle again once the bytes are written");
+        let mut got = [0u8; 4];
+        dest_app.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ping");
+        assert_eq!(up.read, 4);
+
+        // A writer that does not take everything keeps the buffer until it does.
+        client_app.write_all(&[1u8; 60]).await.expect("write");
+        dest_side
+            .write_all(&[0u8; 40])
+            .await
+            .expect("fill the pipe");
+        assert!(poll(&mut up, &mut client_side, &mut dest_side).is_pending());
+        assert!(up.buf.is_some(), "holds what is not written yet");
+        let mut drain = vec![0u8; 64];
+        dest_app.read_exact(&mut drain).await.expect("read");
+        assert!(poll(&mut up, &mut client_side, &mut dest_side).is_pending());
+        assert!(up.buf.is_none(), "gave it back once the rest is written");
+        let mut rest = vec![0u8; 36];
+        dest_app.read_exact(&mut rest).await.expect("read");
+        assert_eq!(rest, [1u8; 36]);
+    }
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction_flowing() {

@@ -171,6 +171,8 @@ impl UdpForwarder {
         let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
             let opener = Opener {
                 server,
+                // One context for every tunnel; if it cannot be built, each tunnel reports why.
+                connector: dtls::DtlsConnector::new(&config).ok(),
                 config,
                 target: Arc::clone(&target),
                 version,
@@ -294,6 +296,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
 /// Opens tunnels: the manager's factory.
 struct Opener {
     server: SocketAddr,
+    connector: Option<dtls::DtlsConnector>,
     config: Arc<dtls::ClientConfig>,
     target: Arc<Target>,
     version: proto::Version,
@@ -306,7 +309,11 @@ struct Opener {
 impl Opener {
     async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
         let header = self.target.header(self.version);
-        let session = match crate::udp::connect(self.server, &self.config, &header).await {
+        let connected = match &self.connector {
+            Some(connector) => crate::udp::connect_with(connector, self.server, &header).await,
+            None => crate::udp::connect(self.server, &self.config, &header).await,
+        };
+        let session = match connected {
             Ok(session) => session,
             Err(e) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dtls::{ClientConfig, DtlsSession};
+use dtls::{ClientConfig, DtlsConnector, DtlsSession};
 use proto::Header;
 
 use crate::client::{ClientError, HealthError};
@@ -28,8 +28,20 @@ pub async fn connect(
     config: &ClientConfig,
     header: &Header<'_>,
 ) -> Result<DtlsSession, ClientError> {
+    let connector = DtlsConnector::new(config).map_err(dtls::ConnectError::from)?;
+    connect_with(&connector, server, header).await
+}
+
+/// [`connect`] with a connector built once: what a client that opens many sessions with one
+/// configuration uses, so that each session does not build (and verify) its OpenSSL context
+/// anew.
+pub async fn connect_with(
+    connector: &DtlsConnector,
+    server: SocketAddr,
+    header: &Header<'_>,
+) -> Result<DtlsSession, ClientError> {
     let bytes = header.to_bytes()?;
-    let session = dtls::connect(server, config).await?;
+    let session = connector.connect(server).await?;
     session.send(&bytes).await.map_err(ClientError::DtlsSend)?;
     Ok(session)
 }

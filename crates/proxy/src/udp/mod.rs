@@ -3,5 +3,5 @@
 mod client;
 mod server;
 
-pub use client::{connect, health_check};
+pub use client::{connect, connect_with, health_check};
 pub use server::UdpServer;
