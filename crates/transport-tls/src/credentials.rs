@@ -6,6 +6,10 @@
 //! reload builds the new material completely (read, parse, check, build the verifier) and only
 //! then swaps it in, so a failed reload changes nothing, and a connection never sees half of an
 //! update. Established connections hold no reference to the material: they are not touched.
+//!
+//! Each load also makes its own session-ticket keys. A ticket therefore resumes a session only
+//! while the material whose handshake issued it is in force: after a reload, every client makes
+//! a full handshake against the new certificate and client CA again.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,7 +19,7 @@ use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -76,6 +80,8 @@ struct Material {
     identity: Identity,
     client_ca: CaBundle,
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Session-ticket keys of this load only.
+    tickets: Arc<dyn ProducesTickets>,
 }
 
 impl ServerCredentials {
@@ -159,6 +165,12 @@ impl ServerCredentials {
             shared: Arc::clone(&self.shared),
         })
     }
+
+    pub(crate) fn ticketer(&self) -> Arc<dyn ProducesTickets> {
+        Arc::new(Tickets {
+            shared: Arc::clone(&self.shared),
+        })
+    }
 }
 
 impl Material {
@@ -172,11 +184,13 @@ impl Material {
                     path: paths.client_ca.clone(),
                     source,
                 })?;
+        let tickets = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(LoadError::Tickets)?;
         Ok(Self {
             paths,
             identity,
             client_ca,
             verifier,
+            tickets,
         })
     }
 }
@@ -203,6 +217,36 @@ impl ResolvesServerCert for Resolver {
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReloadingCertResolver")
+    }
+}
+
+/// Seals and opens session tickets with the keys of the material in force, so a ticket issued
+/// before a reload no longer opens after it.
+struct Tickets {
+    shared: Arc<Shared>,
+}
+
+impl ProducesTickets for Tickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.shared.current.load().tickets.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.shared.current.load().tickets.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.shared.current.load().tickets.decrypt(cipher)
+    }
+}
+
+impl fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReloadingTicketer")
     }
 }
 

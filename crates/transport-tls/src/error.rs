@@ -14,6 +14,9 @@ use x509_parser::error::X509Error;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
+    /// The session-ticket keys could not be made (the system's random source failed).
+    #[error("cannot make session-ticket keys")]
+    Tickets(#[source] rustls::Error),
     /// The file is missing or cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {

@@ -1,0 +1,111 @@
+//! Session resumption by tickets: on by default, bound to the credentials that issued them.
+
+mod support;
+
+use rustls::HandshakeKind;
+use streamproxy_tls::testutil::{LeafSpec, Usage};
+use streamproxy_tls::{Acceptor, ClientTlsStream, ServerConfigBuilder, connect_to};
+use support::{EchoServer, Pki, echo};
+use tokio::net::TcpStream;
+
+fn kind(stream: &ClientTlsStream<TcpStream>) -> Option<HandshakeKind> {
+    stream.get_ref().1.handshake_kind()
+}
+
+/// Connects, echoes once (which also takes in the server's ticket), and reports the kind of
+/// handshake and the client identity the server saw.
+async fn round(
+    server: &mut EchoServer,
+    client: &streamproxy_tls::ClientConfig,
+) -> (Option<HandshakeKind>, Option<String>) {
+    let mut stream = connect_to(server.addr, client).await.expect("connect");
+    echo(&mut stream, b"hello").await.expect("echo");
+    let peer = server.next().await.expect("server handshake");
+    (kind(&stream), peer.certificate.common_name)
+}
+
+#[tokio::test]
+async fn a_second_connection_resumes_and_keeps_the_client_identity() {
+    let pki = Pki::new("resume");
+    let credentials = pki.credentials();
+    let mut server = EchoServer::stream_only(&credentials).await;
+    let client = pki.client_config();
+
+    let first = round(&mut server, &client).await;
+    assert_eq!(first, (Some(HandshakeKind::Full), Some("agent-1".into())));
+    let second = round(&mut server, &client).await;
+    assert_eq!(
+        second,
+        (Some(HandshakeKind::Resumed), Some("agent-1".into())),
+        "the server reports the identity of the handshake that issued the ticket"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_ends_resumption_with_tickets_issued_before_it() {
+    let pki = Pki::new("resume-reload");
+    let credentials = pki.credentials();
+    let mut server = EchoServer::stream_only(&credentials).await;
+    let client = pki.client_config();
+
+    assert_eq!(
+        round(&mut server, &client).await.0,
+        Some(HandshakeKind::Full)
+    );
+    pki.ca.issue(
+        &LeafSpec::new("server", "godoxy.agent renewed", Usage::Server).sans(&["godoxy.agent"]),
+    );
+    credentials.reload().expect("reload");
+    let after = connect_to(server.addr, &client).await.expect("connect");
+    assert_eq!(
+        kind(&after),
+        Some(HandshakeKind::Full),
+        "a ticket from before the reload must not resume"
+    );
+    assert_eq!(
+        after.get_ref().1.peer_certificates().expect("server chain")[0],
+        credentials.certificate(),
+        "the full handshake presents the new certificate"
+    );
+}
+
+#[tokio::test]
+async fn resumption_can_be_turned_off() {
+    let pki = Pki::new("no-resume");
+    let credentials = pki.credentials();
+    let config = ServerConfigBuilder::new(&credentials)
+        .resumption(false)
+        .build()
+        .expect("server config");
+    assert!(!config.resumption());
+    let mut server = EchoServer::start(Acceptor::new(&config)).await;
+    let client = pki.client_config();
+
+    for _ in 0..2 {
+        assert_eq!(
+            round(&mut server, &client).await.0,
+            Some(HandshakeKind::Full)
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls12_sessions_resume_with_tickets_too() {
+    let pki = Pki::new("resume12");
+    let credentials = pki.credentials();
+    let mut server = EchoServer::stream_only(&credentials).await;
+    let client = pki
+        .client_builder()
+        .versions(streamproxy_tls::TlsVersions::Tls12Only)
+        .build()
+        .expect("client config");
+
+    assert_eq!(
+        round(&mut server, &client).await.0,
+        Some(HandshakeKind::Full)
+    );
+    assert_eq!(
+        round(&mut server, &client).await.0,
+        Some(HandshakeKind::Resumed)
+    );
+}
