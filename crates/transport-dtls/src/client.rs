@@ -1,10 +1,10 @@
 //! The client: a DTLS session over a UDP socket connected to the server.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssl::ssl::{Ssl, SslContext};
+use openssl::ssl::{Ssl, SslContext, SslSession};
 use tokio::net::UdpSocket;
 
 use crate::config::{ClientConfig, Common, ConfigError};
@@ -24,11 +24,16 @@ pub async fn connect(
 }
 
 /// A client configuration turned into an OpenSSL context, ready for many connections.
+///
+/// It keeps the session of its last full handshake and offers it in the next ones, so that
+/// they resume (unless [`ClientConfig::resumption`] is off); clones share it.
 #[derive(Clone)]
 pub struct DtlsConnector {
     ctx: SslContext,
     server_name: String,
     common: Common,
+    /// The session to offer; always from a handshake on `ctx`.
+    session: Arc<Mutex<Option<SslSession>>>,
 }
 
 impl std::fmt::Debug for DtlsConnector {
@@ -46,6 +51,7 @@ impl DtlsConnector {
             ctx: config.context()?,
             server_name: config.server_name.clone(),
             common: config.common.clone(),
+            session: Arc::new(Mutex::new(None)),
         };
         connector.ssl()?;
         Ok(connector)
@@ -64,6 +70,15 @@ impl DtlsConnector {
         ssl.set_mtu(self.common.mtu.get())
             .map_err(ConfigError::Context)?;
         crate::ffi::set_retransmit_schedule(&mut ssl);
+        if let Some(session) = self
+            .common
+            .resumption
+            .then(|| self.last_session())
+            .flatten()
+        {
+            // A refused offer only means a full handshake.
+            crate::ffi::offer_session(&mut ssl, &session);
+        }
         ssl.set_connect_state();
         Ok(ssl)
     }
@@ -96,12 +111,30 @@ impl DtlsConnector {
             Ok(r) => r?,
             Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
         }
+        if self.common.resumption && !stream.ssl().session_reused() {
+            // A copy: this connection's own session object is spoilt if it ends without
+            // close_notify (see `ffi::offer_session`).
+            if let Some(session) = stream.ssl().session().and_then(crate::ffi::copy_session) {
+                *self.sessions() = Some(session);
+            }
+        }
         Ok(DtlsSession::new(
             stream,
             server,
             self.common.max_payload.get(),
             None,
         ))
+    }
+
+    fn last_session(&self) -> Option<SslSession> {
+        self.sessions().clone()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Option<SslSession>> {
+        // The guarded value is replaced whole: a panic elsewhere cannot leave it half-written.
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The handshake timeout in effect.

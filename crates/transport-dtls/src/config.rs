@@ -9,7 +9,8 @@ use std::time::Duration;
 use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVerifyMode, SslVersion,
+    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
@@ -296,6 +297,7 @@ pub(crate) struct Common {
     pub(crate) handshake_timeout: Duration,
     pub(crate) mtu: Mtu,
     pub(crate) max_payload: MaxPayload,
+    pub(crate) resumption: bool,
 }
 
 impl Default for Common {
@@ -305,6 +307,7 @@ impl Default for Common {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             mtu: Mtu::DEFAULT,
             max_payload: MaxPayload::DEFAULT,
+            resumption: true,
         }
     }
 }
@@ -379,6 +382,17 @@ impl ClientConfig {
     /// The largest payload [`send`](crate::DtlsSession::send) accepts.
     pub fn max_payload(mut self, max: MaxPayload) -> Self {
         self.common.max_payload = max;
+        self
+    }
+
+    /// Whether a connector offers the session of its last handshake for resumption
+    /// (default: yes).
+    ///
+    /// A resumed handshake skips certificates, signatures and verification on both ends. A
+    /// session is only resumed by the server that issued it, while it keeps the credentials
+    /// it had then.
+    pub fn resumption(mut self, enabled: bool) -> Self {
+        self.common.resumption = enabled;
         self
     }
 
@@ -475,6 +489,17 @@ impl ServerConfig {
         self
     }
 
+    /// Whether clients may resume sessions with tickets (default: yes).
+    ///
+    /// A resumed handshake skips certificates, signatures and verification on both ends. The
+    /// ticket keys belong to the OpenSSL context, which a reload replaces: a client
+    /// authenticates against the new material again after one. Turn it off to have every
+    /// session verify the client's certificate chain at its own handshake.
+    pub fn resumption(mut self, enabled: bool) -> Self {
+        self.common.resumption = enabled;
+        self
+    }
+
     /// Replaces the certificate material, keeping every other setting.
     pub fn with_material(mut self, identity: Identity, client_ca: CaCerts) -> Self {
         self.identity = identity;
@@ -487,8 +512,16 @@ impl ServerConfig {
         self.identity.install(&mut b)?;
         self.client_ca.install(&mut b, true)?;
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-        // Sessions are not resumed (pion never asks): no tickets to encrypt or leak.
-        b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+        b.set_options(SslOptions::COOKIE_EXCHANGE);
+        // Resumption by tickets only, sealed with keys of this context (a reload builds a new
+        // one); no server-side session cache.
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        if self.common.resumption {
+            b.set_session_id_context(b"streamproxy-dtls")
+                .map_err(ConfigError::Context)?;
+        } else {
+            b.set_options(SslOptions::NO_TICKET);
+        }
         crate::server::install_cookie_callbacks(&mut b).map_err(ConfigError::Context)?;
         Ok(b.build())
     }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use foreign_types::ForeignType;
 use foreign_types::ForeignTypeRef;
-use openssl::ssl::{ShutdownState, SslRef};
+use openssl::ssl::{ShutdownState, SslRef, SslSession, SslSessionRef};
 
 /// `DTLS_CTRL_GET_TIMEOUT` (`DTLSv1_get_timeout` is a macro over `SSL_ctrl`).
 const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
@@ -21,6 +22,7 @@ type TimerCb = extern "C" fn(*mut openssl_sys::SSL, libc::c_uint) -> libc::c_uin
 unsafe extern "C" {
     fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> libc::size_t;
     fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<TimerCb>);
+    fn SSL_SESSION_dup(s: *const openssl_sys::SSL_SESSION) -> *mut openssl_sys::SSL_SESSION;
 }
 
 /// OpenSSL's default schedule (1 s, doubling to 60 s) leaves a handshake over a lossy path
@@ -106,6 +108,35 @@ pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
     // SAFETY: `ssl` is a live SSL object; DTLS_get_data_mtu only reads it (and returns 0 when no
     // cipher is negotiated yet or the object is not DTLS).
     unsafe { DTLS_get_data_mtu(ssl.as_ptr()) }
+}
+
+/// Offers a copy of `session` (its ticket) for resumption in the next handshake of `ssl`.
+///
+/// A copy, because OpenSSL marks the session object of a connection freed without
+/// close_notify as not resumable: sharing it would let one dropped connection spoil the
+/// session for every later one.
+///
+/// `session` must come from a handshake on an `Ssl` of the same context as `ssl`: OpenSSL
+/// does not check it. `DtlsConnector` keeps the one context it made and the sessions of its
+/// own handshakes together.
+pub(crate) fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> bool {
+    let Some(copy) = copy_session(session) else {
+        return false;
+    };
+    // SAFETY: the caller passes a session of the same context (see above); `set_session`
+    // takes its own reference to the copy.
+    unsafe { ssl.set_session(&copy).is_ok() }
+}
+
+/// A copy of `session` that no connection uses (`SSL_SESSION_dup`); `None` when OpenSSL
+/// cannot allocate it.
+pub(crate) fn copy_session(session: &SslSessionRef) -> Option<SslSession> {
+    // SAFETY: `SSL_SESSION_dup` reads a valid session and returns a new one with its own
+    // reference count of one, or null; `from_ptr` takes that reference over.
+    unsafe {
+        let copy = SSL_SESSION_dup(session.as_ptr());
+        (!copy.is_null()).then(|| SslSession::from_ptr(copy))
+    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ struct Info {
     peer_subject: Option<String>,
     cipher: &'static str,
     data_mtu: usize,
+    resumed: bool,
 }
 
 #[derive(Debug)]
@@ -240,6 +241,7 @@ impl DtlsSession {
                 .map(|c| crate::server::format_name(c.subject_name())),
             cipher: ssl.current_cipher().map_or("", |c| c.name()),
             data_mtu: ffi::data_mtu(ssl),
+            resumed: ssl.session_reused(),
         };
         let shared = Arc::new(Shared {
             stream: Mutex::new(stream),
@@ -294,6 +296,12 @@ impl DtlsSession {
     /// The negotiated cipher suite (OpenSSL name).
     pub fn cipher(&self) -> &'static str {
         self.send.shared.info.cipher
+    }
+
+    /// Whether the handshake resumed an earlier session (a session ticket) instead of a
+    /// full handshake with certificates.
+    pub fn resumed(&self) -> bool {
+        self.send.shared.info.resumed
     }
 
     /// The largest payload that fits in one datagram of the configured MTU; larger payloads

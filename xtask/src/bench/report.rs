@@ -147,6 +147,8 @@ pub(crate) struct Context {
     pub(crate) load_before: String,
     pub(crate) load_after: String,
     pub(crate) seconds: f64,
+    /// Only some scenarios ran (`--only`): rows of the others are left out.
+    pub(crate) partial: bool,
 }
 
 const RATIO_TO: [Contender; 3] = [Contender::Go, Contender::Stunnel, Contender::Loopback];
@@ -183,6 +185,10 @@ pub(crate) fn table(metrics: &[Metric], samples: &Samples, ctx: &Context) -> Str
     }
     out.push_str("---|\n");
     for m in metrics {
+        let ran = m.contenders.iter().any(|&c| m.median(samples, c).is_some());
+        if ctx.partial && !ran {
+            continue;
+        }
         let _ = write!(out, "| {} |", m.label);
         for c in Contender::ALL {
             let cell = if m.contenders.contains(&c) {

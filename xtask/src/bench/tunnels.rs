@@ -428,6 +428,7 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
         load_before,
         load_after: load_average(),
         seconds: started.elapsed().as_secs_f64(),
+        partial: only.is_some(),
     };
     let table = report::table(&metrics, &samples, &context);
     println!("{table}");
