@@ -619,6 +619,15 @@ async fn a_dtls_client_hello_flood_from_many_ports_leaves_a_good_client_served()
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let _ = socket.send_to(&hello, server.udp).await;
     }
+    // The stalled handshakes fill the limit; each one beyond it evicts the oldest.
+    fixture::wait_until("evictions", Duration::from_secs(10), || {
+        metric(
+            &server.metrics,
+            "streamproxy_limit_refusals",
+            &["transport=\"udp\""],
+        ) >= (flood - limit) as u64
+    })
+    .await;
     let echo = fixture::udp_echo().await;
     let started = Instant::now();
     check::udp_roundtrip(
@@ -636,6 +645,12 @@ async fn a_dtls_client_hello_flood_from_many_ports_leaves_a_good_client_served()
     let rss_flood = process::rss_kib();
     eprintln!(
         "figures dtls hello flood: {flood} stalled handshakes, limit {limit}; good client served after {served_after:?}; rss {rss_before} -> {rss_flood} KiB"
+    );
+    // At the limit, the good client's ClientHello evicts the oldest stalled handshake: it
+    // does not wait for the stalled ones to time out (2 s).
+    assert!(
+        served_after < Duration::from_secs(1),
+        "good client waited {served_after:?}"
     );
     // Both ends live in this process: bound the cost of a stalled handshake, client side
     // included.

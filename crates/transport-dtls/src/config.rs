@@ -465,7 +465,10 @@ impl ServerConfig {
         self
     }
 
-    /// Handshakes in progress beyond which valid ClientHellos are dropped (at least 1).
+    /// Handshakes in progress at once (at least 1). At the limit, a ClientHello with a valid
+    /// cookie evicts the oldest handshake in progress and takes its place: peers that prove
+    /// their address and then stall cannot keep newcomers out, they only shorten each other's
+    /// time.
     pub fn max_half_open(mut self, n: usize) -> Self {
         self.limits.max_half_open = n.max(1);
         self

@@ -33,8 +33,6 @@ pub(crate) enum DropReason {
     BadCookie,
     /// A ClientHello shorter than the answer would be (no amplification).
     TooShortToAnswer,
-    /// A valid ClientHello while the maximum of half-open handshakes is reached.
-    HalfOpenLimit,
     /// A valid ClientHello while the listener no longer accepts sessions.
     NotAccepting,
     /// Computing the cookie failed (OpenSSL error).
@@ -50,9 +48,12 @@ pub(crate) enum Action {
     HelloVerify,
     /// Start a handshake: feed OpenSSL `first_hello` (the ClientHello as it was before the
     /// cookie) and then the datagram itself. `replace`: an established session from this address
-    /// exists and must end.
+    /// exists and must end. `evict_oldest`: the half-open limit is reached, so the oldest
+    /// handshake in progress makes room (a peer that proved its address but stalls cannot keep
+    /// newcomers out; it loses its slot to them).
     Start {
         replace: bool,
+        evict_oldest: bool,
         cookie: [u8; COOKIE_LEN],
         first_hello: Vec<u8>,
     },
@@ -132,9 +133,6 @@ impl Demux {
         if !cx.accepting {
             return Action::Drop(DropReason::NotAccepting);
         }
-        if cx.half_open >= self.max_half_open {
-            return Action::Drop(DropReason::HalfOpenLimit);
-        }
         let Some(first_hello) = hello.without_cookie(datagram) else {
             return Action::Drop(DropReason::Malformed(RecordError::UnsupportedClientHello));
         };
@@ -142,6 +140,7 @@ impl Demux {
         cookie.copy_from_slice(presented);
         Action::Start {
             replace: cx.peer == PeerState::Established,
+            evict_oldest: cx.half_open >= self.max_half_open,
             cookie,
             first_hello,
         }
@@ -235,10 +234,12 @@ mod tests {
         match d.decide(cx(now, 4000, PeerState::Unknown, 0), &hello) {
             Action::Start {
                 replace,
+                evict_oldest,
                 cookie: c,
                 first_hello,
             } => {
                 assert!(!replace);
+                assert!(!evict_oldest);
                 assert_eq!(c, cookie);
                 assert_eq!(first_hello, client_hello(0, 0, &[]));
             }
@@ -277,15 +278,17 @@ mod tests {
     }
 
     #[test]
-    fn drops_valid_hello_at_the_half_open_limit() {
+    fn evicts_the_oldest_handshake_at_the_half_open_limit() {
         let now = Instant::now();
         let mut d = demux(now, 2);
         let cookie = cookie_for(&mut d, now, 4000);
-        let action = d.decide(
-            cx(now, 4000, PeerState::Unknown, 2),
-            &client_hello(1, 1, &cookie),
-        );
-        assert_eq!(action, Action::Drop(DropReason::HalfOpenLimit));
+        let hello = client_hello(1, 1, &cookie);
+        for (half_open, evict) in [(1, false), (2, true), (3, true)] {
+            match d.decide(cx(now, 4000, PeerState::Unknown, half_open), &hello) {
+                Action::Start { evict_oldest, .. } => assert_eq!(evict_oldest, evict),
+                other => panic!("expected Start, got {other:?}"),
+            }
+        }
         // The cookie answer costs no state, so it is not limited.
         cookie_for(&mut d, now, 4000);
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -47,8 +47,12 @@ pub struct ListenerStats {
     pub handshakes_timed_out: u64,
     /// Stateless HelloVerifyRequests sent.
     pub hello_verify_sent: u64,
-    /// Valid ClientHellos dropped: half-open limit reached, or the listener no longer accepts.
+    /// Valid ClientHellos dropped: the listener no longer accepts, or the half-open limit is
+    /// reached with no handshake left to evict.
     pub client_hellos_dropped: u64,
+    /// Handshakes ended to make room for a newcomer: at the half-open limit, a ClientHello with
+    /// a valid cookie evicts the oldest handshake in progress.
+    pub handshakes_evicted: u64,
     /// ClientHellos with a cookie this listener did not issue to the sender.
     pub bad_cookies: u64,
     /// Datagrams dropped because a peer's queue was full.
@@ -72,6 +76,7 @@ struct Counters {
     handshakes_timed_out: AtomicU64,
     hello_verify_sent: AtomicU64,
     client_hellos_dropped: AtomicU64,
+    handshakes_evicted: AtomicU64,
     bad_cookies: AtomicU64,
     queue_overflows: AtomicU64,
     bad_datagrams: AtomicU64,
@@ -109,6 +114,7 @@ impl ListenerHandle {
             handshakes_timed_out: get(&c.handshakes_timed_out),
             hello_verify_sent: get(&c.hello_verify_sent),
             client_hellos_dropped: get(&c.client_hellos_dropped),
+            handshakes_evicted: get(&c.handshakes_evicted),
             bad_cookies: get(&c.bad_cookies),
             queue_overflows: get(&c.queue_overflows),
             bad_datagrams: get(&c.bad_datagrams),
@@ -185,6 +191,7 @@ impl DtlsListener {
             accept_tx,
             demux: Demux::new(cookies, config.limits.max_half_open),
             peers: HashMap::new(),
+            handshakes: VecDeque::new(),
             pool: BytesMut::new(),
             config,
         };
@@ -238,6 +245,9 @@ struct Driver {
     accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
     demux: Demux,
     peers: HashMap<SocketAddr, Peer>,
+    /// Handshakes in the order they started (some may have ended since): who is evicted
+    /// first at the half-open limit.
+    handshakes: VecDeque<(SocketAddr, Weak<PeerLink>)>,
     pool: BytesMut,
     config: ServerConfig,
 }
@@ -289,7 +299,30 @@ impl Driver {
 
     fn sweep(&mut self) {
         self.peers.retain(|_, p| !p.tx.is_closed());
+        self.handshakes
+            .retain(|(_, link)| link.upgrade().is_some_and(|l| l.is_handshaking()));
         self.publish_peers();
+    }
+
+    /// Ends the oldest handshake still in progress (its queue closes, so its task fails at
+    /// once and frees its half-open slot). False when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((source, link)) = self.handshakes.pop_front() {
+            let Some(link) = link.upgrade().filter(|l| l.is_handshaking()) else {
+                continue;
+            };
+            if self
+                .peers
+                .get(&source)
+                .is_some_and(|p| Arc::ptr_eq(&p.link, &link))
+            {
+                self.peers.remove(&source);
+                bump(&self.shared.counters.handshakes_evicted);
+                tracing::debug!(peer = %source, "DTLS handshake evicted at the half-open limit");
+                return true;
+            }
+        }
+        false
     }
 
     fn publish_peers(&self) {
@@ -328,13 +361,18 @@ impl Driver {
             }
             Action::Start {
                 replace,
+                evict_oldest,
                 cookie,
                 first_hello,
             } => {
+                if evict_oldest && !self.evict_oldest() {
+                    bump(&self.shared.counters.client_hellos_dropped);
+                    return;
+                }
                 if replace {
                     if let Some(old) = self.peers.remove(&source) {
                         old.link.set_replaced();
-                        bump(&counters.sessions_replaced);
+                        bump(&self.shared.counters.sessions_replaced);
                     }
                 }
                 let second = self.copy(datagram);
@@ -345,7 +383,6 @@ impl Driver {
                     DropReason::Malformed(_) | DropReason::UnknownPeer => &counters.bad_datagrams,
                     DropReason::BadCookie => &counters.bad_cookies,
                     DropReason::TooShortToAnswer
-                    | DropReason::HalfOpenLimit
                     | DropReason::NotAccepting
                     | DropReason::CookieFailure => &counters.client_hellos_dropped,
                 };
@@ -410,6 +447,12 @@ impl Driver {
                 link: link.clone(),
             },
         );
+        self.handshakes.push_back((source, Arc::downgrade(&link)));
+        if self.handshakes.len() > 2 * self.config.limits.max_half_open.max(64) {
+            // Entries of finished handshakes pile up between sweeps under a flood.
+            self.handshakes
+                .retain(|(_, link)| link.upgrade().is_some_and(|l| l.is_handshaking()));
+        }
         self.publish_peers();
         let handshake = Handshake {
             stream,

@@ -60,6 +60,10 @@ impl PeerLink {
         self.state.load(Ordering::Acquire) == Self::ESTABLISHED
     }
 
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Self::HANDSHAKING
+    }
+
     pub(crate) fn set_established(&self) {
         let _ = self.state.compare_exchange(
             Self::HANDSHAKING,

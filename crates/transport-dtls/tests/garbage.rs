@@ -107,7 +107,8 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
     echo_once(&mut session, 2).await;
 
     // 3. Attackers that do complete the cookie exchange (they see their HelloVerifyRequest)
-    //    and then never finish: bounded by the half-open limit.
+    //    and then never finish: bounded by the half-open limit, each newcomer evicting the
+    //    oldest.
     for s in &attackers {
         // Drain the answers to the flood, then ask once more and read the cookie.
         while s.try_recv(&mut buf).is_ok() {}
@@ -121,18 +122,33 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
             .await
             .unwrap();
     }
-    eventually(TIMEOUT, || handle.stats().client_hellos_dropped >= 64 - 8).await;
+    eventually(TIMEOUT, || handle.stats().handshakes_evicted >= 64 - 8).await;
+    eventually(TIMEOUT, || handle.stats().half_open <= 8).await;
     let stats = handle.stats();
-    assert!(stats.half_open <= 8, "{stats:?}");
+    assert_eq!(stats.client_hellos_dropped, 0, "{stats:?}");
     assert!(stats.peers <= 9, "{stats:?}");
-    // A forged cookie is refused (from an address without a handshake in progress).
-    attackers[63]
+    assert_eq!(
+        stats.half_open, 8,
+        "the last eight hold every slot: {stats:?}"
+    );
+
+    // A good client still gets in at once, long before the stalled ones time out (10 s).
+    let started = std::time::Instant::now();
+    let mut fresh = tokio::time::timeout(Duration::from_secs(2), connector.connect(addr))
+        .await
+        .expect("a good client is not kept out by stalled handshakes")
+        .unwrap();
+    echo_once(&mut fresh, 9).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(handle.stats().handshakes_evicted > stats.handshakes_evicted);
+    // A forged cookie is refused (from an evicted address: no handshake in progress).
+    attackers[0]
         .send_to(&with_cookie(&hello, &[0xab; 32], 6), addr)
         .await
         .unwrap();
     eventually(TIMEOUT, || handle.stats().bad_cookies >= 1).await;
     echo_once(&mut session, 3).await;
-    assert_eq!(handle.stats().handshakes_ok, 1);
+    assert_eq!(handle.stats().handshakes_ok, 2);
 }
 
 #[tokio::test]

@@ -147,7 +147,8 @@ impl UdpServer {
     }
 }
 
-/// Frees idle sessions and mirrors the listener's handshake counters into the metrics.
+/// Frees idle sessions and mirrors the listener's handshake counters (failures, evictions)
+/// into the metrics.
 async fn sweep(
     sessions: Arc<Sessions>,
     handle: dtls::ListenerHandle,
@@ -158,7 +159,7 @@ async fn sweep(
     let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_failures = 0;
+    let (mut seen_failures, mut seen_evictions) = (0, 0);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -170,11 +171,16 @@ async fn sweep(
             }
         }
         sessions.evict_idle(Instant::now(), idle).await;
-        let failures = handle.stats().handshakes_failed;
-        for _ in seen_failures..failures {
+        let stats = handle.stats();
+        for _ in seen_failures..stats.handshakes_failed {
             metrics.handshake_failed(Transport::Udp);
         }
-        seen_failures = failures;
+        seen_failures = stats.handshakes_failed;
+        // As on TCP, a handshake evicted at the limit counts as a limit refusal.
+        for _ in seen_evictions..stats.handshakes_evicted {
+            metrics.limit_refused(Transport::Udp);
+        }
+        seen_evictions = stats.handshakes_evicted;
     }
 }
 
