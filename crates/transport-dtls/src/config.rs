@@ -324,7 +324,10 @@ impl Common {
                 list: self.cipher_list.clone(),
                 source,
             })?;
-        b.set_groups_list("P-256").map_err(ConfigError::Context)?;
+        // X25519 first (a fraction of the cost of P-256 ECDH, no public-key check), P-256 for
+        // peers without it; pion and OpenSSL offer both.
+        b.set_groups_list("X25519:P-256")
+            .map_err(ConfigError::Context)?;
         // NO_QUERY_MTU: the MTU set per connection holds (the BIO would answer 0 otherwise).
         // NO_RENEGOTIATION: after the handshake only the reading side ever reads the socket.
         b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
@@ -515,7 +518,9 @@ impl ServerConfig {
         self.identity.install(&mut b)?;
         self.client_ca.install(&mut b, true)?;
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-        b.set_options(SslOptions::COOKIE_EXCHANGE);
+        // Server preference also picks the key-exchange group: X25519 whenever the client
+        // offers it, whatever its order.
+        b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::CIPHER_SERVER_PREFERENCE);
         // Resumption by tickets only, sealed with keys of this context (a reload builds a new
         // one); no server-side session cache.
         b.set_session_cache_mode(SslSessionCacheMode::OFF);

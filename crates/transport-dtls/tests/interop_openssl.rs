@@ -165,3 +165,50 @@ async fn our_client_handshakes_with_openssl_s_server() {
         .unwrap();
     assert!(end.is_none(), "s_server answers close_notify with its own");
 }
+
+#[tokio::test]
+async fn key_exchange_is_x25519_with_p256_for_peers_without_it() {
+    if !openssl_available() {
+        return;
+    }
+    let pki = pki();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
+    let connect_to = listener.local_addr().to_string();
+    let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
+    // OpenSSL's own default list, P-256 listed first, and P-256 alone. (In DTLS 1.2 the
+    // client's groups also name the curves its peer's ECDSA certificate may use: a client
+    // offering X25519 alone cannot accept a P-256 certificate.)
+    for (groups, expected) in [
+        ("X25519:P-256:X448:P-521:P-384", "X25519"),
+        ("P-256:X25519", "X25519"),
+        ("P-256", "prime256v1"),
+    ] {
+        let mut child = spawn(&[
+            "s_client",
+            "-dtls1_2",
+            "-connect",
+            &connect_to,
+            "-cert",
+            &p("client.pem"),
+            "-key",
+            &p("client.key"),
+            "-CAfile",
+            &p("ca.pem"),
+            "-groups",
+            groups,
+            "-verify_return_error",
+            "-mtu",
+            "1200",
+        ]);
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let _session = tokio::time::timeout(TIMEOUT, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let line = wait_for(&mut stdout, "Server Temp Key").await;
+        assert!(line.contains(expected), "offering {groups}: {line}");
+        let _ = child.kill().await;
+    }
+}
