@@ -47,6 +47,13 @@ pub(crate) struct ServerConfig {
     pub(crate) max_tcp_tunnels: Option<usize>,
     pub(crate) max_udp_sessions: Option<usize>,
     pub(crate) max_handshakes: Option<usize>,
+    pub(crate) resumption: Option<bool>,
+    pub(crate) tcp_keepalive: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) tcp_keepalive_idle: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) tcp_keepalive_interval: Option<Duration>,
+    pub(crate) tcp_keepalive_retries: Option<u32>,
 }
 
 /// `[client]`.
@@ -182,6 +189,11 @@ mod tests {
             max_tcp_tunnels = 4096
             max_udp_sessions = 4096
             max_handshakes = 256
+            resumption = true
+            tcp_keepalive = true
+            tcp_keepalive_idle = "60s"
+            tcp_keepalive_interval = "10s"
+            tcp_keepalive_retries = 3
 
             [client]
             server = "proxy.example:8890"

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use streamproxy::proxy::keepalive::Keepalive;
 use streamproxy::proxy::policy::{Policy, Rule};
 use streamproxy::proxy::server::{CertPaths, Server};
 use streamproxy::proxy::settings::Settings;
@@ -127,7 +128,20 @@ fn settings(file: &ServerConfig) -> Settings {
     if let Some(n) = file.max_handshakes {
         s = s.max_handshakes(n);
     }
-    s
+    if let Some(on) = file.resumption {
+        s = s.resumption(on);
+    }
+    let mut keepalive = Keepalive::default();
+    if let Some(d) = file.tcp_keepalive_idle {
+        keepalive.idle = d;
+    }
+    if let Some(d) = file.tcp_keepalive_interval {
+        keepalive.interval = d;
+    }
+    if let Some(n) = file.tcp_keepalive_retries {
+        keepalive.retries = n;
+    }
+    s.tcp_keepalive(file.tcp_keepalive.unwrap_or(true).then_some(keepalive))
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {

@@ -27,6 +27,7 @@ impl ServerContext {
                 policy: Arc::new(policy),
                 resolver: Arc::new(SystemResolver),
                 timeout: settings.dial_timeout,
+                keepalive: settings.tcp_keepalive,
             },
             settings,
             metrics: Arc::new(Metrics::new()),

@@ -127,6 +127,8 @@ pub struct Dialer {
     pub resolver: std::sync::Arc<dyn Resolve>,
     /// How long resolving and connecting may take together.
     pub timeout: Duration,
+    /// Keepalive for TCP destination connections (`None`: off).
+    pub keepalive: Option<crate::keepalive::Keepalive>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -168,7 +170,8 @@ pub async fn resolve_checked(
     Ok(addrs)
 }
 
-/// Connects to the request's destination over TCP, with `TCP_NODELAY` set.
+/// Connects to the request's destination over TCP, with `TCP_NODELAY` set, and keepalive
+/// when the dialer has it.
 pub async fn dial_tcp(req: &Request, dialer: &Dialer) -> Result<TcpStream, DialError> {
     let timeout = dialer.timeout;
     let attempt = async {
@@ -179,6 +182,9 @@ pub async fn dial_tcp(req: &Request, dialer: &Dialer) -> Result<TcpStream, DialE
                 Ok(stream) => {
                     // Latency matters more than segment count for a relay.
                     let _ = stream.set_nodelay(true);
+                    if let Some(keepalive) = &dialer.keepalive {
+                        keepalive.apply(&stream, "destination");
+                    }
                     return Ok(stream);
                 }
                 Err(e) => last = Some(e),

@@ -12,6 +12,7 @@ pub mod client;
 mod context;
 pub mod dial;
 pub mod forward;
+pub mod keepalive;
 pub mod metrics;
 pub mod policy;
 pub mod relay;

@@ -146,6 +146,7 @@ impl ServerBuilder {
         };
         let tls_config = tls::ServerConfig::builder(&credentials)
             .alpn(alpn)
+            .resumption(self.settings.resumption)
             .build()?;
         let acceptor = tls::Acceptor::new(&tls_config);
         let dtls_config = if self.udp {
@@ -155,7 +156,8 @@ impl ServerBuilder {
                     dtls::CaCerts::from_pem_file(&self.certs.ca)?,
                 )
                 .handshake_timeout(self.settings.handshake_timeout)
-                .max_half_open(self.settings.max_handshakes),
+                .max_half_open(self.settings.max_handshakes)
+                .resumption(self.settings.resumption),
             )
         } else {
             None

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::keepalive::Keepalive;
+
 /// Timeouts and limits of a server. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -23,6 +25,13 @@ pub struct Settings {
     /// Most TLS handshakes in flight at once; a connection beyond it closes the oldest
     /// handshake in flight and takes its place. Default 256.
     pub max_handshakes: usize,
+    /// TCP keepalive on client connections and on destination connections, so a peer that
+    /// vanishes without closing ends its tunnel; `None` turns it off. Default
+    /// [`Keepalive::default`] (given up 90 s after its last packet).
+    pub tcp_keepalive: Option<Keepalive>,
+    /// Whether clients may resume TLS and DTLS sessions with tickets, skipping certificates
+    /// and signatures (the tickets die with a certificate reload). Default on.
+    pub resumption: bool,
 }
 
 impl Default for Settings {
@@ -36,6 +45,8 @@ impl Default for Settings {
             max_tcp_tunnels: 4096,
             max_udp_sessions: 4096,
             max_handshakes: 256,
+            tcp_keepalive: Some(Keepalive::default()),
+            resumption: true,
         }
     }
 }
@@ -86,6 +97,18 @@ impl Settings {
     /// Sets the maximum of handshakes in flight.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Sets whether clients may resume sessions.
+    pub fn resumption(mut self, enabled: bool) -> Self {
+        self.resumption = enabled;
+        self
+    }
+
+    /// Sets TCP keepalive (`None`: off).
+    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.tcp_keepalive = keepalive;
         self
     }
 }

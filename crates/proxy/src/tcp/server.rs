@@ -118,6 +118,9 @@ impl TcpServer {
             };
             let slot = Slot::register(&in_flight);
             let _ = tcp.set_nodelay(true);
+            if let Some(keepalive) = &settings.tcp_keepalive {
+                keepalive.apply(&tcp, "client");
+            }
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             let metrics = Arc::clone(&metrics);
