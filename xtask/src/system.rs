@@ -40,6 +40,11 @@ const BUILD_AND_TEST: &[Need] = &[
         present: || have_program("curl"),
         package: "curl",
     },
+    Need {
+        what: "ip from iproute2 (network-namespace tests)",
+        present: || have_program("ip"),
+        package: "iproute2",
+    },
 ];
 
 const INTEROP: &[Need] = &[
