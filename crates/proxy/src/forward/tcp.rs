@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{BindError, ForwardStats, Target};
+use crate::keepalive::Keepalive;
 
 /// Listens on a local TCP address and opens one tunnel to the server per accepted connection.
 pub struct TcpForwarder {
@@ -22,6 +23,7 @@ pub struct TcpForwarder {
     connect_timeout: Duration,
     drain_period: Duration,
     max_tunnels: usize,
+    keepalive: Option<Keepalive>,
     stats: ForwardStats,
 }
 
@@ -68,8 +70,16 @@ impl TcpForwarder {
             connect_timeout: proto::DIAL_TIMEOUT,
             drain_period: Duration::from_secs(30),
             max_tunnels: 4096,
+            keepalive: Some(Keepalive::default()),
             stats: ForwardStats::default(),
         }
+    }
+
+    /// TCP keepalive on the connection to the server, so a server that vanishes ends its
+    /// tunnels (default [`Keepalive::default`]; `None` turns it off).
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 
     /// The header version to send (default `0.1.0.0`).
@@ -127,6 +137,7 @@ impl TcpForwarder {
             connect_timeout,
             drain_period,
             max_tunnels,
+            keepalive,
             stats,
         } = self;
         let local = listener.local_addr().ok();
@@ -156,6 +167,7 @@ impl TcpForwarder {
             };
             let tunnel = Tunnel {
                 server,
+                keepalive,
                 config: Arc::clone(&config),
                 target: Arc::clone(&target),
                 version,
@@ -191,6 +203,7 @@ impl TcpForwarder {
 /// What one connection's task needs.
 struct Tunnel {
     server: SocketAddr,
+    keepalive: Option<Keepalive>,
     config: Arc<tls::ClientConfig>,
     target: Arc<Target>,
     version: proto::Version,
@@ -221,6 +234,9 @@ impl Tunnel {
                 return;
             }
         };
+        if let Some(keepalive) = &self.keepalive {
+            keepalive.apply(stream.get_ref().0, "server");
+        }
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
         tracing::debug!(transport = "tcp", peer = %peer, target = %self.target, "tunnel open");
         let outcome = crate::relay::relay(&mut conn, &mut stream).await;
