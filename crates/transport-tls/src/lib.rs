@@ -25,9 +25,9 @@
 //!
 //! It does **not** read or write the stream request header (that is `proto`, and reading it from
 //! a socket is `proxy`), listen or dial destinations, route by ALPN (it reports the protocol;
-//! `proxy` routes), do DTLS (`dtls`), check revocation (no CRL or OCSP), or resume sessions
-//! (every connection does a full handshake, so every client is verified against the CA in
-//! force).
+//! `proxy` routes), do DTLS (`dtls`), or check revocation (no CRL or OCSP). Sessions resume
+//! with tickets sealed by keys of the credentials in force (see [`ServerCredentials`]), so a
+//! reload makes every client authenticate again.
 //!
 //! # Example
 //!
