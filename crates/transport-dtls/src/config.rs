@@ -15,6 +15,11 @@ use openssl::ssl::{
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
+/// Sessions a listener keeps for resumption (OpenSSL evicts the oldest beyond it). Each holds
+/// the client's certificate, about 10 KiB in all; a client that forwards through one
+/// `DtlsConnector` needs one entry however many sessions it opens.
+const SESSION_CACHE_SIZE: i32 = 256;
+
 /// The cipher list offered by default: the only suite GoDoxy's pion/dtls peer accepts.
 pub const DEFAULT_CIPHER_LIST: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
 /// Default handshake timeout.
@@ -495,11 +500,12 @@ impl ServerConfig {
         self
     }
 
-    /// Whether clients may resume sessions with tickets (default: yes).
+    /// Whether clients may resume sessions (default: yes).
     ///
     /// A resumed handshake skips certificates, signatures and verification on both ends. The
-    /// ticket keys belong to the OpenSSL context, which a reload replaces: a client
-    /// authenticates against the new material again after one. Turn it off to have every
+    /// listener keeps up to 256 sessions in its OpenSSL context's cache (session IDs, no
+    /// tickets), which a reload replaces: a client authenticates against the new material
+    /// again after one. Turn it off to have every
     /// session verify the client's certificate chain at its own handshake.
     pub fn resumption(mut self, enabled: bool) -> Self {
         self.common.resumption = enabled;
@@ -520,15 +526,23 @@ impl ServerConfig {
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         // Server preference also picks the key-exchange group: X25519 whenever the client
         // offers it, whatever its order.
-        b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::CIPHER_SERVER_PREFERENCE);
-        // Resumption by tickets only, sealed with keys of this context (a reload builds a new
-        // one); no server-side session cache.
-        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        // No tickets: a NewSessionTicket is an epoch-0 message in the server's last flight, and
+        // when the path reorders that flight so that the ChangeCipherSpec overtakes it, an
+        // OpenSSL client drops the ticket as a record of the old epoch and the handshake never
+        // finishes. Resumption uses the context's own session cache instead (session IDs);
+        // a reload builds a new context, so sessions from before it do not resume.
+        b.set_options(
+            SslOptions::COOKIE_EXCHANGE
+                | SslOptions::CIPHER_SERVER_PREFERENCE
+                | SslOptions::NO_TICKET,
+        );
         if self.common.resumption {
+            b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+            b.set_session_cache_size(SESSION_CACHE_SIZE);
             b.set_session_id_context(b"streamproxy-dtls")
                 .map_err(ConfigError::Context)?;
         } else {
-            b.set_options(SslOptions::NO_TICKET);
+            b.set_session_cache_mode(SslSessionCacheMode::OFF);
         }
         crate::server::install_cookie_callbacks(&mut b).map_err(ConfigError::Context)?;
         Ok(b.build())

@@ -37,6 +37,10 @@ pub(crate) enum DropReason {
     NotAccepting,
     /// Computing the cookie failed (OpenSSL error).
     CookieFailure,
+    /// A late copy of the ClientHello that started the address's established session
+    /// (duplicated or delayed on the path): not a restarted client, so it must not replace
+    /// the session.
+    StaleHello,
 }
 
 /// The decision for one datagram.
@@ -54,6 +58,7 @@ pub(crate) enum Action {
     Start {
         replace: bool,
         evict_oldest: bool,
+        random: [u8; 32],
         cookie: [u8; COOKIE_LEN],
         first_hello: Vec<u8>,
     },
@@ -67,6 +72,8 @@ pub(crate) struct Context {
     pub(crate) now: Instant,
     pub(crate) source: SocketAddr,
     pub(crate) peer: PeerState,
+    /// The client random of the ClientHello that started the address's handshake or session.
+    pub(crate) peer_random: Option<[u8; 32]>,
     pub(crate) half_open: usize,
     pub(crate) accepting: bool,
 }
@@ -108,6 +115,9 @@ impl Demux {
             // A retransmission belongs to the handshake in progress.
             return Action::Deliver;
         }
+        if cx.peer == PeerState::Established && cx.peer_random == Some(hello.random) {
+            return Action::Drop(DropReason::StaleHello);
+        }
         if self.cookies.rotate_if_due(cx.now).is_err() {
             return Action::Drop(DropReason::CookieFailure);
         }
@@ -141,6 +151,7 @@ impl Demux {
         Action::Start {
             replace: cx.peer == PeerState::Established,
             evict_oldest: cx.half_open >= self.max_half_open,
+            random: hello.random,
             cookie,
             first_hello,
         }
@@ -165,6 +176,7 @@ mod tests {
             now,
             source: src(port),
             peer,
+            peer_random: None,
             half_open,
             accepting: true,
         }
@@ -237,6 +249,7 @@ mod tests {
                 evict_oldest,
                 cookie: c,
                 first_hello,
+                ..
             } => {
                 assert!(!replace);
                 assert!(!evict_oldest);
@@ -291,6 +304,32 @@ mod tests {
         }
         // The cookie answer costs no state, so it is not limited.
         cookie_for(&mut d, now, 4000);
+    }
+
+    #[test]
+    fn a_late_copy_of_the_first_hello_does_not_replace_the_session() {
+        let now = Instant::now();
+        let mut d = demux(now, 4);
+        let cookie = cookie_for(&mut d, now, 4000);
+        let hello = client_hello(1, 1, &cookie);
+        let Action::Start { random, .. } = d.decide(cx(now, 4000, PeerState::Unknown, 0), &hello)
+        else {
+            panic!("expected Start");
+        };
+        // The session is up; the path delivers another copy of the same ClientHello.
+        let mut established = cx(now, 4000, PeerState::Established, 0);
+        established.peer_random = Some(random);
+        assert_eq!(
+            d.decide(established, &hello),
+            Action::Drop(DropReason::StaleHello)
+        );
+        // A restarted client on the same port sends a new random: it replaces the session.
+        let mut restarted = hello.clone();
+        restarted[13 + 12 + 2] ^= 0xff;
+        match d.decide(established, &restarted) {
+            Action::Start { replace, .. } => assert!(replace),
+            other => panic!("expected Start, got {other:?}"),
+        }
     }
 
     #[test]

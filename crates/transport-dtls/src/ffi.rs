@@ -110,7 +110,7 @@ pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
     unsafe { DTLS_get_data_mtu(ssl.as_ptr()) }
 }
 
-/// Offers a copy of `session` (its ticket) for resumption in the next handshake of `ssl`.
+/// Offers a copy of `session` for resumption in the next handshake of `ssl`.
 ///
 /// A copy, because OpenSSL marks the session object of a connection freed without
 /// close_notify as not resumable: sharing it would let one dropped connection spoil the

@@ -13,9 +13,8 @@
 //! mutex of its own, taken only for one non-blocking poll, so a session's sending and
 //! receiving halves work from two tasks at once.
 //!
-//! Sessions resume with tickets (`DtlsConnector` offers its last session; the listener's
-//! ticket keys belong to its OpenSSL context, which a reload replaces), and key exchange
-//! prefers X25519.
+//! Sessions resume (`DtlsConnector` offers its last session; the listener keeps sessions in
+//! its OpenSSL context's cache, which a reload replaces), and key exchange prefers X25519.
 //!
 //! What it does not do: read the stream proxy header (that is the proxy's job), fragment
 //! payloads (anything over [`MaxPayload`] is refused, never split), keep

@@ -109,6 +109,9 @@ pub(crate) struct ClientHello {
     pub(crate) message_seq: u16,
     /// Where the cookie bytes lie in the datagram (empty range: no cookie).
     pub(crate) cookie: Range<usize>,
+    /// The client's random: the same in every copy and retransmission of one ClientHello
+    /// (with or without the cookie), different in a new handshake.
+    pub(crate) random: [u8; 32],
 }
 
 impl ClientHello {
@@ -149,10 +152,14 @@ impl ClientHello {
             return Err(RecordError::UnsupportedClientHello);
         }
         let base = RECORD_HEADER_LEN + field::HANDSHAKE_HEADER_LEN;
+        let mut random = [0u8; 32];
+        // In bounds: the session id length byte after the random was read above.
+        random.copy_from_slice(&message[2..field::CH_SESSION_ID_LEN]);
         Ok(Some(Self {
             record,
             message_seq,
             cookie: base + cookie_start..base + cookie_start + cookie_len,
+            random,
         }))
     }
 

@@ -61,6 +61,9 @@ pub struct ListenerStats {
     pub bad_datagrams: u64,
     /// Sessions replaced by a new handshake from the same address.
     pub sessions_replaced: u64,
+    /// Late copies of the ClientHello that started an established session (duplicated or
+    /// delayed on the path), dropped instead of replacing the session.
+    pub stale_hellos: u64,
     /// Finished sessions dropped because nobody called `accept` in time.
     pub accept_overflows: u64,
     /// Handshakes in progress now.
@@ -81,6 +84,7 @@ struct Counters {
     queue_overflows: AtomicU64,
     bad_datagrams: AtomicU64,
     sessions_replaced: AtomicU64,
+    stale_hellos: AtomicU64,
     accept_overflows: AtomicU64,
     half_open: AtomicUsize,
     peers: AtomicUsize,
@@ -119,6 +123,7 @@ impl ListenerHandle {
             queue_overflows: get(&c.queue_overflows),
             bad_datagrams: get(&c.bad_datagrams),
             sessions_replaced: get(&c.sessions_replaced),
+            stale_hellos: get(&c.stale_hellos),
             accept_overflows: get(&c.accept_overflows),
             half_open: c.half_open.load(Ordering::Relaxed),
             peers: c.peers.load(Ordering::Relaxed),
@@ -236,6 +241,8 @@ impl DtlsListener {
 struct Peer {
     tx: mpsc::Sender<Bytes>,
     link: Arc<PeerLink>,
+    /// The client random of the ClientHello that started this peer's handshake.
+    random: [u8; 32],
 }
 
 /// Owns the socket's receiving side and the address table. The only task that reads the socket.
@@ -347,6 +354,7 @@ impl Driver {
             now: Instant::now(),
             source,
             peer,
+            peer_random: self.peers.get(&source).map(|p| p.random),
             half_open: counters.half_open.load(Ordering::Relaxed),
             accepting,
         };
@@ -362,6 +370,7 @@ impl Driver {
             Action::Start {
                 replace,
                 evict_oldest,
+                random,
                 cookie,
                 first_hello,
             } => {
@@ -376,12 +385,13 @@ impl Driver {
                     }
                 }
                 let second = self.copy(datagram);
-                self.start(source, cookie, Bytes::from(first_hello), second);
+                self.start(source, random, cookie, Bytes::from(first_hello), second);
             }
             Action::Drop(reason) => {
                 let counter = match reason {
                     DropReason::Malformed(_) | DropReason::UnknownPeer => &counters.bad_datagrams,
                     DropReason::BadCookie => &counters.bad_cookies,
+                    DropReason::StaleHello => &counters.stale_hellos,
                     DropReason::TooShortToAnswer
                     | DropReason::NotAccepting
                     | DropReason::CookieFailure => &counters.client_hellos_dropped,
@@ -414,7 +424,14 @@ impl Driver {
         self.pool.split().freeze()
     }
 
-    fn start(&mut self, source: SocketAddr, cookie: [u8; COOKIE_LEN], first: Bytes, second: Bytes) {
+    fn start(
+        &mut self,
+        source: SocketAddr,
+        random: [u8; 32],
+        cookie: [u8; COOKIE_LEN],
+        first: Bytes,
+        second: Bytes,
+    ) {
         let counters = &self.shared.counters;
         let ctx = self
             .shared
@@ -445,6 +462,7 @@ impl Driver {
             Peer {
                 tx,
                 link: link.clone(),
+                random,
             },
         );
         self.handshakes.push_back((source, Arc::downgrade(&link)));

@@ -302,7 +302,7 @@ impl DtlsSession {
         self.send.shared.info.cipher
     }
 
-    /// Whether the handshake resumed an earlier session (a session ticket) instead of a
+    /// Whether the handshake resumed an earlier session instead of a
     /// full handshake with certificates.
     pub fn resumed(&self) -> bool {
         self.send.shared.info.resumed
