@@ -653,3 +653,105 @@ fn dtls_through_a_lossy_path_completes_delivers_intact_and_leaks_nothing() {
         stats.reordered.load(Ordering::Relaxed),
     );
 }
+
+/// Closes `conn` with a reset (`SO_LINGER` 0) instead of a FIN.
+fn reset(conn: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a `linger` value of the size passed.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER");
+    drop(conn);
+}
+
+#[test]
+fn a_destination_that_resets_mid_transfer_ends_the_tunnel_and_frees_everything() {
+    let dir = tmp();
+    certs(dir.path());
+    let server = server(dir.path(), &["--allow-all"]);
+    let destination = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dest_addr = destination.local_addr().expect("addr");
+    let (_client, locals) = client(dir.path(), server.tcp, &[("tcp", dest_addr)], &[]);
+    let fds_before = server.proc.open_fds();
+    drop(TcpStream::connect(locals[0]).expect("connect"));
+    drop(destination.accept().expect("accept warm-up"));
+    wait_until("warm-up tunnel freed", WAIT, || {
+        server.proc.open_fds() <= fds_before
+    });
+
+    let uploader = thread::spawn(move || {
+        let mut conn = TcpStream::connect(locals[0]).expect("connect");
+        conn.set_read_timeout(Some(WAIT)).expect("timeout");
+        let data = payload(4 << 20, 5);
+        let wrote = data.chunks(64 << 10).try_for_each(|c| conn.write_all(c));
+        let mut rest = Vec::new();
+        let read = conn.read_to_end(&mut rest);
+        (wrote.is_err(), read.map(|_| rest.len()))
+    });
+    let (mut conn, _) = destination.accept().expect("accept");
+    let mut got = vec![0u8; 100 << 10];
+    conn.read_exact(&mut got).expect("read 100 KiB");
+    assert!(
+        got == payload(4 << 20, 5)[..100 << 10],
+        "first bytes differ"
+    );
+    let started = Instant::now();
+    reset(conn);
+    let (write_failed, read) = uploader.join().expect("uploader");
+    // The client cannot take the cut upload for a whole one: its writes fail, or its read
+    // ends without a byte from a destination that sent nothing.
+    assert!(
+        write_failed || read.is_err() || read.as_ref().is_ok_and(|n| *n == 0),
+        "write failed {write_failed}, read {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_until("server descriptors back to the baseline", WAIT, || {
+        server.proc.open_fds() <= fds_before
+    });
+}
+
+#[test]
+fn a_destination_that_stops_sending_early_keeps_the_other_direction() {
+    let dir = tmp();
+    certs(dir.path());
+    let server = server(dir.path(), &["--allow-all"]);
+    let destination = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dest_addr = destination.local_addr().expect("addr");
+    let (_client, locals) = client(dir.path(), server.tcp, &[("tcp", dest_addr)], &[]);
+    let upload = payload(8 << 20, 8);
+    let receiver = {
+        let upload = upload.clone();
+        thread::spawn(move || {
+            let (mut conn, _) = destination.accept().expect("accept");
+            conn.write_all(b"answer first").expect("answer");
+            conn.shutdown(Shutdown::Write).expect("shutdown");
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).expect("read the upload");
+            assert!(got == upload, "the upload arrived altered");
+        })
+    };
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .expect("the answer and a clean end");
+    assert_eq!(answer, b"answer first");
+    for chunk in upload.chunks(64 << 10) {
+        conn.write_all(chunk)
+            .expect("the client's side still flows");
+    }
+    conn.shutdown(Shutdown::Write).expect("shutdown");
+    receiver.join().expect("destination");
+}
