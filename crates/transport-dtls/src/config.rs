@@ -473,10 +473,13 @@ impl ServerConfig {
         self
     }
 
-    /// Handshakes in progress at once (at least 1). At the limit, a ClientHello with a valid
-    /// cookie evicts the oldest handshake in progress and takes its place: peers that prove
-    /// their address and then stall cannot keep newcomers out, they only shorten each other's
-    /// time.
+    /// Handshakes in progress at once, past the cookie check (at least 1; default 256). At the
+    /// limit, a ClientHello with a valid cookie evicts the oldest handshake in progress (its
+    /// task is cancelled and its state freed at once; counted in
+    /// [`ListenerStats::handshakes_evicted`](crate::ListenerStats::handshakes_evicted)) and
+    /// takes its place: peers that prove their address and then stall cannot keep newcomers
+    /// out, they only shorten each other's time. A ClientHello is dropped only when every slot
+    /// is held by a finished handshake waiting for [`accept`](crate::DtlsListener::accept).
     pub fn max_half_open(mut self, n: usize) -> Self {
         self.limits.max_half_open = n.max(1);
         self

@@ -307,6 +307,54 @@ mod tests {
     }
 
     #[test]
+    fn at_the_limit_only_a_verified_hello_evicts() {
+        let now = Instant::now();
+        let mut d = demux(now, 4);
+        let cookie = cookie_for(&mut d, now, 4000);
+        let full = |port, peer| cx(now, port, peer, 4);
+        // Nothing that costs no state, or that fails a check, makes room.
+        assert_eq!(
+            d.decide(full(4000, PeerState::Unknown), &client_hello(0, 0, &[])),
+            Action::HelloVerify
+        );
+        assert_eq!(
+            d.decide(
+                full(4000, PeerState::Unknown),
+                &client_hello(1, 1, &[0; COOKIE_LEN])
+            ),
+            Action::Drop(DropReason::BadCookie)
+        );
+        let mut closed = full(4000, PeerState::Unknown);
+        closed.accepting = false;
+        assert_eq!(
+            d.decide(closed, &client_hello(1, 1, &cookie)),
+            Action::Drop(DropReason::NotAccepting)
+        );
+        // A retransmission belongs to its own handshake, which holds a slot already.
+        assert_eq!(
+            d.decide(
+                full(4000, PeerState::Handshaking),
+                &client_hello(1, 1, &cookie)
+            ),
+            Action::Deliver
+        );
+        // A verified ClientHello evicts; a restarted client also replaces its old session.
+        for (peer, replaces) in [(PeerState::Unknown, false), (PeerState::Established, true)] {
+            match d.decide(full(4000, peer), &client_hello(1, 1, &cookie)) {
+                Action::Start {
+                    replace,
+                    evict_oldest,
+                    ..
+                } => {
+                    assert!(evict_oldest);
+                    assert_eq!(replace, replaces);
+                }
+                other => panic!("expected Start, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_late_copy_of_the_first_hello_does_not_replace_the_session() {
         let now = Instant::now();
         let mut d = demux(now, 4);

@@ -16,6 +16,11 @@
 //! Sessions resume (`DtlsConnector` offers its last session; the listener keeps sessions in
 //! its OpenSSL context's cache, which a reload replaces), and key exchange prefers X25519.
 //!
+//! The listener keeps no state for an address until it returns a stateless cookie, and at most
+//! [`max_half_open`](ServerConfig::max_half_open) handshakes past that point: at the limit, a
+//! newcomer with a valid cookie evicts the oldest handshake in progress, so peers that stall
+//! after the cookie exchange cannot lock others out.
+//!
 //! What it does not do: read the stream proxy header (that is the proxy's job), fragment
 //! payloads (anything over [`MaxPayload`] is refused, never split), keep
 //! sessions alive (an idle timeout belongs to the application), or provide flow control.

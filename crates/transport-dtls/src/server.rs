@@ -1,6 +1,10 @@
 //! The listener: one UDP socket, one driver task that owns its receiving side and
 //! demultiplexes datagrams by source address into per-peer bounded queues, one task per
 //! handshake, finished sessions handed out by [`DtlsListener::accept`].
+//!
+//! At most `max_half_open` handshakes are in progress. At the limit, a ClientHello with a valid
+//! cookie evicts the oldest one still in progress (the driver keeps them in start order): its
+//! task is aborted, its address forgotten, its slot given to the newcomer.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -17,6 +21,7 @@ use openssl::ssl::{Ssl, SslContext, SslContextBuilder};
 use openssl::x509::X509NameRef;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::config::{CaCerts, ConfigError, Identity, ServerConfig};
 use crate::cookie::CookieJar;
@@ -41,17 +46,23 @@ const POOL_CHUNK: usize = 256 * 1024;
 pub struct ListenerStats {
     /// Handshakes that produced a session.
     pub handshakes_ok: u64,
-    /// Handshakes that failed (bad certificate, alert, timeout, ...).
+    /// Handshakes that failed (bad certificate, alert, timeout, ...). Evicted handshakes are
+    /// not failures: they are counted in `handshakes_evicted` only.
     pub handshakes_failed: u64,
     /// Of the failed handshakes, those that timed out.
     pub handshakes_timed_out: u64,
     /// Stateless HelloVerifyRequests sent.
     pub hello_verify_sent: u64,
-    /// Valid ClientHellos dropped: the listener no longer accepts, or the half-open limit is
-    /// reached with no handshake left to evict.
+    /// ClientHellos not answered and not started: the listener no longer accepts, the
+    /// ClientHello is too short to answer, a cookie could not be computed, or the half-open
+    /// limit is reached and no slot can be freed (every slot is held by a finished handshake
+    /// waiting for [`accept`](DtlsListener::accept)). Not counted: the ClientHellos that evict
+    /// a handshake, which are started.
     pub client_hellos_dropped: u64,
     /// Handshakes ended to make room for a newcomer: at the half-open limit, a ClientHello with
-    /// a valid cookie evicts the oldest handshake in progress.
+    /// a valid cookie evicts the oldest handshake still in progress (its task is cancelled, its
+    /// address forgotten, its slot given to the newcomer). One per admitted newcomer at the
+    /// limit.
     pub handshakes_evicted: u64,
     /// ClientHellos with a cookie this listener did not issue to the sender.
     pub bad_cookies: u64,
@@ -66,7 +77,8 @@ pub struct ListenerStats {
     pub stale_hellos: u64,
     /// Finished sessions dropped because nobody called `accept` in time.
     pub accept_overflows: u64,
-    /// Handshakes in progress now.
+    /// Handshakes in progress now (past the cookie check, at most `max_half_open`), including
+    /// finished ones whose session waits for `accept`. An evicted handshake leaves it at once.
     pub half_open: usize,
     /// Addresses with a handshake or session now (sessions ended are swept each second).
     pub peers: usize,
@@ -238,6 +250,19 @@ impl DtlsListener {
     }
 }
 
+/// A handshake task in the start-order queue.
+struct InFlight {
+    source: SocketAddr,
+    link: Weak<PeerLink>,
+    task: AbortHandle,
+}
+
+impl InFlight {
+    fn in_progress(&self) -> bool {
+        self.link.upgrade().is_some_and(|l| l.is_handshaking())
+    }
+}
+
 struct Peer {
     tx: mpsc::Sender<Bytes>,
     link: Arc<PeerLink>,
@@ -253,8 +278,9 @@ struct Driver {
     demux: Demux,
     peers: HashMap<SocketAddr, Peer>,
     /// Handshakes in the order they started (some may have ended since): who is evicted
-    /// first at the half-open limit.
-    handshakes: VecDeque<(SocketAddr, Weak<PeerLink>)>,
+    /// first at the half-open limit. Ended entries are skipped when met at the front and pruned
+    /// by the sweep, so eviction is amortised O(1).
+    handshakes: VecDeque<InFlight>,
     pool: BytesMut,
     config: ServerConfig,
 }
@@ -306,28 +332,41 @@ impl Driver {
 
     fn sweep(&mut self) {
         self.peers.retain(|_, p| !p.tx.is_closed());
-        self.handshakes
-            .retain(|(_, link)| link.upgrade().is_some_and(|l| l.is_handshaking()));
+        self.handshakes.retain(InFlight::in_progress);
         self.publish_peers();
     }
 
-    /// Ends the oldest handshake still in progress (its queue closes, so its task fails at
-    /// once and frees its half-open slot). False when there is none.
+    /// Ends the oldest handshake still in progress and frees its half-open slot at once: its
+    /// task is cancelled (dropping its OpenSSL state and queue), its address forgotten. False
+    /// when there is none (every slot is held by a finished handshake waiting for `accept`).
     fn evict_oldest(&mut self) -> bool {
-        while let Some((source, link)) = self.handshakes.pop_front() {
-            let Some(link) = link.upgrade().filter(|l| l.is_handshaking()) else {
+        while let Some(oldest) = self.handshakes.pop_front() {
+            let Some(link) = oldest.link.upgrade() else {
                 continue;
             };
+            // Decided against the task's own transition out of handshaking: a handshake that
+            // finished a moment ago keeps its session and is skipped.
+            if !link.evict() {
+                continue;
+            }
+            oldest.task.abort();
             if self
                 .peers
-                .get(&source)
+                .get(&oldest.source)
                 .is_some_and(|p| Arc::ptr_eq(&p.link, &link))
             {
-                self.peers.remove(&source);
-                bump(&self.shared.counters.handshakes_evicted);
-                tracing::debug!(peer = %source, "DTLS handshake evicted at the half-open limit");
-                return true;
+                self.peers.remove(&oldest.source);
             }
+            // The slot is released here, not when the cancelled task is dropped: the count
+            // stays exact for the datagrams that follow in this batch. (The guard sees the
+            // evicted state and does not release it again.)
+            self.shared
+                .counters
+                .half_open
+                .fetch_sub(1, Ordering::Relaxed);
+            bump(&self.shared.counters.handshakes_evicted);
+            tracing::debug!(peer = %oldest.source, "DTLS handshake evicted at the half-open limit");
+            return true;
         }
         false
     }
@@ -457,6 +496,12 @@ impl Driver {
         };
         let link = Arc::new(PeerLink::default());
         counters.half_open.fetch_add(1, Ordering::Relaxed);
+        // Created before the task so that the slot is released even if the task is cancelled
+        // before it first runs.
+        let half_open = HalfOpen {
+            shared: self.shared.clone(),
+            link: link.clone(),
+        };
         self.peers.insert(
             source,
             Peer {
@@ -465,23 +510,27 @@ impl Driver {
                 random,
             },
         );
-        self.handshakes.push_back((source, Arc::downgrade(&link)));
-        if self.handshakes.len() > 2 * self.config.limits.max_half_open.max(64) {
-            // Entries of finished handshakes pile up between sweeps under a flood.
-            self.handshakes
-                .retain(|(_, link)| link.upgrade().is_some_and(|l| l.is_handshaking()));
-        }
-        self.publish_peers();
         let handshake = Handshake {
             stream,
             source,
-            link,
+            link: link.clone(),
             shared: self.shared.clone(),
             accept_tx: self.accept_tx.clone(),
             timeout: self.config.common.handshake_timeout,
             max_payload: self.config.common.max_payload.get(),
+            _half_open: half_open,
         };
-        tokio::spawn(handshake.run());
+        let task = tokio::spawn(handshake.run()).abort_handle();
+        self.handshakes.push_back(InFlight {
+            source,
+            link: Arc::downgrade(&link),
+            task,
+        });
+        if self.handshakes.len() > 2 * self.config.limits.max_half_open.max(64) {
+            // Entries of finished handshakes pile up between sweeps under a flood.
+            self.handshakes.retain(InFlight::in_progress);
+        }
+        self.publish_peers();
     }
 }
 
@@ -499,7 +548,8 @@ fn new_server_stream(
     Stream::new(ssl, io)
 }
 
-/// One handshake in its own task; decrements the half-open count when it ends, however.
+/// One handshake in its own task; its half-open slot is released when it ends, however
+/// (finished, failed, timed out, cancelled by eviction).
 struct Handshake {
     stream: Stream,
     source: SocketAddr,
@@ -508,25 +558,41 @@ struct Handshake {
     accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
     timeout: Duration,
     max_payload: usize,
+    _half_open: HalfOpen,
 }
 
-struct HalfOpen(Arc<Shared>);
+/// A handshake's half-open slot. Dropping it releases the slot, unless the driver evicted the
+/// handshake (the driver released it then). A handshake still marked in progress is marked
+/// failed first, so that it can no longer be evicted: exactly one of the two releases it.
+struct HalfOpen {
+    shared: Arc<Shared>,
+    link: Arc<PeerLink>,
+}
 
 impl Drop for HalfOpen {
     fn drop(&mut self) {
-        self.0.counters.half_open.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.link.set_failed();
+        if !self.link.is_evicted() {
+            self.shared
+                .counters
+                .half_open
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Handshake {
     async fn run(mut self) {
-        let _half_open = HalfOpen(self.shared.clone());
         let counters = &self.shared.counters;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = tokio::time::timeout_at(deadline, session::handshake(&mut self.stream))
             .await
             .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
         if let Err(e) = result {
+            if !self.link.set_failed() {
+                // Evicted meanwhile: counted as that, not as a failure.
+                return;
+            }
             bump(&counters.handshakes_failed);
             if matches!(e, HandshakeError::TimedOut(_)) {
                 bump(&counters.handshakes_timed_out);
@@ -534,8 +600,11 @@ impl Handshake {
             tracing::debug!(peer = %self.source, error = %e, "DTLS handshake failed");
             return;
         }
+        if !self.link.set_established() {
+            // Evicted while its last flight was processed: the slot went to a newcomer.
+            return;
+        }
         bump(&counters.handshakes_ok);
-        self.link.set_established();
         let session = DtlsSession::new(self.stream, self.source, self.max_payload, Some(self.link));
         let handed = tokio::time::timeout_at(deadline, self.accept_tx.send(Ok(session))).await;
         if !matches!(handed, Ok(Ok(()))) {

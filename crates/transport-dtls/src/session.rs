@@ -45,7 +45,10 @@ const MIN_TIMER_WAIT: Duration = Duration::from_millis(1);
 /// Handshake steps in one poll before the task yields (a step normally ends waiting for input).
 const MAX_STEPS_PER_POLL: usize = 8;
 
-/// How the listener ended a session's feed; set before the queue's sender is dropped.
+/// Where a listener's peer stands: handshaking, then exactly one of established, failed or
+/// evicted (established may later become replaced). The transitions out of handshaking are
+/// compare-and-swaps, so a handshake that finishes while the listener evicts it ends up either
+/// evicted or established, never both.
 #[derive(Debug, Default)]
 pub(crate) struct PeerLink {
     state: AtomicU8,
@@ -55,6 +58,8 @@ impl PeerLink {
     const HANDSHAKING: u8 = 0;
     const ESTABLISHED: u8 = 1;
     const REPLACED: u8 = 2;
+    const FAILED: u8 = 3;
+    const EVICTED: u8 = 4;
 
     pub(crate) fn is_established(&self) -> bool {
         self.state.load(Ordering::Acquire) == Self::ESTABLISHED
@@ -64,13 +69,32 @@ impl PeerLink {
         self.state.load(Ordering::Acquire) == Self::HANDSHAKING
     }
 
-    pub(crate) fn set_established(&self) {
-        let _ = self.state.compare_exchange(
-            Self::HANDSHAKING,
-            Self::ESTABLISHED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+    fn leave_handshaking(&self, to: u8) -> bool {
+        self.state
+            .compare_exchange(Self::HANDSHAKING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Marks the handshake finished. False if the listener evicted it first: the session must
+    /// not be handed out.
+    pub(crate) fn set_established(&self) -> bool {
+        self.leave_handshaking(Self::ESTABLISHED)
+    }
+
+    /// Marks a handshake that ended without a session (error, timeout, task dropped). False if
+    /// it had already left the handshaking state (established or evicted).
+    pub(crate) fn set_failed(&self) -> bool {
+        self.leave_handshaking(Self::FAILED)
+    }
+
+    /// Takes the handshake away from its task. False if it is no longer in progress (it
+    /// finished or failed first): then there is nothing to evict.
+    pub(crate) fn evict(&self) -> bool {
+        self.leave_handshaking(Self::EVICTED)
+    }
+
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Self::EVICTED
     }
 
     pub(crate) fn set_replaced(&self) {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamproxy_dtls::{DtlsConnector, DtlsListener, RecvError};
-use support::{Impairment, Relay, echo_server, eventually, payload, pki, random_bytes};
+use support::{
+    Impairment, Relay, echo_server, eventually, payload, pki, random_bytes, with_cookie,
+};
 use tokio::net::UdpSocket;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,26 +24,6 @@ async fn echo_once(session: &mut streamproxy_dtls::DtlsSession, id: u32) {
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..n], &sent[..]);
-}
-
-/// `hello` (a cookieless ClientHello in one record) with `cookie` inserted, message sequence 1
-/// and record sequence `seq`.
-fn with_cookie(hello: &[u8], cookie: &[u8], seq: u8) -> Vec<u8> {
-    let sid_len = usize::from(hello[13 + 12 + 34]);
-    let cookie_at = 13 + 12 + 34 + 1 + sid_len;
-    assert_eq!(hello[cookie_at], 0, "expected a cookieless ClientHello");
-    let mut out = hello[..cookie_at].to_vec();
-    out.push(cookie.len() as u8);
-    out.extend_from_slice(cookie);
-    out.extend_from_slice(&hello[cookie_at + 1..]);
-    let body = out.len() - 13;
-    out[11..13].copy_from_slice(&(body as u16).to_be_bytes());
-    let msg = (body - 12) as u32;
-    out[13 + 1..13 + 4].copy_from_slice(&msg.to_be_bytes()[1..]);
-    out[13 + 9..13 + 12].copy_from_slice(&msg.to_be_bytes()[1..]);
-    out[13 + 4..13 + 6].copy_from_slice(&[0, 1]);
-    out[10] = seq;
-    out
 }
 
 #[tokio::test]

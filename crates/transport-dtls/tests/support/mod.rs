@@ -14,7 +14,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use streamproxy_dtls::{
-    CaCerts, ClientConfig, DtlsListener, DtlsSession, Identity, ListenerHandle, ServerConfig,
+    CaCerts, ClientConfig, DtlsConnector, DtlsListener, DtlsSession, Identity, ListenerHandle,
+    ServerConfig,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
@@ -348,4 +349,63 @@ pub fn raw_openssl_handshake(
     let mut stream = openssl::ssl::SslStream::new(ssl, Conn(sock)).unwrap();
     stream.do_handshake()?;
     stream.ssl_write(b"hello").map(|_| ())
+}
+
+/// `hello` (a cookieless ClientHello in one record) with `cookie` inserted, message sequence 1
+/// and record sequence `seq`.
+pub fn with_cookie(hello: &[u8], cookie: &[u8], seq: u8) -> Vec<u8> {
+    let sid_len = usize::from(hello[13 + 12 + 34]);
+    let cookie_at = 13 + 12 + 34 + 1 + sid_len;
+    assert_eq!(hello[cookie_at], 0, "expected a cookieless ClientHello");
+    let mut out = hello[..cookie_at].to_vec();
+    out.push(cookie.len() as u8);
+    out.extend_from_slice(cookie);
+    out.extend_from_slice(&hello[cookie_at + 1..]);
+    let body = out.len() - 13;
+    out[11..13].copy_from_slice(&(body as u16).to_be_bytes());
+    let msg = (body - 12) as u32;
+    out[13 + 1..13 + 4].copy_from_slice(&msg.to_be_bytes()[1..]);
+    out[13 + 9..13 + 12].copy_from_slice(&msg.to_be_bytes()[1..]);
+    out[13 + 4..13 + 6].copy_from_slice(&[0, 1]);
+    out[10] = seq;
+    out
+}
+
+/// The first ClientHello (no cookie yet) a client with `config` sends, captured by a socket
+/// that never answers.
+pub async fn cookieless_hello(config: &ClientConfig) -> Vec<u8> {
+    let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sink.local_addr().unwrap();
+    let connector = DtlsConnector::new(config).unwrap();
+    let client = tokio::spawn(async move {
+        let _ = connector.connect(addr).await;
+    });
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), sink.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    client.abort();
+    buf.truncate(n);
+    buf
+}
+
+/// A peer that completes the cookie exchange with `server` using `hello` (from
+/// [`cookieless_hello`]) and then goes silent: the listener starts a handshake for it that
+/// never finishes. Keep the socket to keep the address.
+pub async fn stalled_peer(server: SocketAddr, hello: &[u8]) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(hello, server).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // A HelloVerifyRequest ends with the cookie.
+    let cookie = &buf[n - 32..n];
+    socket
+        .send_to(&with_cookie(hello, cookie, 1), server)
+        .await
+        .unwrap();
+    socket
 }
