@@ -14,7 +14,8 @@
 //! receiving halves work from two tasks at once.
 //!
 //! Sessions resume (`DtlsConnector` offers its last session; the listener keeps sessions in
-//! its OpenSSL context's cache, which a reload replaces), and key exchange prefers X25519.
+//! its OpenSSL context's cache, which a reload replaces), and key exchange prefers X25519 (then
+//! P-256; [`DtlsSession::key_exchange_group`] tells which).
 //!
 //! The listener keeps no state for an address until it returns a stateless cookie, and at most
 //! [`max_half_open`](ServerConfig::max_half_open) handshakes past that point: at the limit, a

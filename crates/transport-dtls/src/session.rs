@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use openssl::ssl::{ErrorCode, ShutdownState};
+use openssl::nid::Nid;
+use openssl::ssl::{ErrorCode, ShutdownState, SslRef};
 use openssl::x509::X509VerifyResult;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
@@ -202,6 +203,18 @@ fn send_error(e: io::Error) -> SendError {
     }
 }
 
+/// The group of the peer's ephemeral key. OpenSSL keeps that key on the client (the server's
+/// ServerKeyExchange key) for the life of the connection, and drops it on the server.
+fn key_exchange_group(ssl: &SslRef) -> Option<&'static str> {
+    let key = ssl.peer_tmp_key().ok()?;
+    let nid = match key.ec_key() {
+        Ok(ec) => ec.group().curve_name()?,
+        // X25519 and X448 keys are not EC keys; their key type is their group.
+        Err(_) => Nid::from_raw(key.id().as_raw()),
+    };
+    nid.short_name().ok()
+}
+
 /// Facts about an established session.
 #[derive(Debug, Clone)]
 struct Info {
@@ -209,6 +222,7 @@ struct Info {
     local: SocketAddr,
     peer_subject: Option<String>,
     cipher: &'static str,
+    key_exchange_group: Option<&'static str>,
     data_mtu: usize,
     resumed: bool,
 }
@@ -268,6 +282,7 @@ impl DtlsSession {
                 .peer_certificate()
                 .map(|c| crate::server::format_name(c.subject_name())),
             cipher: ssl.current_cipher().map_or("", |c| c.name()),
+            key_exchange_group: key_exchange_group(ssl),
             data_mtu: ffi::data_mtu(ssl),
             resumed: ssl.session_reused(),
         };
@@ -324,6 +339,13 @@ impl DtlsSession {
     /// The negotiated cipher suite (OpenSSL name).
     pub fn cipher(&self) -> &'static str {
         self.send.shared.info.cipher
+    }
+
+    /// The group of the handshake's ECDHE key exchange, by OpenSSL short name (`X25519`,
+    /// `prime256v1` for P-256), as far as OpenSSL reports it: for a full handshake on the
+    /// client side. `None` on the server side and for a resumed session (no key exchange).
+    pub fn key_exchange_group(&self) -> Option<&'static str> {
+        self.send.shared.info.key_exchange_group
     }
 
     /// Whether the handshake resumed an earlier session instead of a

@@ -167,7 +167,7 @@ async fn our_client_handshakes_with_openssl_s_server() {
 }
 
 #[tokio::test]
-async fn key_exchange_is_x25519_with_p256_for_peers_without_it() {
+async fn key_exchange_is_x25519_then_p256_and_no_other_group() {
     if !openssl_available() {
         return;
     }
@@ -211,4 +211,29 @@ async fn key_exchange_is_x25519_with_p256_for_peers_without_it() {
         assert!(line.contains(expected), "offering {groups}: {line}");
         let _ = child.kill().await;
     }
+    // A client with only a group the listener does not offer gets no session.
+    let failed = listener.stats().handshakes_failed;
+    let mut child = spawn(&[
+        "s_client",
+        "-dtls1_2",
+        "-connect",
+        &connect_to,
+        "-cert",
+        &p("client.pem"),
+        "-key",
+        &p("client.key"),
+        "-CAfile",
+        &p("ca.pem"),
+        "-groups",
+        "P-384",
+        "-mtu",
+        "1200",
+    ]);
+    let status = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "s_client offering P-384 alone connected");
+    assert_eq!(listener.stats().handshakes_failed, failed + 1);
+    assert_eq!(listener.stats().handshakes_ok, 3);
 }

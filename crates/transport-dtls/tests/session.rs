@@ -71,6 +71,31 @@ async fn server_session_reports_peer_and_subject() {
 }
 
 #[tokio::test]
+async fn our_ends_agree_on_x25519_and_a_resumed_session_has_no_key_exchange() {
+    let pki = pki();
+    let mut listener = DtlsListener::bind("127.0.0.1:0".parse().unwrap(), pki.server_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let connector = DtlsConnector::new(&pki.client_config()).unwrap();
+    let full = tokio::spawn({
+        let connector = connector.clone();
+        async move { connector.connect(addr).await.unwrap() }
+    });
+    let server = listener.accept().await.unwrap();
+    let full = full.await.unwrap();
+    assert!(!full.resumed());
+    assert_eq!(full.key_exchange_group(), Some("X25519"));
+    // OpenSSL does not keep the client's ephemeral key on the server.
+    assert_eq!(server.key_exchange_group(), None);
+    let resumed = tokio::spawn(async move { connector.connect(addr).await.unwrap() });
+    let _server = listener.accept().await.unwrap();
+    let resumed = resumed.await.unwrap();
+    assert!(resumed.resumed());
+    assert_eq!(resumed.key_exchange_group(), None);
+}
+
+#[tokio::test]
 async fn refuses_oversize_and_empty_payloads_without_sending() {
     let pki = pki();
     let (addr, _h) = echo_server(pki.server_config()).await;
