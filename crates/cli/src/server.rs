@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use streamproxy::proxy::keepalive::Keepalive;
@@ -86,7 +87,7 @@ fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
         listen,
         certs,
         policy,
-        settings: settings(&file),
+        settings: settings(&file)?,
         udp: !args.no_udp && file.udp.unwrap_or(true),
         api: !args.no_api && file.api.unwrap_or(true),
     })
@@ -102,7 +103,18 @@ fn parse_rules(rules: &[String], key: &str) -> anyhow::Result<Vec<Rule>> {
         .collect()
 }
 
-fn settings(file: &ServerConfig) -> Settings {
+/// A keepalive time from the file: the kernel takes whole seconds from 1 s to 32,767 s.
+fn keepalive_time(d: Duration, key: &str) -> anyhow::Result<Duration> {
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > Keepalive::MAX_SECS {
+        bail!(
+            "{key} = {d:?} in the config file: give whole seconds from 1s to {}s",
+            Keepalive::MAX_SECS
+        );
+    }
+    Ok(d)
+}
+
+fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     let mut s = Settings::default();
     if let Some(d) = file.header_timeout {
         s = s.header_timeout(d);
@@ -133,15 +145,21 @@ fn settings(file: &ServerConfig) -> Settings {
     }
     let mut keepalive = Keepalive::default();
     if let Some(d) = file.tcp_keepalive_idle {
-        keepalive.idle = d;
+        keepalive.idle = keepalive_time(d, "tcp_keepalive_idle")?;
     }
     if let Some(d) = file.tcp_keepalive_interval {
-        keepalive.interval = d;
+        keepalive.interval = keepalive_time(d, "tcp_keepalive_interval")?;
     }
     if let Some(n) = file.tcp_keepalive_retries {
+        if !(1..=Keepalive::MAX_RETRIES).contains(&n) {
+            bail!(
+                "tcp_keepalive_retries = {n} in the config file: give 1 to {}",
+                Keepalive::MAX_RETRIES
+            );
+        }
         keepalive.retries = n;
     }
-    s.tcp_keepalive(file.tcp_keepalive.unwrap_or(true).then_some(keepalive))
+    Ok(s.tcp_keepalive(file.tcp_keepalive.unwrap_or(true).then_some(keepalive)))
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -184,4 +202,67 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn keepalive_of(text: &str) -> Option<Keepalive> {
+        settings(&parse(text).expect("valid").server)
+            .expect("accepted")
+            .tcp_keepalive
+    }
+
+    fn refusal(text: &str) -> String {
+        settings(&parse(text).expect("valid").server)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn keepalive_is_on_with_the_defaults_when_the_file_says_nothing() {
+        assert_eq!(keepalive_of(""), Some(Keepalive::default()));
+    }
+
+    #[test]
+    fn keepalive_keys_reach_the_settings() {
+        let keepalive = keepalive_of(
+            "[server]\ntcp_keepalive_idle = \"5s\"\ntcp_keepalive_interval = \"2s\"\n\
+             tcp_keepalive_retries = 7\n",
+        );
+        assert_eq!(
+            keepalive,
+            Some(Keepalive {
+                idle: Duration::from_secs(5),
+                interval: Duration::from_secs(2),
+                retries: 7,
+            })
+        );
+    }
+
+    #[test]
+    fn keepalive_values_the_kernel_refuses_are_errors_naming_the_key() {
+        for (text, key) in [
+            (
+                "tcp_keepalive_interval = \"500ms\"",
+                "tcp_keepalive_interval",
+            ),
+            ("tcp_keepalive_idle = \"1500ms\"", "tcp_keepalive_idle"),
+            ("tcp_keepalive_idle = 0", "tcp_keepalive_idle"),
+            ("tcp_keepalive_idle = \"10h\"", "tcp_keepalive_idle"),
+            ("tcp_keepalive_retries = 0", "tcp_keepalive_retries"),
+            ("tcp_keepalive_retries = 128", "tcp_keepalive_retries"),
+        ] {
+            let e = refusal(&format!("[server]\n{text}\n"));
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn keepalive_false_turns_it_off() {
+        let text = "[server]\ntcp_keepalive = false\ntcp_keepalive_idle = \"5s\"\n";
+        assert_eq!(keepalive_of(text), None);
+    }
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -320,6 +321,7 @@ fn a_destination_that_never_reads_holds_the_writer_back_with_bounded_server_memo
     drop(warm);
     let fds_before = server.proc.open_fds();
     let rss_before = server.proc.rss_kib();
+    let hwm_before = server.proc.hwm_kib();
 
     let total = 64usize << 20;
     let written = Arc::new(AtomicU64::new(0));
@@ -366,14 +368,40 @@ fn a_destination_that_never_reads_holds_the_writer_back_with_bounded_server_memo
     destination.read_to_end(&mut got).expect("read");
     let data = writer.join().expect("writer");
     assert!(got == data, "the destination got other bytes");
+    // The peak over the whole transfer, the stall and the catch-up at full speed included,
+    // stays within the same bound (unless start-up had already peaked higher).
+    let hwm_after = server.proc.hwm_kib();
+    assert!(
+        hwm_after <= hwm_before.max(rss_before + (16 << 10)),
+        "server peak RSS {hwm_before} -> {hwm_after} KiB (RSS before {rss_before} KiB)"
+    );
     drop(destination);
     wait_until("server descriptors back to the baseline", WAIT, || {
         server.proc.open_fds() <= fds_before
     });
     eprintln!(
-        "figures never-reads: {} KiB accepted before the writer stalled; server RSS {rss_before} -> {rss_stalled} KiB; 64 MiB delivered exact; server fds {fds_before} before and after",
+        "figures never-reads: {} KiB accepted before the writer stalled; server RSS {rss_before} -> {rss_stalled} KiB, peak {hwm_before} -> {hwm_after} KiB; 64 MiB delivered exact; server fds {fds_before} before and after",
         stalled_at >> 10
     );
+}
+
+/// A TCP echo destination that sends, for each connection, when its peer ended it.
+fn tcp_echo_reporting_close() -> (SocketAddr, mpsc::Receiver<Instant>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut back = conn.try_clone().expect("clone");
+                let _ = std::io::copy(&mut conn, &mut back);
+                let _ = tx.send(Instant::now());
+            });
+        }
+    });
+    (addr, rx)
 }
 
 /// A network namespace with a veth pair to the root namespace, removed on drop.
@@ -410,7 +438,17 @@ impl Netns {
             return Err("not root".into());
         }
         let id = std::process::id() % 100_000;
-        let subnet = 16 + id % 200;
+        // A /30 no interface uses yet, so that runs in parallel (other checkouts) do not
+        // route into each other's namespaces.
+        let used = Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        let used = String::from_utf8_lossy(&used.stdout).into_owned();
+        let subnet = (0..200)
+            .map(|k| 16 + (id + k) % 200)
+            .find(|s| !used.contains(&format!("10.213.{s}.")))
+            .ok_or("no free 10.213.N.0/30")?;
         let ns = Netns {
             name: format!("spns{id}"),
             host_ip: format!("10.213.{subnet}.1"),
@@ -418,6 +456,16 @@ impl Netns {
             host_if: format!("spv{id}a"),
             ns_if: format!("spv{id}b"),
         };
+        // Left over by a killed run with the same process id: no live run can own them.
+        let _ = ip(&["link", "del", &ns.host_if]);
+        let _ = ip(&["netns", "del", &ns.name]);
+        // From here on, a failure drops `ns`, which removes what was made.
+        ns.setup()?;
+        Ok(ns)
+    }
+
+    fn setup(&self) -> Result<(), String> {
+        let ns = self;
         let host_if = ns.host_if.clone();
         ip(&["netns", "add", &ns.name])?;
         ip(&[
@@ -440,7 +488,7 @@ impl Netns {
         inside(&["addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns.ns_if])?;
         inside(&["link", "set", &ns.ns_if, "up"])?;
         inside(&["link", "set", "lo", "up"])?;
-        Ok(ns)
+        Ok(())
     }
 
     /// Cuts the namespace off: its interface goes down, so nothing it sends (no FIN, no
@@ -496,7 +544,8 @@ fn a_client_that_vanishes_is_dropped_by_keepalive_and_the_idle_timeout() {
     );
     // The client runs inside the namespace; its forwards listen on the namespace's address,
     // which this process reaches over the veth pair.
-    let (tcp_dest, udp_dest) = (tcp_echo(), udp_echo());
+    let (tcp_dest, tcp_closes) = tcp_echo_reporting_close();
+    let udp_dest = udp_echo();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.name, BIN, "client"]);
     cmd.args(client_args(dir.path(), server.tcp));
@@ -525,16 +574,36 @@ fn a_client_that_vanishes_is_dropped_by_keepalive_and_the_idle_timeout() {
     let vanished = Instant::now();
     let _ = client.child.kill();
     let _ = client.child.wait();
-    let freed = wait_until("server descriptors back to the baseline", WAIT, || {
-        server.proc.open_fds() <= fds_before
+    // Descriptors from the cut on: the first one freed, and all of them.
+    let mut first_freed = None;
+    wait_until("server descriptors back to the baseline", WAIT, || {
+        let fds = server.proc.open_fds();
+        if fds < fds_open && first_freed.is_none() {
+            first_freed = Some(vanished.elapsed());
+        }
+        fds <= fds_before
     });
-    // Keepalive (1 s idle, then 2 probes 1 s apart) and the 2 s UDP idle timeout did it:
-    // not before the first probe could have gone out, and well before the defaults would.
-    assert!(freed >= Duration::from_millis(900), "freed after {freed:?}");
+    let freed = vanished.elapsed();
+    let first_freed = first_freed.unwrap_or(freed);
+    // The destination's connection ends when keepalive gives the client up: 1 s idle, then
+    // 2 probes 1 s apart, so about 3 s after the last packet. A FIN or reset would have done
+    // it within milliseconds; without keepalive it would stay open (the echo never closes).
+    let tcp_closed = tcp_closes
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the destination connection closed with the tunnel")
+        .saturating_duration_since(vanished);
+    assert!(
+        tcp_closed >= Duration::from_secs(2) && tcp_closed < Duration::from_secs(10),
+        "destination connection closed {tcp_closed:?} after the link went down"
+    );
+    // The first to go is the UDP session, at its 2 s idle timeout: nothing went before.
+    assert!(
+        first_freed >= Duration::from_millis(1500),
+        "a descriptor was freed {first_freed:?} after the link went down"
+    );
     assert!(freed < Duration::from_secs(10), "freed after {freed:?}");
     eprintln!(
-        "figures vanished client: TCP tunnel and UDP session freed {:?} after the client's link went down; server fds {fds_before} -> {fds_open} -> {}",
-        vanished.elapsed(),
+        "figures vanished client: after the client's link went down, first descriptor freed after {first_freed:?}, destination connection closed after {tcp_closed:?}, all freed after {freed:?}; server fds {fds_before} -> {fds_open} -> {}",
         server.proc.open_fds()
     );
 }
@@ -754,4 +823,112 @@ fn a_destination_that_stops_sending_early_keeps_the_other_direction() {
     }
     conn.shutdown(Shutdown::Write).expect("shutdown");
     receiver.join().expect("destination");
+}
+
+/// An established IPv4 TCP socket of this network namespace, from `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy)]
+struct TcpSocket {
+    local_port: u16,
+    remote_port: u16,
+    /// The kernel's timer: 0 none, 1 retransmission, 2 keepalive, 4 zero-window probe.
+    timer: u8,
+    /// When the timer fires.
+    expires_in: Duration,
+}
+
+fn established_tcp_sockets() -> Vec<TcpSocket> {
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let port = |addr: &str| {
+        let hex = addr.rsplit(':').next().expect("address:port");
+        u16::from_str_radix(hex, 16).expect("hex port")
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) != Some(&"01") {
+                return None;
+            }
+            let (timer, when) = f[5].split_once(':').expect("tr:tm->when");
+            Some(TcpSocket {
+                local_port: port(f[1]),
+                remote_port: port(f[2]),
+                timer: u8::from_str_radix(timer, 16).expect("timer"),
+                expires_in: Duration::from_millis(
+                    u64::from_str_radix(when, 16).expect("when") * 1000 / ticks,
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The one established socket `pick` selects, once no retransmission is pending on it.
+fn settled_socket(what: &str, pick: impl Fn(&TcpSocket) -> bool) -> TcpSocket {
+    let mut found = None;
+    wait_until(what, WAIT, || {
+        let matching: Vec<TcpSocket> = established_tcp_sockets()
+            .into_iter()
+            .filter(&pick)
+            .collect();
+        found = match matching[..] {
+            [one] if one.timer != 1 => Some(one),
+            _ => None,
+        };
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+#[test]
+fn keepalive_is_set_on_the_tunnels_tcp_sockets_and_off_when_configured() {
+    let dir = tmp();
+    certs(dir.path());
+    for on in [true, false] {
+        // An idle time no default has, so the timer shows the file was read.
+        let config = write_config(
+            dir.path(),
+            &format!("[server]\ntcp_keepalive = {on}\ntcp_keepalive_idle = \"37s\"\n"),
+        );
+        let server = server(dir.path(), &["--allow-all", "--config", &config]);
+        let destination = tcp_echo();
+        let (_client, locals) = client(dir.path(), server.tcp, &[("tcp", destination)], &[]);
+        let mut conn = TcpStream::connect(locals[0]).expect("connect");
+        conn.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp_roundtrip(&mut conn, b"keepalive");
+
+        let (server_port, destination_port) = (server.tcp.port(), destination.port());
+        let accepted = settled_socket("the server's client connection", |s| {
+            s.local_port == server_port
+        });
+        let dialed = settled_socket("the server's destination connection", |s| {
+            s.remote_port == destination_port
+        });
+        let forwarder = settled_socket("the client's connection to the server", |s| {
+            s.remote_port == server_port
+        });
+        for (name, socket) in [("client", accepted), ("destination", dialed)] {
+            if on {
+                assert_eq!(socket.timer, 2, "{name} connection: {socket:?}");
+                assert!(
+                    socket.expires_in > Duration::from_secs(27)
+                        && socket.expires_in <= Duration::from_secs(37),
+                    "{name} connection: first probe not 37 s after the last packet: {socket:?}"
+                );
+            } else {
+                assert_eq!(socket.timer, 0, "{name} connection: {socket:?}");
+            }
+        }
+        // The client's forwarder keeps its default (60 s) whatever the server's file says.
+        assert_eq!(forwarder.timer, 2, "forwarder connection: {forwarder:?}");
+        assert!(
+            forwarder.expires_in > Duration::from_secs(50)
+                && forwarder.expires_in <= Duration::from_secs(60),
+            "forwarder connection: {forwarder:?}"
+        );
+        tcp_roundtrip(&mut conn, b"still relays");
+    }
 }

@@ -242,3 +242,60 @@ pub async fn dial_udp(req: &Request, dialer: &Dialer) -> Result<UdpSocket, DialE
             })
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::keepalive::Keepalive;
+
+    fn dialer(keepalive: Option<Keepalive>) -> Dialer {
+        Dialer {
+            policy: Arc::new(Policy::allow_all([])),
+            resolver: Arc::new(StaticResolver::new()),
+            timeout: Duration::from_secs(5),
+            keepalive,
+        }
+    }
+
+    fn request(port: u16) -> Request {
+        Request {
+            version: proto::Version::V0_1_0,
+            host: "127.0.0.1".into(),
+            port,
+            flags: proto::Flags::NONE,
+        }
+    }
+
+    #[tokio::test]
+    async fn dial_tcp_sets_the_dialers_keepalive_on_the_destination_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(11),
+            interval: Duration::from_secs(2),
+            retries: 5,
+        };
+        let stream = dial_tcp(&request(port), &dialer(Some(keepalive)))
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 5);
+        assert!(sock.tcp_nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn dial_tcp_without_keepalive_leaves_it_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = dial_tcp(&request(port), &dialer(None)).await.unwrap();
+        assert!(!socket2::SockRef::from(&stream).keepalive().unwrap());
+    }
+}
