@@ -9,6 +9,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if let Some(arg) = args.first() {
         bail!("`cargo xtask ci` takes no arguments, got `{arg}`");
     }
+    system::check_disk_space(&cmd::project_root().join("target"));
     system::ensure_build_and_test_deps()?;
     cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     cmd::run(cargo().args([

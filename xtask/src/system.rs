@@ -127,6 +127,41 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}\ninstall failed; run: {command}"))
 }
 
+/// What a cold `cargo xtask ci` writes under `target/`, with some room to spare.
+const CI_DISK_NEED_GIB: u64 = 8;
+
+/// Warns when the filesystem holding `target/` has less free space than a CI run writes: a
+/// full disk shows up much later as a linker or archiver crash deep inside some dependency's
+/// build, far from its cause.
+pub(crate) fn check_disk_space(target: &Path) {
+    let dir = target
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."));
+    let output = match Command::new("df").args(["-Pk"]).arg(dir).output() {
+        Ok(o) if o.status.success() => o,
+        _ => return,
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    // POSIX format: a header line, then "fs blocks used available capacity mountpoint".
+    let Some(free_kib) = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let free_gib = free_kib / (1024 * 1024);
+    if free_gib < CI_DISK_NEED_GIB {
+        eprintln!(
+            "warning: {free_gib} GiB free on the filesystem of {}; a cold CI run writes up to \
+             {CI_DISK_NEED_GIB} GiB there, and a full disk fails the build in the linker or in ar",
+            dir.display()
+        );
+    }
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
