@@ -1,11 +1,11 @@
 //! `streamproxy client`: local TCP and UDP ports forwarded through tunnels to a server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use streamproxy::proxy::forward::{TcpForwarder, UdpForwarder};
+use anyhow::bail;
+use streamproxy::proxy::dial::SystemResolver;
+use streamproxy::proxy::forward::{ServerAddr, TcpForwarder, UdpForwarder};
 use streamproxy::{dtls, proto, tls};
 use tokio_util::sync::CancellationToken;
 
@@ -13,14 +13,14 @@ use crate::cli::{ClientArgs, Forward, HeaderVersion, ServerConnection};
 use crate::config::{ClientConfig, ConfigFile, required};
 use crate::signals::Stop;
 
-/// How to reach and trust the server, resolved and loaded.
+/// How to reach and trust the server, parsed and loaded.
 pub(crate) struct Connection {
-    pub(crate) server: SocketAddr,
+    pub(crate) server: ServerAddr,
     pub(crate) tls: tls::ClientConfig,
     pub(crate) dtls: dtls::ClientConfig,
 }
 
-/// Resolves the server and loads the client certificate, flags first, then the file.
+/// Parses the server's address and loads the client certificate, flags first, then the file.
 pub(crate) async fn connection(
     args: ServerConnection,
     file: &ClientConfig,
@@ -49,7 +49,7 @@ pub(crate) async fn connection(
         .server_name
         .or_else(|| file.server_name.clone())
         .unwrap_or_else(|| proto::DEFAULT_SERVER_NAME.to_owned());
-    let server = resolve(&server).await?;
+    let server: ServerAddr = server.parse()?;
     let server_name = tls::ServerName::try_from(name.clone()).map_err(|_| {
         anyhow::anyhow!("--server-name `{name}` is neither a DNS name nor an IP address")
     })?;
@@ -67,18 +67,21 @@ pub(crate) async fn connection(
     Ok(Connection { server, tls, dtls })
 }
 
-async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = server.parse() {
-        return Ok(addr);
+/// Resolves the server once at start, to report a name that does not resolve early; each
+/// tunnel resolves it again, so a failure here is a warning: the name may resolve later. Runs
+/// beside the forwarders, so that a slow resolver does not hold back the local ports.
+async fn check_resolves(server: ServerAddr) {
+    if server.socket_addr().is_some() {
+        return;
     }
-    if !server.contains(':') {
-        bail!("--server `{server}`: expected HOST:PORT");
+    match server.resolve(&SystemResolver).await {
+        Ok(addrs) => {
+            tracing::info!(server = %server, addresses = ?addrs, "server name resolved; every tunnel resolves it again")
+        }
+        Err(e) => {
+            tracing::warn!(server = %server, error = %e, "the server name does not resolve now; tunnels fail until it does")
+        }
     }
-    tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("cannot resolve the server `{server}`"))?
-        .next()
-        .with_context(|| format!("the server name `{server}` has no address"))
 }
 
 fn forwards(flags: Vec<Forward>, file: &[String], key: &str) -> anyhow::Result<Vec<Forward>> {
@@ -114,18 +117,22 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         );
     }
     let conn = connection(args.conn, &file).await?;
+    let keepalive = file.keepalive().settings()?;
     let mut stop = Stop::register()?;
+    tokio::spawn(check_resolves(conn.server.clone()));
     let connect_timeout = file.connect_timeout.unwrap_or(proto::DIAL_TIMEOUT);
     let drain = file.drain_period.unwrap_or(Duration::from_secs(30));
     let idle = file.udp_idle_timeout.unwrap_or(Duration::from_secs(120));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for f in tcp {
-        let mut forwarder = TcpForwarder::bind(f.local, conn.server, conn.tls.clone(), f.target)
-            .await?
-            .header_version(version)
-            .connect_timeout(connect_timeout)
-            .drain_period(drain);
+        let mut forwarder =
+            TcpForwarder::bind(f.local, conn.server.clone(), conn.tls.clone(), f.target)
+                .await?
+                .keepalive(keepalive)
+                .header_version(version)
+                .connect_timeout(connect_timeout)
+                .drain_period(drain);
         if let Some(n) = file.max_tunnels {
             forwarder = forwarder.max_tunnels(n);
         }
@@ -133,10 +140,11 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
     for f in udp {
-        let mut forwarder = UdpForwarder::bind(f.local, conn.server, conn.dtls.clone(), f.target)
-            .await?
-            .header_version(version)
-            .idle_timeout(idle);
+        let mut forwarder =
+            UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
+                .await?
+                .header_version(version)
+                .idle_timeout(idle);
         if let Some(n) = file.max_tunnels {
             forwarder = forwarder.max_tunnels(n);
         }

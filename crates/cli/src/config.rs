@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
+use streamproxy::proxy::keepalive::Keepalive;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +78,77 @@ pub(crate) struct ClientConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(crate) drain_period: Option<Duration>,
     pub(crate) max_tunnels: Option<usize>,
+    pub(crate) tcp_keepalive: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) tcp_keepalive_idle: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) tcp_keepalive_interval: Option<Duration>,
+    pub(crate) tcp_keepalive_retries: Option<u32>,
+}
+
+/// The `tcp_keepalive*` keys, which `[server]` and `[client]` share.
+pub(crate) struct KeepaliveKeys {
+    on: Option<bool>,
+    idle: Option<Duration>,
+    interval: Option<Duration>,
+    retries: Option<u32>,
+}
+
+impl ServerConfig {
+    pub(crate) fn keepalive(&self) -> KeepaliveKeys {
+        KeepaliveKeys {
+            on: self.tcp_keepalive,
+            idle: self.tcp_keepalive_idle,
+            interval: self.tcp_keepalive_interval,
+            retries: self.tcp_keepalive_retries,
+        }
+    }
+}
+
+impl ClientConfig {
+    pub(crate) fn keepalive(&self) -> KeepaliveKeys {
+        KeepaliveKeys {
+            on: self.tcp_keepalive,
+            idle: self.tcp_keepalive_idle,
+            interval: self.tcp_keepalive_interval,
+            retries: self.tcp_keepalive_retries,
+        }
+    }
+}
+
+impl KeepaliveKeys {
+    /// The keepalive to use: on with the defaults unless the keys say otherwise; values the
+    /// kernel would refuse are errors naming the key.
+    pub(crate) fn settings(&self) -> anyhow::Result<Option<Keepalive>> {
+        let mut keepalive = Keepalive::default();
+        if let Some(d) = self.idle {
+            keepalive.idle = keepalive_time(d, "tcp_keepalive_idle")?;
+        }
+        if let Some(d) = self.interval {
+            keepalive.interval = keepalive_time(d, "tcp_keepalive_interval")?;
+        }
+        if let Some(n) = self.retries {
+            if !(1..=Keepalive::MAX_RETRIES).contains(&n) {
+                bail!(
+                    "tcp_keepalive_retries = {n} in the config file: give 1 to {}",
+                    Keepalive::MAX_RETRIES
+                );
+            }
+            keepalive.retries = n;
+        }
+        Ok(self.on.unwrap_or(true).then_some(keepalive))
+    }
+}
+
+/// A keepalive time from the file: the kernel takes whole seconds from 1 s to 32,767 s.
+fn keepalive_time(d: Duration, key: &str) -> anyhow::Result<Duration> {
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > Keepalive::MAX_SECS {
+        bail!(
+            "{key} = {d:?} in the config file: give whole seconds from 1s to {}s",
+            Keepalive::MAX_SECS
+        );
+    }
+    Ok(d)
 }
 
 impl ConfigFile {
@@ -236,5 +308,26 @@ mod tests {
     fn bad_durations_are_refused() {
         let e = parse("[client]\ndrain_period = \"soon\"\n").expect_err("bad duration");
         assert!(e.to_string().starts_with("line 2:"), "{e}");
+    }
+
+    #[test]
+    fn client_keepalive_keys_are_read_and_checked_like_the_servers() {
+        let keepalive = |text: &str| parse(text).expect("valid").client.keepalive().settings();
+        assert_eq!(keepalive("").expect("defaults"), Some(Keepalive::default()));
+        assert_eq!(
+            keepalive("[client]\ntcp_keepalive_idle = \"5s\"\ntcp_keepalive_retries = 4\n")
+                .expect("accepted"),
+            Some(Keepalive {
+                idle: Duration::from_secs(5),
+                retries: 4,
+                ..Keepalive::default()
+            })
+        );
+        assert_eq!(
+            keepalive("[client]\ntcp_keepalive = false\n").expect("accepted"),
+            None
+        );
+        let e = keepalive("[client]\ntcp_keepalive_interval = \"500ms\"\n").expect_err("refused");
+        assert!(e.to_string().starts_with("tcp_keepalive_interval"), "{e}");
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use streamproxy::proxy;
+use streamproxy::proxy::dial::SystemResolver;
 
 use crate::cli::ProbeArgs;
 use crate::client::connection;
@@ -12,17 +13,23 @@ use crate::config::ClientConfig;
 
 pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let conn = connection(args.conn, &ClientConfig::default()).await?;
+    let addrs = conn.server.resolve(&SystemResolver).await?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let started = Instant::now();
     let (transport, result) = if args.udp {
-        (
-            "udp",
-            proxy::udp::health_check(conn.server, &conn.dtls, timeout).await,
-        )
+        // Every address in turn, as the forwarder does; the last one's failure is the answer.
+        let mut result = Ok(());
+        for &server in &addrs {
+            result = proxy::udp::health_check(server, &conn.dtls, timeout).await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        ("udp", result)
     } else {
         (
             "tcp",
-            proxy::tcp::health_check(conn.server, &conn.tls, timeout).await,
+            proxy::tcp::health_check(&addrs[..], &conn.tls, timeout).await,
         )
     };
     match result {

@@ -3,10 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use streamproxy::proxy::keepalive::Keepalive;
 use streamproxy::proxy::policy::{Policy, Rule};
 use streamproxy::proxy::server::{CertPaths, Server};
 use streamproxy::proxy::settings::Settings;
@@ -103,17 +101,6 @@ fn parse_rules(rules: &[String], key: &str) -> anyhow::Result<Vec<Rule>> {
         .collect()
 }
 
-/// A keepalive time from the file: the kernel takes whole seconds from 1 s to 32,767 s.
-fn keepalive_time(d: Duration, key: &str) -> anyhow::Result<Duration> {
-    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > Keepalive::MAX_SECS {
-        bail!(
-            "{key} = {d:?} in the config file: give whole seconds from 1s to {}s",
-            Keepalive::MAX_SECS
-        );
-    }
-    Ok(d)
-}
-
 fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     let mut s = Settings::default();
     if let Some(d) = file.header_timeout {
@@ -143,23 +130,7 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(on) = file.resumption {
         s = s.resumption(on);
     }
-    let mut keepalive = Keepalive::default();
-    if let Some(d) = file.tcp_keepalive_idle {
-        keepalive.idle = keepalive_time(d, "tcp_keepalive_idle")?;
-    }
-    if let Some(d) = file.tcp_keepalive_interval {
-        keepalive.interval = keepalive_time(d, "tcp_keepalive_interval")?;
-    }
-    if let Some(n) = file.tcp_keepalive_retries {
-        if !(1..=Keepalive::MAX_RETRIES).contains(&n) {
-            bail!(
-                "tcp_keepalive_retries = {n} in the config file: give 1 to {}",
-                Keepalive::MAX_RETRIES
-            );
-        }
-        keepalive.retries = n;
-    }
-    Ok(s.tcp_keepalive(file.tcp_keepalive.unwrap_or(true).then_some(keepalive)))
+    Ok(s.tcp_keepalive(file.keepalive().settings()?))
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -206,6 +177,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use streamproxy::proxy::keepalive::Keepalive;
+
     use super::*;
     use crate::config::parse;
 

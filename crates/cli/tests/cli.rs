@@ -48,6 +48,29 @@ fn certs_server_and_client_forward_tcp_and_udp_byte_exact() {
 }
 
 #[test]
+fn a_server_given_by_name_is_resolved_for_tunnels_and_probes() {
+    let dir = tmp();
+    certs(dir.path());
+    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    // `localhost` may resolve to ::1 first, where nothing listens: the next address is tried.
+    let name = format!("localhost:{}", server.tcp.port());
+    let (mut client, locals) = client(dir.path(), &name, &[("tcp", tcp_echo())], &[]);
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    tcp_roundtrip(&mut conn, &payload(100_000, 3));
+    drop(conn);
+    let out = probe(dir.path(), &name, false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&name));
+    client.signal("TERM");
+    assert!(client.wait_exit().success());
+}
+
+#[test]
 fn probe_exit_codes_follow_server_health() {
     let dir = tmp();
     certs(dir.path());
@@ -177,6 +200,23 @@ fn user_errors_are_one_line_and_a_failure_status() {
                 d("client-key.pem"),
             ],
             "--tcp",
+        ),
+        (
+            "server without a port",
+            vec![
+                "client".into(),
+                "--server".into(),
+                "agent.example".into(),
+                "--ca".into(),
+                d("ca.pem"),
+                "--cert".into(),
+                d("client.pem"),
+                "--key".into(),
+                d("client-key.pem"),
+                "--tcp".into(),
+                "127.0.0.1:0=127.0.0.1:9".into(),
+            ],
+            "expected HOST:PORT",
         ),
         (
             "existing certs",

@@ -884,18 +884,26 @@ fn settled_socket(what: &str, pick: impl Fn(&TcpSocket) -> bool) -> TcpSocket {
 }
 
 #[test]
-fn keepalive_is_set_on_the_tunnels_tcp_sockets_and_off_when_configured() {
+fn keepalive_is_set_on_the_tunnels_tcp_sockets_on_both_sides_and_off_when_configured() {
     let dir = tmp();
     certs(dir.path());
     for on in [true, false] {
-        // An idle time no default has, so the timer shows the file was read.
+        // Idle times no default has, so the timers show which file section was read.
         let config = write_config(
             dir.path(),
-            &format!("[server]\ntcp_keepalive = {on}\ntcp_keepalive_idle = \"37s\"\n"),
+            &format!(
+                "[server]\ntcp_keepalive = {on}\ntcp_keepalive_idle = \"37s\"\n\
+                 [client]\ntcp_keepalive = {on}\ntcp_keepalive_idle = \"43s\"\n"
+            ),
         );
         let server = server(dir.path(), &["--allow-all", "--config", &config]);
         let destination = tcp_echo();
-        let (_client, locals) = client(dir.path(), server.tcp, &[("tcp", destination)], &[]);
+        let (_client, locals) = client(
+            dir.path(),
+            server.tcp,
+            &[("tcp", destination)],
+            &["--config", &config],
+        );
         let mut conn = TcpStream::connect(locals[0]).expect("connect");
         conn.set_read_timeout(Some(WAIT)).expect("timeout");
         tcp_roundtrip(&mut conn, b"keepalive");
@@ -922,13 +930,17 @@ fn keepalive_is_set_on_the_tunnels_tcp_sockets_and_off_when_configured() {
                 assert_eq!(socket.timer, 0, "{name} connection: {socket:?}");
             }
         }
-        // The client's forwarder keeps its default (60 s) whatever the server's file says.
-        assert_eq!(forwarder.timer, 2, "forwarder connection: {forwarder:?}");
-        assert!(
-            forwarder.expires_in > Duration::from_secs(50)
-                && forwarder.expires_in <= Duration::from_secs(60),
-            "forwarder connection: {forwarder:?}"
-        );
+        // The client's forwarder follows `[client]`.
+        if on {
+            assert_eq!(forwarder.timer, 2, "forwarder connection: {forwarder:?}");
+            assert!(
+                forwarder.expires_in > Duration::from_secs(33)
+                    && forwarder.expires_in <= Duration::from_secs(43),
+                "forwarder connection: first probe not 43 s after the last packet: {forwarder:?}"
+            );
+        } else {
+            assert_eq!(forwarder.timer, 0, "forwarder connection: {forwarder:?}");
+        }
         tcp_roundtrip(&mut conn, b"still relays");
     }
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The server's name did not resolve.
+    #[error(transparent)]
+    Resolve(#[from] crate::forward::ResolveError),
     /// The destination cannot be put in a header.
     #[error(transparent)]
     Header(#[from] proto::EncodeError),

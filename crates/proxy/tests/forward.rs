@@ -1,13 +1,18 @@
 //! The client-side forwarders against a real server: byte-exact relaying, one tunnel per
-//! connection or source, failures closing the local side, oversize datagrams, idle eviction
-//! and shutdown.
+//! connection or source, failures closing the local side, oversize datagrams, idle eviction,
+//! shutdown, and a server name resolved again for every tunnel.
 
 mod support;
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use streamproxy_proxy::forward::{ForwardCounts, ForwardStats, Target, TcpForwarder, UdpForwarder};
+use streamproxy_proxy::dial::{BoxFuture, Resolve};
+use streamproxy_proxy::forward::{
+    ForwardCounts, ForwardStats, ServerAddr, Target, TcpForwarder, UdpForwarder,
+};
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
 use support::{Pki, allow_all, payload, start, tcp_echo, udp_echo};
@@ -384,6 +389,109 @@ async fn udp_forwarder_drops_datagrams_when_the_tunnel_cannot_open() {
     let counts = until(&running.stats, |c| c.tunnels_failed == 1).await;
     assert_eq!(counts.tunnels_opened, 0);
     until(&running.stats, |c| c.dropped_other == 1).await;
+    running.stop().await;
+    server.stop().await;
+}
+
+/// A resolver whose answer the test changes: a server that moves, or a name that does not
+/// resolve yet.
+#[derive(Clone, Default)]
+struct MovingResolver(Arc<Mutex<Vec<IpAddr>>>);
+
+impl MovingResolver {
+    fn answer(&self, addrs: &[&str]) {
+        *self.0.lock().expect("lock") = addrs.iter().map(|a| a.parse().expect("ip")).collect();
+    }
+}
+
+impl Resolve for MovingResolver {
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
+        assert_eq!(host, "agent.test");
+        let addrs = self.0.lock().expect("lock").clone();
+        Box::pin(async move {
+            if addrs.is_empty() {
+                Err(io::Error::new(io::ErrorKind::NotFound, "no such name yet"))
+            } else {
+                Ok(addrs)
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn tcp_forwarder_resolves_the_server_name_for_every_tunnel_and_tries_each_address() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = tcp_echo().await;
+    let resolver = MovingResolver::default();
+    let name: ServerAddr = format!("agent.test:{}", server.tcp.port())
+        .parse()
+        .expect("name");
+    let forwarder = TcpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        name,
+        pki.tls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind")
+    .resolver(resolver.clone());
+    let running = run_tcp(forwarder);
+
+    // The name does not resolve yet: the tunnel fails and the local connection is closed.
+    let mut conn = TcpStream::connect(running.local).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    until(&running.stats, |c| c.tunnels_failed == 1).await;
+
+    // Now it does, first to an address where nothing listens: the next address is tried.
+    resolver.answer(&["127.0.0.2", "127.0.0.1"]);
+    let data = payload(50_000, 7);
+    assert!(echo_over_tcp(running.local, data.clone()).await == data);
+    let counts = until(&running.stats, |c| c.tunnels_closed == 1).await;
+    assert_eq!((counts.tunnels_opened, counts.tunnels_failed), (1, 1));
+    running.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn udp_forwarder_resolves_the_server_name_for_every_new_tunnel() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let udp = server.udp.expect("udp served");
+    let resolver = MovingResolver::default();
+    let name: ServerAddr = format!("agent.test:{}", udp.port()).parse().expect("name");
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        name,
+        pki.dtls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind")
+    .resolver(resolver.clone());
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+
+    socket.send(b"before").await.expect("send");
+    let counts = until(&running.stats, |c| c.dropped_other == 1).await;
+    assert_eq!((counts.tunnels_failed, counts.tunnels_opened), (1, 0));
+
+    resolver.answer(&["127.0.0.1"]);
+    socket.send(b"after").await.expect("send");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"after");
+    assert_eq!(running.stats.snapshot().tunnels_opened, 1);
     running.stop().await;
     server.stop().await;
 }

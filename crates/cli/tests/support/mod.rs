@@ -189,7 +189,8 @@ pub fn server_on(dir: &Path, listen: &str, extra: &[&str]) -> Server {
     }
 }
 
-pub fn client_args(dir: &Path, server: SocketAddr) -> Vec<String> {
+/// `--server` (an address or a `host:port` name) and the client certificate files.
+pub fn client_args(dir: &Path, server: impl std::fmt::Display) -> Vec<String> {
     vec![
         "--server".into(),
         server.to_string(),
@@ -205,7 +206,7 @@ pub fn client_args(dir: &Path, server: SocketAddr) -> Vec<String> {
 /// Starts a client with the given forwards; returns it and the local address of each forward.
 pub fn client(
     dir: &Path,
-    server: SocketAddr,
+    server: impl std::fmt::Display,
     forwards: &[(&str, SocketAddr)],
     extra: &[&str],
 ) -> (Proc, Vec<SocketAddr>) {
@@ -225,7 +226,7 @@ pub fn client(
     (proc, locals)
 }
 
-pub fn probe(dir: &Path, server: SocketAddr, udp: bool) -> Output {
+pub fn probe(dir: &Path, server: impl std::fmt::Display, udp: bool) -> Output {
     let mut args: Vec<String> = vec!["probe".into()];
     args.extend(client_args(dir, server));
     if udp {

@@ -13,21 +13,26 @@
 //! Nothing is retried silently: a tunnel that cannot be opened is logged and its local
 //! connection closed (TCP) or its datagram dropped and counted (UDP).
 //!
-//! What this module does not do: pick or resolve the server (give it a [`SocketAddr`]), check
-//! a destination policy (the server does), or split, pad or truncate datagrams.
+//! The server is a [`ServerAddr`]: a socket address, or a `host:port` name that every new
+//! tunnel resolves again, so a server that moves (dynamic DNS, a new host) is followed
+//! without a restart.
+//!
+//! What this module does not do: check a destination policy (the server does), or split, pad
+//! or truncate datagrams.
 //!
 //! ```no_run
 //! # async fn example(tls: tls::ClientConfig, dtls: dtls::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
-//! use streamproxy_proxy::forward::{TcpForwarder, UdpForwarder};
+//! use streamproxy_proxy::forward::{ServerAddr, TcpForwarder, UdpForwarder};
 //!
-//! let server = "192.0.2.1:8890".parse()?;
-//! let ssh = TcpForwarder::bind("127.0.0.1:2222".parse()?, server, tls, "10.0.0.7:22".parse()?).await?;
+//! let server: ServerAddr = "agent.example:8890".parse()?;
+//! let ssh = TcpForwarder::bind("127.0.0.1:2222".parse()?, server.clone(), tls, "10.0.0.7:22".parse()?).await?;
 //! let dns = UdpForwarder::bind("127.0.0.1:5353".parse()?, server, dtls, "10.0.0.53:53".parse()?).await?;
 //! let stop = tokio_util::sync::CancellationToken::new();
 //! tokio::join!(ssh.run(stop.clone().cancelled_owned()), dns.run(stop.cancelled_owned()));
 //! # Ok(()) }
 //! ```
 
+mod server_addr;
 mod tcp;
 mod udp;
 
@@ -38,6 +43,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
 pub use tcp::TcpForwarder;
 pub use udp::UdpForwarder;
 

@@ -10,13 +10,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, Target};
+use super::{BindError, ForwardStats, ServerAddr, Target};
+use crate::client::ClientError;
+use crate::dial::{Resolve, SystemResolver};
 use crate::keepalive::Keepalive;
 
 /// Listens on a local TCP address and opens one tunnel to the server per accepted connection.
 pub struct TcpForwarder {
     listener: TcpListener,
-    server: SocketAddr,
+    server: ServerAddr,
+    resolver: Arc<dyn Resolve>,
     config: Arc<tls::ClientConfig>,
     target: Target,
     version: proto::Version,
@@ -42,7 +45,7 @@ impl TcpForwarder {
     /// Binds `local` and forwards its connections through `server` to `target`.
     pub async fn bind(
         local: SocketAddr,
-        server: SocketAddr,
+        server: impl Into<ServerAddr>,
         config: tls::ClientConfig,
         target: Target,
     ) -> Result<TcpForwarder, BindError> {
@@ -57,13 +60,14 @@ impl TcpForwarder {
     /// Forwards the connections of an already-bound `listener`.
     pub fn new(
         listener: TcpListener,
-        server: SocketAddr,
+        server: impl Into<ServerAddr>,
         config: tls::ClientConfig,
         target: Target,
     ) -> TcpForwarder {
         TcpForwarder {
             listener,
-            server,
+            server: server.into(),
+            resolver: Arc::new(SystemResolver),
             config: Arc::new(config),
             target,
             version: proto::Version::default(),
@@ -73,6 +77,13 @@ impl TcpForwarder {
             keepalive: Some(Keepalive::default()),
             stats: ForwardStats::default(),
         }
+    }
+
+    /// What resolves the server's name for every tunnel (default the system's resolver; an
+    /// address never reaches it).
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.resolver = Arc::new(resolver);
+        self
     }
 
     /// TCP keepalive on the connection to the server, so a server that vanishes ends its
@@ -88,8 +99,8 @@ impl TcpForwarder {
         self
     }
 
-    /// How long connecting to the server, the handshake and the header may take together
-    /// (default 10 s).
+    /// How long resolving and connecting to the server, the handshake and the header may take
+    /// together (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -131,6 +142,7 @@ impl TcpForwarder {
         let TcpForwarder {
             listener,
             server,
+            resolver,
             config,
             target,
             version,
@@ -166,7 +178,8 @@ impl TcpForwarder {
                 continue;
             };
             let tunnel = Tunnel {
-                server,
+                server: server.clone(),
+                resolver: Arc::clone(&resolver),
                 keepalive,
                 config: Arc::clone(&config),
                 target: Arc::clone(&target),
@@ -202,7 +215,8 @@ impl TcpForwarder {
 
 /// What one connection's task needs.
 struct Tunnel {
-    server: SocketAddr,
+    server: ServerAddr,
+    resolver: Arc<dyn Resolve>,
     keepalive: Option<Keepalive>,
     config: Arc<tls::ClientConfig>,
     target: Arc<Target>,
@@ -216,10 +230,10 @@ impl Tunnel {
         let started = Instant::now();
         let _ = conn.set_nodelay(true);
         let header = self.target.header(self.version);
-        let connected = tokio::time::timeout(
-            self.connect_timeout,
-            crate::tcp::connect(self.server, &self.config, &header),
-        )
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let addrs = (self.server.resolve(&*self.resolver).await).map_err(ClientError::from)?;
+            crate::tcp::connect(&addrs[..], &self.config, &header).await
+        })
         .await;
         let mut stream = match connected {
             Ok(Ok(stream)) => stream,

@@ -20,8 +20,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, Target};
+use super::{BindError, ForwardStats, ServerAddr, Target};
 use crate::client::ClientError;
+use crate::dial::{Resolve, SystemResolver};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
@@ -56,7 +57,8 @@ type Tunnels = ConnectionManager<Tunnel, ClientError>;
 /// Reads one local UDP socket and forwards each source's datagrams through its own tunnel.
 pub struct UdpForwarder {
     socket: Arc<UdpSocket>,
-    server: SocketAddr,
+    server: ServerAddr,
+    resolver: Arc<dyn Resolve>,
     config: Arc<dtls::ClientConfig>,
     target: Target,
     version: proto::Version,
@@ -81,7 +83,7 @@ impl UdpForwarder {
     /// Binds `local` and forwards its datagrams through `server` to `target`.
     pub async fn bind(
         local: SocketAddr,
-        server: SocketAddr,
+        server: impl Into<ServerAddr>,
         config: dtls::ClientConfig,
         target: Target,
     ) -> Result<UdpForwarder, BindError> {
@@ -96,13 +98,14 @@ impl UdpForwarder {
     /// Forwards the datagrams of an already-bound `socket`.
     pub fn new(
         socket: UdpSocket,
-        server: SocketAddr,
+        server: impl Into<ServerAddr>,
         config: dtls::ClientConfig,
         target: Target,
     ) -> UdpForwarder {
         UdpForwarder {
             socket: Arc::new(socket),
-            server,
+            server: server.into(),
+            resolver: Arc::new(SystemResolver),
             config: Arc::new(config),
             target,
             version: proto::Version::default(),
@@ -111,6 +114,13 @@ impl UdpForwarder {
             max_pending: 1024,
             stats: ForwardStats::default(),
         }
+    }
+
+    /// What resolves the server's name for every tunnel (default the system's resolver; an
+    /// address never reaches it).
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.resolver = Arc::new(resolver);
+        self
     }
 
     /// The header version to send (default `0.1.0.0`).
@@ -156,6 +166,7 @@ impl UdpForwarder {
         let UdpForwarder {
             socket,
             server,
+            resolver,
             config,
             target,
             version,
@@ -171,6 +182,7 @@ impl UdpForwarder {
         let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
             let opener = Opener {
                 server,
+                resolver,
                 // One context for every tunnel; if it cannot be built, each tunnel reports why.
                 connector: dtls::DtlsConnector::new(&config).ok(),
                 config,
@@ -295,7 +307,8 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
 
 /// Opens tunnels: the manager's factory.
 struct Opener {
-    server: SocketAddr,
+    server: ServerAddr,
+    resolver: Arc<dyn Resolve>,
     connector: Option<dtls::DtlsConnector>,
     config: Arc<dtls::ClientConfig>,
     target: Arc<Target>,
@@ -307,11 +320,36 @@ struct Opener {
 }
 
 impl Opener {
+    /// A session with the first of the server's addresses that completes a handshake; the
+    /// error of the last one when none does.
+    async fn connect_any(
+        &self,
+        addrs: &[SocketAddr],
+        header: &proto::Header<'_>,
+    ) -> Result<dtls::DtlsSession, ClientError> {
+        let mut last = None;
+        for &server in addrs {
+            let attempt = match &self.connector {
+                Some(connector) => crate::udp::connect_with(connector, server, header).await,
+                None => crate::udp::connect(server, &self.config, header).await,
+            };
+            match attempt {
+                Ok(session) => return Ok(session),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Resolve(super::ResolveError::NoAddress {
+                server: self.server.to_string(),
+            })
+        }))
+    }
+
     async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
         let header = self.target.header(self.version);
-        let connected = match &self.connector {
-            Some(connector) => crate::udp::connect_with(connector, self.server, &header).await,
-            None => crate::udp::connect(self.server, &self.config, &header).await,
+        let connected = match self.server.resolve(&*self.resolver).await {
+            Ok(addrs) => self.connect_any(&addrs, &header).await,
+            Err(e) => Err(ClientError::from(e)),
         };
         let session = match connected {
             Ok(session) => session,
