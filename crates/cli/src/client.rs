@@ -123,6 +123,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let connect_timeout = file.connect_timeout.unwrap_or(proto::DIAL_TIMEOUT);
     let drain = file.drain_period.unwrap_or(Duration::from_secs(30));
     let idle = file.udp_idle_timeout.unwrap_or(Duration::from_secs(120));
+    let reply = file.udp_reply_timeout.unwrap_or(Duration::from_secs(30));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for f in tcp {
@@ -144,7 +145,8 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
             UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
                 .await?
                 .header_version(version)
-                .idle_timeout(idle);
+                .idle_timeout(idle)
+                .reply_timeout(reply);
         if let Some(n) = file.max_tunnels {
             forwarder = forwarder.max_tunnels(n);
         }

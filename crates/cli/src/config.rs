@@ -76,6 +76,8 @@ pub(crate) struct ClientConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(crate) udp_idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
+    pub(crate) udp_reply_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
     pub(crate) drain_period: Option<Duration>,
     pub(crate) max_tunnels: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,
@@ -278,8 +280,13 @@ mod tests {
             udp = ["127.0.0.1:5353=10.0.0.53:53"]
             connect_timeout = "10s"
             udp_idle_timeout = "500ms"
+            udp_reply_timeout = "20s"
             drain_period = "1h"
             max_tunnels = 100
+            tcp_keepalive = true
+            tcp_keepalive_idle = "60s"
+            tcp_keepalive_interval = "10s"
+            tcp_keepalive_retries = 3
             "#,
         )
         .expect("valid");
@@ -291,6 +298,10 @@ mod tests {
         assert_eq!(
             config.client.udp_idle_timeout,
             Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            config.client.udp_reply_timeout,
+            Some(Duration::from_secs(20))
         );
         assert_eq!(config.client.drain_period, Some(Duration::from_secs(3600)));
         assert_eq!(config.client.tcp.len(), 1);

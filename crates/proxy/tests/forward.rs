@@ -495,3 +495,160 @@ async fn udp_forwarder_resolves_the_server_name_for_every_new_tunnel() {
     running.stop().await;
     server.stop().await;
 }
+
+/// A UDP relay between a client and the server it currently points at: switching it to
+/// another server looks, to the client, like the server restarting and forgetting every
+/// session without a word.
+struct SwitchRelay {
+    addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
+    task: JoinHandle<()>,
+}
+
+impl SwitchRelay {
+    async fn start(upstream: SocketAddr) -> SwitchRelay {
+        let front = Arc::new(UdpSocket::bind(LOCAL).await.expect("bind"));
+        let back = Arc::new(UdpSocket::bind(LOCAL).await.expect("bind"));
+        let addr = front.local_addr().expect("addr");
+        let upstream = Arc::new(Mutex::new(upstream));
+        let to = Arc::clone(&upstream);
+        let task = tokio::spawn(async move {
+            let client = Mutex::new(None::<SocketAddr>);
+            let mut up = vec![0u8; 65536];
+            let mut down = vec![0u8; 65536];
+            loop {
+                tokio::select! {
+                    received = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = received else { continue };
+                        *client.lock().expect("lock") = Some(from);
+                        let server = *to.lock().expect("lock");
+                        let _ = back.send_to(&up[..n], server).await;
+                    }
+                    received = back.recv_from(&mut down) => {
+                        let Ok((n, _)) = received else { continue };
+                        let client = *client.lock().expect("lock");
+                        if let Some(client) = client {
+                            let _ = front.send_to(&down[..n], client).await;
+                        }
+                    }
+                }
+            }
+        });
+        SwitchRelay {
+            addr,
+            upstream,
+            task,
+        }
+    }
+
+    fn switch_to(&self, server: SocketAddr) {
+        *self.upstream.lock().expect("lock") = server;
+    }
+}
+
+impl Drop for SwitchRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn udp_forwarder_replaces_a_tunnel_the_server_stopped_answering() {
+    let pki = Pki::new();
+    // The first server's session outlives its client: a short drain keeps the test short.
+    let settings = || Settings::default().drain_period(Duration::from_millis(100));
+    let first = start(&pki, allow_all(), settings()).await;
+    let second = start(&pki, allow_all(), settings()).await;
+    let echo = udp_echo().await;
+    let relay = SwitchRelay::start(first.udp.expect("udp")).await;
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        relay.addr,
+        pki.dtls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind")
+    .reply_timeout(Duration::from_millis(300));
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+    let mut buf = [0u8; 64];
+    socket.send(b"first").await.expect("send");
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"first");
+
+    // The server "restarts": the session is unknown there, nothing comes back. The source
+    // keeps sending, far more often than the idle timeout, until a new tunnel answers.
+    relay.switch_to(second.udp.expect("udp"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut k = 0u32;
+    let back = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no answer after the server restarted"
+        );
+        k += 1;
+        let datagram = format!("after {k}");
+        socket.send(datagram.as_bytes()).await.expect("send");
+        match tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buf)).await {
+            Ok(received) => break buf[..received.expect("recv")].to_vec(),
+            Err(_) => continue,
+        }
+    };
+    assert!(back.starts_with(b"after "), "{back:?}");
+    let counts = running.stats.snapshot();
+    assert_eq!(counts.tunnels_unanswered, 1, "{counts:?}");
+    assert_eq!(counts.tunnels_opened, 2, "{counts:?}");
+    running.stop().await;
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn udp_forwarder_keeps_a_tunnel_that_never_had_a_reply() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    // A destination that reads and never answers: a one-way flow, such as syslog.
+    let sink = UdpSocket::bind(LOCAL).await.expect("bind");
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        sink.local_addr()
+            .expect("addr")
+            .to_string()
+            .parse()
+            .expect("target"),
+    )
+    .await
+    .expect("bind")
+    .reply_timeout(Duration::from_millis(100));
+    let running = run_udp(forwarder);
+    let socket = UdpSocket::bind(LOCAL).await.expect("bind");
+    socket.connect(running.local).await.expect("connect");
+    let mut buf = [0u8; 64];
+    for k in 0..8u8 {
+        socket.send(&[k]).await.expect("send");
+        let n = tokio::time::timeout(Duration::from_secs(10), sink.recv(&mut buf))
+            .await
+            .expect("delivered in time")
+            .expect("recv");
+        assert_eq!(&buf[..n], &[k]);
+        if k == 3 {
+            // Well past the reply timeout since the first datagram.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let counts = running.stats.snapshot();
+    assert_eq!(
+        (counts.tunnels_opened, counts.tunnels_unanswered),
+        (1, 0),
+        "{counts:?}"
+    );
+    running.stop().await;
+    server.stop().await;
+}

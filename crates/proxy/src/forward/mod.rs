@@ -168,6 +168,7 @@ struct Counters {
     tunnels_closed: AtomicU64,
     tunnels_failed: AtomicU64,
     tunnels_refused: AtomicU64,
+    tunnels_unanswered: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     datagrams_up: AtomicU64,
@@ -188,6 +189,9 @@ pub struct ForwardCounts {
     pub tunnels_failed: u64,
     /// Local connections or sources refused because the tunnel limit was reached.
     pub tunnels_refused: u64,
+    /// Tunnels replaced because the server stopped answering (UDP; see
+    /// [`UdpForwarder::reply_timeout`]).
+    pub tunnels_unanswered: u64,
     /// Bytes sent from local clients to the destination.
     pub bytes_up: u64,
     /// Bytes sent from the destination to local clients.
@@ -212,6 +216,7 @@ impl ForwardStats {
             tunnels_closed: get(&c.tunnels_closed),
             tunnels_failed: get(&c.tunnels_failed),
             tunnels_refused: get(&c.tunnels_refused),
+            tunnels_unanswered: get(&c.tunnels_unanswered),
             bytes_up: get(&c.bytes_up),
             bytes_down: get(&c.bytes_down),
             datagrams_up: get(&c.datagrams_up),

@@ -6,10 +6,15 @@
 //! manager), so a slow handshake never stalls other sources. Each tunnel has one task reading
 //! the server's records and sending them back to its source. A sweeper frees idle tunnels
 //! with `evict_idle`.
+//!
+//! A tunnel that has carried replies and then gets none while its source keeps sending is
+//! replaced at the source's next datagram once the reply timeout has passed: the server may
+//! have restarted and forgotten the session (DTLS gives no way to say so), and a source that
+//! never pauses would otherwise never reach the idle timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -35,11 +40,55 @@ struct Tunnel {
     /// Why the tunnel was stopped from outside, for the close log.
     reason: OnceLock<&'static str>,
     up: AtomicU64,
+    /// The base of `unanswered_since`.
+    opened: Instant,
+    /// Whether the server has sent anything back yet.
+    answered: AtomicBool,
+    /// When the oldest datagram sent since the last reply went out: milliseconds since
+    /// `opened`, plus one; zero when every datagram sent has been followed by a reply.
+    unanswered_since: AtomicU64,
 }
 
 impl Tunnel {
     fn is_dead(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.opened).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A datagram went to the server.
+    fn sent(&self) {
+        if self.unanswered_since.load(Ordering::Relaxed) == 0 {
+            let since = self.millis(Instant::now()).saturating_add(1);
+            let _ = self.unanswered_since.compare_exchange(
+                0,
+                since,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A datagram came back from the server.
+    fn answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            self.unanswered_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the tunnel has had replies, but none for `timeout` since a datagram went out.
+    fn is_unanswered(&self, now: Instant, timeout: Duration) -> bool {
+        if timeout.is_zero() || !self.answered.load(Ordering::Relaxed) {
+            return false;
+        }
+        let since = self.unanswered_since.load(Ordering::Relaxed);
+        let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        since != 0 && self.millis(now) >= (since - 1).saturating_add(timeout)
     }
 }
 
@@ -63,6 +112,7 @@ pub struct UdpForwarder {
     target: Target,
     version: proto::Version,
     idle_timeout: Duration,
+    reply_timeout: Duration,
     max_tunnels: usize,
     max_pending: usize,
     stats: ForwardStats,
@@ -110,6 +160,7 @@ impl UdpForwarder {
             target,
             version: proto::Version::default(),
             idle_timeout: Duration::from_secs(120),
+            reply_timeout: Duration::from_secs(30),
             max_tunnels: 4096,
             max_pending: 1024,
             stats: ForwardStats::default(),
@@ -132,6 +183,17 @@ impl UdpForwarder {
     /// A tunnel with no datagram either way for this long is closed (default 120 s).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// A tunnel that has carried replies, then gets none for this long after its source sent a
+    /// datagram, is replaced by a new one at the source's next datagram (default 30 s; zero
+    /// never replaces). This is what brings a source back after the server restarted and
+    /// forgot its session: the server cannot tell the client so, and a source that keeps
+    /// sending never reaches the idle timeout. Flows that never get a reply are left to the
+    /// idle timeout.
+    pub fn reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = timeout;
         self
     }
 
@@ -171,6 +233,7 @@ impl UdpForwarder {
             target,
             version,
             idle_timeout,
+            reply_timeout,
             max_tunnels,
             max_pending,
             stats,
@@ -223,11 +286,18 @@ impl UdpForwarder {
             }
             let now = Instant::now();
             match tunnels.get(&source, now) {
-                Some(tunnel) if !tunnel.is_dead() => {
+                Some(tunnel) if !tunnel.is_dead() && !tunnel.is_unanswered(now, reply_timeout) => {
                     forward(&tunnel, &buf[..n], &stats).await;
                 }
                 found => {
                     if let Some(dead) = found {
+                        if !dead.is_dead() {
+                            let _ = dead
+                                .reason
+                                .set("no reply from the server within the reply timeout");
+                            ForwardStats::add(&counters.tunnels_unanswered, 1);
+                            tracing::info!(transport = "udp", source = %source, target = %target, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
+                        }
                         tunnels.remove_if_same(&source, &dead).await;
                     }
                     if !tunnels.contains(&source) && tunnels.len() >= max_tunnels {
@@ -285,6 +355,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
     }
     match tunnel.send.send(datagram).await {
         Ok(()) => {
+            tunnel.sent();
             ForwardStats::add(&counters.datagrams_up, 1);
             ForwardStats::add(&counters.bytes_up, datagram.len() as u64);
             tunnel
@@ -368,6 +439,9 @@ impl Opener {
             stop: CancellationToken::new(),
             reason: OnceLock::new(),
             up: AtomicU64::new(0),
+            opened: Instant::now(),
+            answered: AtomicBool::new(false),
+            unanswered_since: AtomicU64::new(0),
         });
         tracing::debug!(transport = "udp", source = %source, target = %self.target, "tunnel open");
         self.tasks.spawn(replies(
@@ -431,6 +505,7 @@ async fn replies(
             }
             Err(e) => break End::Server(e),
         };
+        tunnel.answered();
         if let Some(tunnels) = tunnels.upgrade() {
             tunnels.touch(&source, Instant::now());
         }
