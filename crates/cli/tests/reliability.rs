@@ -1,6 +1,7 @@
 //! Faults against the real `streamproxy` binary: SIGTERM mid-transfer, certificate rotation
-//! (SIGHUP) under load, a destination that never reads, and a client that vanishes without a
-//! FIN or close_notify (in a network namespace made here). The server's own file descriptors
+//! (SIGHUP) under load, a destination that never reads, a client that vanishes without a
+//! FIN or close_notify (in a network namespace made here), and a server killed and restarted
+//! under a UDP source that never pauses. The server's own file descriptors
 //! and resident memory are read from `/proc/PID`.
 //!
 //! The namespace case needs root and `ip` (iproute2); without them it says so and passes,
@@ -943,4 +944,53 @@ fn keepalive_is_set_on_the_tunnels_tcp_sockets_on_both_sides_and_off_when_config
         }
         tcp_roundtrip(&mut conn, b"still relays");
     }
+}
+
+#[test]
+fn a_server_killed_and_restarted_on_its_port_is_reached_again_over_udp_and_tcp() {
+    let dir = tmp();
+    certs(dir.path());
+    let first = server(dir.path(), &["--allow-all"]);
+    let listen = first.tcp.to_string();
+    let config = write_config(dir.path(), "[client]\nudp_reply_timeout = \"1s\"\n");
+    let (udp_target, tcp_target) = (udp_echo(), tcp_echo());
+    let (mut client, locals) = client(
+        dir.path(),
+        first.tcp,
+        &[("tcp", tcp_target), ("udp", udp_target)],
+        &["--config", &config],
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(locals[1]).expect("connect");
+    udp_roundtrip(&socket, b"before the restart");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+
+    // SIGKILL: no close_notify, the client's DTLS session is simply forgotten. The new
+    // process binds the same port number.
+    drop(first);
+    let second = server_on(dir.path(), &listen, &["--allow-all"]);
+    assert_eq!(second.tcp.to_string(), listen);
+
+    // The source never pauses for as long as the idle timeout (120 s): only the reply
+    // timeout brings its tunnel back.
+    let mut buf = [0u8; 64];
+    let mut sent = 0u32;
+    let took = wait_until("an answer through the restarted server", WAIT, || {
+        sent += 1;
+        socket
+            .send(format!("after {sent}").as_bytes())
+            .expect("send");
+        matches!(socket.recv(&mut buf), Ok(n) if buf[..n].starts_with(b"after "))
+    });
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}: the first restarted answer cannot come before the reply timeout"
+    );
+    client.wait_for("replacing the tunnel");
+    // New TCP tunnels reach the new process.
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp_roundtrip(&mut conn, &payload(10_000, 9));
 }
