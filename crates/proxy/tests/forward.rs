@@ -459,7 +459,7 @@ async fn tcp_forwarder_resolves_the_server_name_for_every_tunnel_and_tries_each_
 }
 
 #[tokio::test]
-async fn udp_forwarder_resolves_the_server_name_for_every_new_tunnel() {
+async fn udp_forwarder_resolves_the_server_name_for_every_new_tunnel_and_tries_each_address() {
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
     let echo = udp_echo().await;
@@ -483,7 +483,9 @@ async fn udp_forwarder_resolves_the_server_name_for_every_new_tunnel() {
     let counts = until(&running.stats, |c| c.dropped_other == 1).await;
     assert_eq!((counts.tunnels_failed, counts.tunnels_opened), (1, 0));
 
-    resolver.answer(&["127.0.0.1"]);
+    // First an address where nothing listens (the port-unreachable answer ends that
+    // handshake at once), then the server.
+    resolver.answer(&["127.0.0.2", "127.0.0.1"]);
     socket.send(b"after").await.expect("send");
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
