@@ -179,7 +179,8 @@ impl FromStr for HeaderVersion {
 /// How to reach and trust a server.
 #[derive(Debug, Args)]
 pub(crate) struct ServerConnection {
-    /// The server's address, HOST:PORT (the same port for TCP and UDP).
+    /// The server's address, HOST:PORT (the same port for TCP and UDP); a name is resolved
+    /// again for every new tunnel.
     #[arg(long, value_name = "ADDR")]
     pub(crate) server: Option<String>,
     #[command(flatten)]
