@@ -419,7 +419,8 @@ impl Resolve for MovingResolver {
 }
 
 #[tokio::test]
-async fn tcp_forwarder_resolves_the_server_name_for_every_tunnel_and_tries_each_address() {
+async fn tcp_forwarder_resolves_the_server_name_for_every_tunnel_tries_each_address_and_keeps_the_last_good()
+ {
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
     let echo = tcp_echo().await;
@@ -452,8 +453,13 @@ async fn tcp_forwarder_resolves_the_server_name_for_every_tunnel_and_tries_each_
     resolver.answer(&["127.0.0.2", "127.0.0.1"]);
     let data = payload(50_000, 7);
     assert!(echo_over_tcp(running.local, data.clone()).await == data);
-    let counts = until(&running.stats, |c| c.tunnels_closed == 1).await;
-    assert_eq!((counts.tunnels_opened, counts.tunnels_failed), (1, 1));
+    until(&running.stats, |c| c.tunnels_closed == 1).await;
+
+    // The resolver fails again (DNS down): the last addresses that worked are used.
+    resolver.answer(&[]);
+    assert!(echo_over_tcp(running.local, data.clone()).await == data);
+    let counts = until(&running.stats, |c| c.tunnels_closed == 2).await;
+    assert_eq!((counts.tunnels_opened, counts.tunnels_failed), (2, 1));
     running.stop().await;
     server.stop().await;
 }

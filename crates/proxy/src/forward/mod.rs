@@ -15,7 +15,8 @@
 //!
 //! The server is a [`ServerAddr`]: a socket address, or a `host:port` name that every new
 //! tunnel resolves again, so a server that moves (dynamic DNS, a new host) is followed
-//! without a restart.
+//! without a restart; while the resolver fails, tunnels use the addresses of the last lookup
+//! that worked.
 //!
 //! What this module does not do: check a destination policy (the server does), or split, pad
 //! or truncate datagrams.
@@ -43,6 +44,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use server_addr::ServerLookup;
 pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
 pub use tcp::TcpForwarder;
 pub use udp::UdpForwarder;

@@ -20,7 +20,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::dial::Resolve;
 
@@ -137,6 +137,52 @@ impl fmt::Display for ServerAddr {
         match &self.0 {
             Repr::Addr(addr) => addr.fmt(f),
             Repr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A forwarder's server with its resolver and the addresses of the last lookup that worked,
+/// shared by the forwarder's tunnels: when the resolver fails (DNS down), tunnels go on to the
+/// last known addresses instead of failing.
+pub(crate) struct ServerLookup {
+    server: ServerAddr,
+    resolver: Arc<dyn Resolve>,
+    last_good: Mutex<Option<Vec<SocketAddr>>>,
+}
+
+impl ServerLookup {
+    pub(crate) fn new(server: ServerAddr, resolver: Arc<dyn Resolve>) -> ServerLookup {
+        ServerLookup {
+            server,
+            resolver,
+            last_good: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn server(&self) -> &ServerAddr {
+        &self.server
+    }
+
+    /// The server's addresses now, or the last known ones when the resolver fails.
+    pub(crate) async fn addrs(&self) -> Result<Vec<SocketAddr>, ResolveError> {
+        if let Some(addr) = self.server.socket_addr() {
+            return Ok(vec![addr]);
+        }
+        let resolved = self.server.resolve(&*self.resolver).await;
+        // A poisoned lock only means another tunnel panicked mid-update: the value is whole.
+        let mut last = self.last_good.lock().unwrap_or_else(|e| e.into_inner());
+        match resolved {
+            Ok(addrs) => {
+                *last = Some(addrs.clone());
+                Ok(addrs)
+            }
+            Err(e) => match &*last {
+                Some(addrs) => {
+                    tracing::warn!(server = %self.server, error = %e, addresses = ?addrs, "cannot resolve the server; using its last known addresses");
+                    Ok(addrs.clone())
+                }
+                None => Err(e),
+            },
         }
     }
 }

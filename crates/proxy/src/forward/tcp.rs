@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, ServerAddr, Target};
+use super::{BindError, ForwardStats, ServerAddr, ServerLookup, Target};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 use crate::keepalive::Keepalive;
@@ -153,6 +153,7 @@ impl TcpForwarder {
             stats,
         } = self;
         let local = listener.local_addr().ok();
+        let lookup = Arc::new(ServerLookup::new(server, resolver));
         let target = Arc::new(target);
         let limit = Arc::new(Semaphore::new(max_tunnels));
         let tasks = TaskTracker::new();
@@ -178,8 +179,7 @@ impl TcpForwarder {
                 continue;
             };
             let tunnel = Tunnel {
-                server: server.clone(),
-                resolver: Arc::clone(&resolver),
+                lookup: Arc::clone(&lookup),
                 keepalive,
                 config: Arc::clone(&config),
                 target: Arc::clone(&target),
@@ -215,8 +215,7 @@ impl TcpForwarder {
 
 /// What one connection's task needs.
 struct Tunnel {
-    server: ServerAddr,
-    resolver: Arc<dyn Resolve>,
+    lookup: Arc<ServerLookup>,
     keepalive: Option<Keepalive>,
     config: Arc<tls::ClientConfig>,
     target: Arc<Target>,
@@ -231,7 +230,7 @@ impl Tunnel {
         let _ = conn.set_nodelay(true);
         let header = self.target.header(self.version);
         let connected = tokio::time::timeout(self.connect_timeout, async {
-            let addrs = (self.server.resolve(&*self.resolver).await).map_err(ClientError::from)?;
+            let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
             crate::tcp::connect(&addrs[..], &self.config, &header).await
         })
         .await;
@@ -239,12 +238,12 @@ impl Tunnel {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.server, target = %self.target, error = %e, "tunnel failed; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, error = %e, "tunnel failed; closing the local connection");
                 return;
             }
             Err(_) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.server, target = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
                 return;
             }
         };

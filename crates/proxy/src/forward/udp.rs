@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, ServerAddr, Target};
+use super::{BindError, ForwardStats, ServerAddr, ServerLookup, Target};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 
@@ -244,8 +244,7 @@ impl UdpForwarder {
         let stopping = CancellationToken::new();
         let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
             let opener = Opener {
-                server,
-                resolver,
+                lookup: ServerLookup::new(server, resolver),
                 // One context for every tunnel; if it cannot be built, each tunnel reports why.
                 connector: dtls::DtlsConnector::new(&config).ok(),
                 config,
@@ -378,8 +377,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
 
 /// Opens tunnels: the manager's factory.
 struct Opener {
-    server: ServerAddr,
-    resolver: Arc<dyn Resolve>,
+    lookup: ServerLookup,
     connector: Option<dtls::DtlsConnector>,
     config: Arc<dtls::ClientConfig>,
     target: Arc<Target>,
@@ -411,14 +409,14 @@ impl Opener {
         }
         Err(last.unwrap_or_else(|| {
             ClientError::Resolve(super::ResolveError::NoAddress {
-                server: self.server.to_string(),
+                server: self.lookup.server().to_string(),
             })
         }))
     }
 
     async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
         let header = self.target.header(self.version);
-        let connected = match self.server.resolve(&*self.resolver).await {
+        let connected = match self.lookup.addrs().await {
             Ok(addrs) => self.connect_any(&addrs, &header).await,
             Err(e) => Err(ClientError::from(e)),
         };
@@ -426,7 +424,7 @@ impl Opener {
             Ok(session) => session,
             Err(e) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "udp", source = %source, server = %self.server, target = %self.target, error = %e, "tunnel failed; dropping the datagram");
+                tracing::warn!(transport = "udp", source = %source, server = %self.lookup.server(), target = %self.target, error = %e, "tunnel failed; dropping the datagram");
                 return Err(e);
             }
         };
