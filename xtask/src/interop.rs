@@ -119,8 +119,14 @@ impl Tools {
 
     /// Starts the Go peer's server; returns it and its port.
     pub(crate) fn start_go_server(&self) -> Result<(Proc, u16)> {
+        self.start_go_server_with(&[])
+    }
+
+    /// Starts the Go peer's server with extra flags (e.g. `-accept-only 0.1.0`).
+    pub(crate) fn start_go_server_with(&self, extra: &[&str]) -> Result<(Proc, u16)> {
         let mut cmd = self.go();
         cmd.args(["server", "-listen", "127.0.0.1:0"])
+            .args(extra)
             .args(self.certs.go_args("server"));
         let mut proc = Proc::start("Go server", &mut cmd)?;
         let port = proc.wait_for_line(READY, |l| {
@@ -262,14 +268,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "curl /health and /metrics on the shared port during a Go TCP tunnel",
             curl_during_tunnel(&tools, &server, echo_tcp),
         );
-        row(
-            "openssl s_client (TLS) with a hand-built 0.1.0.0 header",
-            s_client(&tools, port, echo_tcp, false),
-        );
-        row(
-            "openssl s_client (DTLS 1.2) with a hand-built 0.1.0.0 header",
-            s_client(&tools, port, echo_udp, true),
-        );
+        for version in [proto::Version::V0_1_0_0, proto::Version::V0_1_0] {
+            row(
+                &format!("openssl s_client (TLS) with a hand-built {version} header"),
+                s_client(&tools, port, echo_tcp, false, version),
+            );
+            row(
+                &format!("openssl s_client (DTLS 1.2) with a hand-built {version} header"),
+                s_client(&tools, port, echo_udp, true, version),
+            );
+        }
     }
 
     // streamproxy client → Go server.
@@ -277,7 +285,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let (_go_server, port) = tools.start_go_server()?;
         let server = format!("127.0.0.1:{port}");
         for version in ["0.1.0.0", "0.1.0"] {
-            let client = start_client(&tools, &server, version, echo_tcp, echo_udp);
+            let client = start_client(&tools, &server, Some(version), echo_tcp, echo_udp);
             match client {
                 Ok((_client, tcp, udp)) => {
                     row(
@@ -303,6 +311,39 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 ),
                 probe(&tools, &server, udp),
             );
+        }
+    }
+
+    // streamproxy client → a Go server that, like every released GoDoxy, accepts only 0.1.0.
+    {
+        let (_go_server, port) = tools.start_go_server_with(&["-accept-only", "0.1.0"])?;
+        let server = format!("127.0.0.1:{port}");
+        match start_client(&tools, &server, None, echo_tcp, echo_udp) {
+            Ok((_client, tcp, udp)) => {
+                row(
+                    "streamproxy client (default header) → Go server accepting only 0.1.0, TCP",
+                    tcp_check(tcp, 1 << 20),
+                );
+                row(
+                    "streamproxy client (default header) → Go server accepting only 0.1.0, UDP",
+                    udp_check(udp, 1000, DATAGRAM_SIZE),
+                );
+            }
+            Err(e) => row(
+                "streamproxy client (default header) → Go server accepting only 0.1.0",
+                Err(e),
+            ),
+        }
+        // The refusal is real: the 0.1.0.0 layout gets nothing through that server.
+        match start_client(&tools, &server, Some("0.1.0.0"), echo_tcp, echo_udp) {
+            Ok((_client, tcp, _udp)) => row(
+                "streamproxy client with 0.1.0.0 → Go server accepting only 0.1.0 refused",
+                expect_refused(tcp_check(tcp, 1024)),
+            ),
+            Err(e) => row(
+                "streamproxy client with 0.1.0.0 → Go server accepting only 0.1.0 refused",
+                Err(e),
+            ),
         }
     }
     row(
@@ -461,9 +502,16 @@ fn curl_during_tunnel(tools: &Tools, server: &str, echo_tcp: u16) -> Result<Stri
 }
 
 /// `openssl s_client` sends a hand-built header and a line; the echo comes back.
-fn s_client(tools: &Tools, port: u16, echo_port: u16, dtls: bool) -> Result<String> {
+fn s_client(
+    tools: &Tools,
+    port: u16,
+    echo_port: u16,
+    dtls: bool,
+    version: proto::Version,
+) -> Result<String> {
     let header = proto::Header::with_port("127.0.0.1", echo_port)
         .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_version(version)
         .to_bytes()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut cmd = Command::new("openssl");
@@ -574,15 +622,18 @@ fn s_server(tools: &Tools, dtls: bool) -> Result<String> {
 fn start_client(
     tools: &Tools,
     server: &str,
-    version: &str,
+    version: Option<&str>,
     echo_tcp: u16,
     echo_udp: u16,
 ) -> Result<(Proc, u16, u16)> {
     let tcp = crate::procs::free_port()?;
     let udp = crate::procs::free_port()?;
     let mut cmd = tools.streamproxy();
-    cmd.args(["client", "--server", server, "--header-version", version])
-        .args(["--tcp", &format!("127.0.0.1:{tcp}=127.0.0.1:{echo_tcp}")])
+    cmd.args(["client", "--server", server]);
+    if let Some(version) = version {
+        cmd.args(["--header-version", version]);
+    }
+    cmd.args(["--tcp", &format!("127.0.0.1:{tcp}=127.0.0.1:{echo_tcp}")])
         .args(["--udp", &format!("127.0.0.1:{udp}=127.0.0.1:{echo_udp}")])
         .args(tools.certs.client_args());
     let mut proc = Proc::start("streamproxy client", &mut cmd)?;

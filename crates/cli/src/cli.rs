@@ -120,9 +120,12 @@ pub(crate) struct ServerArgs {
     /// Do not serve UDP over DTLS.
     #[arg(long)]
     pub(crate) no_udp: bool,
-    /// Do not serve the HTTPS API (/health, /metrics) on the TLS port.
+    /// Do not serve the HTTPS API (/health, /metrics, /godoxy/agent/info) on the TLS port.
     #[arg(long)]
     pub(crate) no_api: bool,
+    /// The agent name a GoDoxy server shows for this server (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) agent_name: Option<String>,
     /// Allow destinations matching RULE (HOST or HOST:PORTS; e.g. 10.0.0.0/8:22,443,
     /// *.svc.internal, db.internal:5432). Repeatable.
     #[arg(long, value_name = "RULE", conflicts_with = "allow_all")]
@@ -172,7 +175,7 @@ impl FromStr for HeaderVersion {
             .into_iter()
             .find(|v| v.as_str() == s)
             .map(HeaderVersion)
-            .ok_or_else(|| format!("`{s}` is not a header version (0.1.0.0 or 0.1.0)"))
+            .ok_or_else(|| format!("`{s}` is not a header version (0.1.0 or 0.1.0.0)"))
     }
 }
 
@@ -194,7 +197,7 @@ pub(crate) struct ServerConnection {
 pub(crate) struct ClientArgs {
     #[command(flatten)]
     pub(crate) conn: ServerConnection,
-    /// Header version to send (0.1.0.0, the default, or 0.1.0).
+    /// Header version to send (0.1.0, the default and what GoDoxy speaks, or 0.1.0.0).
     #[arg(long, value_name = "VERSION")]
     pub(crate) header_version: Option<HeaderVersion>,
     /// Forward TCP connections to LOCAL through the server to TARGET (HOST:PORT). Repeatable.

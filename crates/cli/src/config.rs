@@ -30,6 +30,13 @@ pub(crate) struct ServerConfig {
     pub(crate) key: Option<PathBuf>,
     pub(crate) udp: Option<bool>,
     pub(crate) api: Option<bool>,
+    pub(crate) agent_name: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) api_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) api_idle_timeout: Option<Duration>,
+    pub(crate) api_max_connections: Option<usize>,
+    pub(crate) api_max_request_bytes: Option<usize>,
     #[serde(default)]
     pub(crate) allow: Vec<String>,
     pub(crate) allow_all: Option<bool>,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use streamproxy::proxy::api::ApiSettings;
 use streamproxy::proxy::policy::{Policy, Rule};
 use streamproxy::proxy::server::{CertPaths, Server};
 use streamproxy::proxy::settings::Settings;
@@ -21,7 +22,7 @@ struct Plan {
     policy: Policy,
     settings: Settings,
     udp: bool,
-    api: bool,
+    api: Option<ApiSettings>,
 }
 
 const NO_POLICY: &str = "no destination policy: give --allow RULE (e.g. --allow 10.0.0.0/8:443, repeatable) or --allow-all to allow every destination";
@@ -87,8 +88,48 @@ fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
         policy,
         settings: settings(&file)?,
         udp: !args.no_udp && file.udp.unwrap_or(true),
-        api: !args.no_api && file.api.unwrap_or(true),
+        api: (!args.no_api && file.api.unwrap_or(true))
+            .then(|| api_settings(args.agent_name, &file))
+            .transpose()?,
     })
+}
+
+fn api_settings(name: Option<String>, file: &ServerConfig) -> anyhow::Result<ApiSettings> {
+    let name = match name.or_else(|| file.agent_name.clone()) {
+        Some(name) => name,
+        None => host_name(),
+    };
+    if name.trim().is_empty() {
+        bail!("agent_name is empty: give the name GoDoxy should show for this agent");
+    }
+    let mut s = ApiSettings::default().agent_name(name);
+    if let Some(d) = file.api_header_timeout {
+        s = s.header_timeout(d);
+    }
+    if let Some(d) = file.api_idle_timeout {
+        s = s.idle_timeout(d);
+    }
+    if let Some(n) = file.api_max_connections {
+        if n == 0 {
+            bail!(
+                "api_max_connections = 0 would refuse every API connection; use api = false to turn the API off"
+            );
+        }
+        s = s.max_connections(n);
+    }
+    if let Some(n) = file.api_max_request_bytes {
+        s = s.max_request_bytes(n);
+    }
+    Ok(s)
+}
+
+/// The host name (the default agent name GoDoxy shows), or `streamproxy` if it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "streamproxy".to_owned())
 }
 
 fn parse_rules(rules: &[String], key: &str) -> anyhow::Result<Vec<Rule>> {
@@ -139,19 +180,24 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut stop = Stop::register()?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let drain = plan.settings.drain_period;
-    let server = Server::builder(plan.policy.clone(), plan.certs.clone())
+    let api = plan.api.is_some();
+    let mut builder = Server::builder(plan.policy.clone(), plan.certs.clone());
+    if let Some(settings) = plan.api.clone() {
+        builder = builder.api_settings(settings);
+    }
+    let server = builder
         .settings(plan.settings)
         .udp(plan.udp)
-        .api(plan.api)
+        .api(plan.api.is_some())
         .bind(plan.listen)
         .await?;
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
-            tracing::info!(tcp = %tcp, udp = %udp, api = plan.api, allow_all = plan.policy.is_allow_all(), "listening")
+            tracing::info!(tcp = %tcp, udp = %udp, api, allow_all = plan.policy.is_allow_all(), "listening")
         }
         None => {
-            tracing::info!(tcp = %tcp, udp = "off", api = plan.api, allow_all = plan.policy.is_allow_all(), "listening")
+            tracing::info!(tcp = %tcp, udp = "off", api, allow_all = plan.policy.is_allow_all(), "listening")
         }
     }
     let reloader = server.reloader();

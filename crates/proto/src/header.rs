@@ -58,7 +58,7 @@ pub struct Header<'a> {
 }
 
 impl<'a> Header<'a> {
-    /// A request for `host:port` in the default version (`0.1.0.0`).
+    /// A request for `host:port` in the default version (`0.1.0`, what GoDoxy speaks).
     ///
     /// `port` is decimal text as it will appear on the wire, e.g. `"443"`.
     ///

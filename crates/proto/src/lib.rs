@@ -9,8 +9,8 @@
 //!
 //! | version   | size | notes                                                          |
 //! |-----------|------|----------------------------------------------------------------|
-//! | `0.1.0.0` | 274  | the original layout; the default for everything we send        |
-//! | `0.1.0`   | 275  | one extra flag byte; bit 0 asks for a health-check close        |
+//! | `0.1.0`   | 275  | what GoDoxy speaks; a flag byte, bit 0 asks for a health-check close; the default for everything we send |
+//! | `0.1.0.0` | 274  | the layout of the original package documentation; no flags       |
 //!
 //! # Example
 //!
@@ -21,7 +21,7 @@
 //! let header = Header::new("example.com", "443")?;
 //! let mut buf = [0u8; MAX_HEADER_LEN];
 //! let len = header.encode(&mut buf)?;
-//! assert_eq!(len, Version::V0_1_0_0.header_len());
+//! assert_eq!(len, Version::V0_1_0.header_len());
 //!
 //! // Server side: learn the total length from the first 8 bytes, then decode exactly that.
 //! let version = Version::detect(&buf[..8])?;

@@ -9,10 +9,12 @@ use crate::consts::{HEADER_LEN_V0_1_0, HEADER_LEN_V0_1_0_0, VERSION_LEN};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Version {
-    /// `0.1.0.0`: the 274-byte header without flags. The default for what we send.
-    #[default]
+    /// `0.1.0.0`: the 274-byte header without flags that the original package documentation
+    /// describes. No released GoDoxy sends or accepts it.
     V0_1_0_0,
-    /// `0.1.0`: the 275-byte header with a flag byte, spoken by deployed GoDoxy agents.
+    /// `0.1.0`: the 275-byte header with a flag byte, the only one every released GoDoxy agent
+    /// and server speaks. The default for what we send.
+    #[default]
     V0_1_0,
 }
 

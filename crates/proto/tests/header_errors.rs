@@ -206,6 +206,16 @@ fn encode_refuses_flags_without_a_flag_byte_and_small_buffers() {
     assert_eq!(
         Header::new("a", "1").expect("valid").encode(&mut small),
         Err(EncodeError::BufferTooSmall {
+            needed: 275,
+            available: 273
+        })
+    );
+    assert_eq!(
+        Header::new("a", "1")
+            .expect("valid")
+            .with_version(Version::V0_1_0_0)
+            .encode(&mut small[..273]),
+        Err(EncodeError::BufferTooSmall {
             needed: 274,
             available: 273
         })
@@ -246,6 +256,10 @@ fn errors_read_well_in_a_log_line() {
 #[test]
 fn display_brackets_ipv6_hosts() {
     let h = Header::new("::1", "53").expect("valid");
-    assert_eq!(h.to_string(), "[::1]:53 (v0.1.0.0)");
+    assert_eq!(h.to_string(), "[::1]:53 (v0.1.0)");
+    assert_eq!(
+        h.with_version(Version::V0_1_0_0).to_string(),
+        "[::1]:53 (v0.1.0.0)"
+    );
     assert_eq!(Header::health_check().to_string(), "health check (v0.1.0)");
 }

@@ -91,6 +91,7 @@ pub struct Metrics {
     health_checks: Family<TransportLabels, Counter>,
     limit_refusals: Family<TransportLabels, Counter>,
     dropped_datagrams: Family<KindLabels, Counter>,
+    api_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -114,6 +115,7 @@ impl Metrics {
             health_checks: Family::default(),
             limit_refusals: Family::default(),
             dropped_datagrams: Family::default(),
+            api_refusals: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +159,11 @@ impl Metrics {
             "dropped_datagrams",
             "Datagrams dropped, by reason",
             m.dropped_datagrams.clone(),
+        );
+        registry.register(
+            "api_refusals",
+            "HTTPS API connections closed because max_connections were open",
+            m.api_refusals.clone(),
         );
         // Series that exist from the start read as 0 rather than missing.
         for transport in [Transport::Tcp, Transport::Udp] {
@@ -243,6 +250,10 @@ impl Metrics {
         self.limit_refusals
             .get_or_create(&TransportLabels { transport: t })
             .inc();
+    }
+
+    pub(crate) fn api_refused(&self) {
+        self.api_refusals.inc();
     }
 
     pub(crate) fn datagram_dropped(&self, t: Transport, kind: &'static str) {

@@ -178,7 +178,7 @@ mod tests {
         drop(a);
         match read_header(&mut b).await {
             Err(ReadHeaderError::Truncated { received, expected }) => {
-                assert_eq!((received, expected), (100, 274));
+                assert_eq!((received, expected), (100, 275));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -89,7 +89,7 @@ pub struct ServerBuilder {
     settings: Settings,
     resolver: Option<Arc<dyn crate::dial::Resolve>>,
     udp: bool,
-    api: bool,
+    api: Option<crate::api::ApiSettings>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -123,9 +123,20 @@ impl ServerBuilder {
         self
     }
 
-    /// Whether to serve the HTTPS API to `http/1.1` clients on the TLS port (default: yes).
+    /// Whether to serve the HTTPS API ([`crate::api`]) on the TLS port to connections that
+    /// negotiate `http/1.1` or no ALPN protocol (default: yes).
     pub fn api(mut self, enabled: bool) -> Self {
-        self.api = enabled;
+        self.api = match (enabled, self.api) {
+            (false, _) => None,
+            (true, Some(settings)) => Some(settings),
+            (true, None) => Some(crate::api::ApiSettings::default()),
+        };
+        self
+    }
+
+    /// Serves the HTTPS API with `settings` (its limits and the agent name GoDoxy sees).
+    pub fn api_settings(mut self, settings: crate::api::ApiSettings) -> Self {
+        self.api = Some(settings);
         self
     }
 
@@ -139,7 +150,7 @@ impl ServerBuilder {
             &self.certs.key,
             &self.certs.ca,
         ))?;
-        let alpn = if self.api {
+        let alpn = if self.api.is_some() {
             tls::AlpnPolicy::SharedWithHttp11
         } else {
             tls::AlpnPolicy::StreamOnly
@@ -173,7 +184,8 @@ impl ServerBuilder {
         };
         let dtls_handle = udp.as_ref().map(dtls::DtlsListener::handle);
         Ok(Server {
-            tcp: TcpServer::new(tcp, acceptor, StreamHandler::new(ctx.clone())).with_api(self.api),
+            tcp: TcpServer::new(tcp, acceptor, StreamHandler::new(ctx.clone()))
+                .with_api_settings(self.api),
             udp: udp.map(|listener| UdpServer::new(listener, ctx.clone())),
             reloader: Reloader {
                 credentials,
@@ -286,7 +298,7 @@ impl Server {
             settings: Settings::default(),
             resolver: None,
             udp: true,
-            api: true,
+            api: Some(crate::api::ApiSettings::default()),
         }
     }
 

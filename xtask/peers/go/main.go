@@ -6,6 +6,7 @@
 // Roles:
 //
 //	goPeer server -listen ADDR -ca F -cert F -key F      TLS and DTLS on the same port number
+//	              [-accept-only 0.1.0]                   refuse other header versions, as GoDoxy
 //	goPeer check  -server ADDR -ca F -cert F -key F -transport tcp|udp -target HOST:PORT
 //	              [-version 0.1.0.0|0.1.0] [-bytes N] [-datagrams N -size N]
 //	goPeer health -server ADDR -ca F -cert F -key F -transport tcp|udp
@@ -79,16 +80,24 @@ type request struct {
 	health     bool
 }
 
+// acceptOnly, when set, is the one header version the server accepts (as released GoDoxy
+// agents accept only 0.1.0).
+var acceptOnly string
+
 // parseHeader validates a whole header of either version.
 func parseHeader(b []byte) (request, error) {
 	var size int
+	var version string
 	switch {
-	case bytes.Equal(b[:8], []byte("0.1.0.0\x00")):
-		size = 274
-	case bytes.Equal(b[:8], []byte("0.1.0\x00\x00\x00")):
-		size = 275
+	case len(b) >= 8 && bytes.Equal(b[:8], []byte("0.1.0.0\x00")):
+		size, version = 274, "0.1.0.0"
+	case len(b) >= 8 && bytes.Equal(b[:8], []byte("0.1.0\x00\x00\x00")):
+		size, version = 275, "0.1.0"
 	default:
 		return request{}, errors.New("invalid header: unknown version")
+	}
+	if acceptOnly != "" && version != acceptOnly {
+		return request{}, errors.New("invalid header")
 	}
 	if len(b) != size {
 		return request{}, errors.New("invalid header: length")
@@ -569,6 +578,7 @@ func main() {
 	port := fs.String("port", "", "header port")
 	healthFlag := fs.Bool("health", false, "health-check header")
 	noCert := fs.Bool("nocert", false, "client: present no certificate")
+	fs.StringVar(&acceptOnly, "accept-only", "", "server: accept only this header version")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "server":

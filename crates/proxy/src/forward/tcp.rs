@@ -93,7 +93,7 @@ impl TcpForwarder {
         self
     }
 
-    /// The header version to send (default `0.1.0.0`).
+    /// The header version to send (default `0.1.0`, what GoDoxy speaks).
     pub fn header_version(mut self, version: proto::Version) -> Self {
         self.version = version;
         self

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::serve_api;
+use crate::api::{ApiEnd, ApiSettings, serve_api};
 use crate::metrics::Transport;
 use crate::shutdown::Tasks;
 use crate::tcp::StreamHandler;
@@ -27,13 +27,17 @@ use crate::tunnel::Client;
 /// (from the handler's [`Settings`](crate::settings::Settings)). A connection beyond the tunnel
 /// limit is closed at once and counted. When every handshake slot is taken, the oldest
 /// handshake in flight is closed (and counted) to make room: connections that never finish
-/// their handshake cannot lock out clients that do. Connections that negotiate `http/1.1` get the HTTPS API when it
-/// is enabled; every other connection is a stream tunnel.
+/// their handshake cannot lock out clients that do.
+///
+/// Connections are routed by their ALPN protocol as the GoDoxy agent routes them:
+/// `godoxy-agent-stream/1` is a stream tunnel; `http/1.1` or no protocol at all gets the HTTPS
+/// API when it is enabled and is closed otherwise (a header sent without the stream protocol is
+/// never relayed). The TLS layer refuses any other protocol during the handshake.
 pub struct TcpServer {
     listener: TcpListener,
     acceptor: tls::Acceptor,
     handler: StreamHandler,
-    api: bool,
+    api: Option<ApiSettings>,
 }
 
 impl TcpServer {
@@ -49,13 +53,19 @@ impl TcpServer {
             listener,
             acceptor,
             handler,
-            api: false,
+            api: None,
         }
     }
 
-    /// Serves the HTTPS API (`/health`, `/metrics`) to connections that negotiate `http/1.1`.
-    pub fn with_api(mut self, enabled: bool) -> TcpServer {
-        self.api = enabled;
+    /// Serves the HTTPS API ([`crate::api`]) with its default settings to connections that
+    /// negotiate `http/1.1` or no protocol.
+    pub fn with_api(self, enabled: bool) -> TcpServer {
+        self.with_api_settings(enabled.then(ApiSettings::default))
+    }
+
+    /// Serves the HTTPS API with `settings` (`None`: no API).
+    pub fn with_api_settings(mut self, settings: Option<ApiSettings>) -> TcpServer {
+        self.api = settings;
         self
     }
 
@@ -78,11 +88,19 @@ impl TcpServer {
         let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let tunnels = Arc::new(Semaphore::new(settings.max_tcp_tunnels));
+        let api = api.map(|s| {
+            let connections = Arc::new(Semaphore::new(s.max_connections));
+            (Arc::new(s), connections)
+        });
+        let stopping = CancellationToken::new();
         let tasks = Tasks::new();
         tokio::pin!(shutdown);
         loop {
             let (tcp, addr) = tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown => {
+                    stopping.cancel();
+                    break;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -125,6 +143,8 @@ impl TcpServer {
             let handler = handler.clone();
             let metrics = Arc::clone(&metrics);
             let tunnels = Arc::clone(&tunnels);
+            let api = api.clone();
+            let stopping = stopping.clone();
             tasks.spawn(async move {
                 let handshake = tokio::select! {
                     accepted = acceptor.accept(tcp, addr) => Some(accepted),
@@ -145,22 +165,29 @@ impl TcpServer {
                     addr,
                     subject: Some(accepted.peer.certificate.subject.clone()),
                 };
-                match accepted.peer.alpn {
-                    Some(AppProtocol::Http11) if api => {
-                        if let Err(e) = serve_api(accepted.stream, metrics).await {
-                            tracing::debug!(peer = %client, error = %e, "API connection ended with an error");
-                        }
-                    }
-                    Some(AppProtocol::Http11) => {
-                        tracing::warn!(peer = %client, "http/1.1 negotiated but the API is disabled; connection closed");
-                    }
-                    _ => {
+                match (accepted.peer.alpn, api) {
+                    (Some(AppProtocol::Stream), _) => {
                         let Ok(_permit) = tunnels.try_acquire_owned() else {
                             metrics.limit_refused(Transport::Tcp);
                             tracing::warn!(transport = "tcp", peer = %client, "too many tunnels; connection closed");
                             return;
                         };
                         let _ = handler.serve(accepted.stream, client).await;
+                    }
+                    (_, Some((settings, connections))) => {
+                        let Ok(_permit) = connections.try_acquire_owned() else {
+                            metrics.api_refused();
+                            tracing::debug!(peer = %client, limit = settings.max_connections, "too many API connections; connection closed");
+                            return;
+                        };
+                        let end = serve_api(accepted.stream, metrics, &settings, stopping).await;
+                        if let ApiEnd::Error(e) = end {
+                            tracing::debug!(peer = %client, error = %e, "API connection ended with an error");
+                        }
+                    }
+                    (alpn, None) => {
+                        let alpn = alpn.map_or("none", AppProtocol::name);
+                        tracing::warn!(peer = %client, alpn, "no stream protocol negotiated and the API is disabled; connection closed");
                     }
                 }
             });
