@@ -1,8 +1,9 @@
-//! A GoDoxy server adopting `streamproxy server` as its agent, step by step as GoDoxy's
-//! `AgentConfig.InitWithCerts` does it: TLS (>= 1.2, server name `godoxy.agent`, client
-//! certificate) **offering no ALPN**, `GET /godoxy/agent/info`, the JSON read into its three
-//! fields, then a TCP and a UDP health check. Also the routing rules behind it (a header sent
-//! without the stream ALPN is never relayed) and bad input on the new endpoint.
+//! The HTTPS API of the real binary. A GoDoxy server adopting `streamproxy server` as its agent,
+//! step by step as GoDoxy's `AgentConfig.InitWithCerts` does it: TLS (>= 1.2, server name
+//! `godoxy.agent`, client certificate) **offering no ALPN**, `GET /godoxy/agent/info`, the JSON
+//! read into its three fields, then a TCP and a UDP health check. The routing rules behind it
+//! (a header sent without the stream ALPN is never relayed), bad input on the endpoints, and the
+//! API's limits: idle connections, a connection cap apart from the tunnels, shutdown.
 
 mod support;
 
@@ -320,4 +321,129 @@ fn bad_requests_on_the_agent_api_get_clear_answers() {
     let lines: Vec<String> = server.proc.lines.try_iter().collect();
     assert!(!lines.iter().any(|l| l.contains("panicked")), "{lines:#?}");
     assert!(lines.len() < 20, "{lines:#?}");
+}
+
+fn keep_alive_get(tls: &mut Tls, path: &str) -> String {
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: godoxy.agent\r\n\r\n").as_bytes())
+        .expect("write");
+    tls.flush().expect("flush");
+    // One response: the head, then Content-Length bytes.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = tls.read(&mut buf).expect("read");
+        assert!(n > 0, "closed before a whole response");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+fn config_file(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("server.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// A metrics scraper between scrapes holds an idle keep-alive connection; SIGTERM must not wait
+/// the drain period (30 s by default) for it.
+#[test]
+fn sigterm_closes_an_idle_keep_alive_api_connection_at_once() {
+    let dir = tmp();
+    certs(dir.path());
+    let config = config_file(
+        dir.path(),
+        "[server]\napi_idle_timeout = \"1h\"\napi_header_timeout = \"1h\"\n",
+    );
+    let mut server = start(dir.path(), &["--config", s(&config)]);
+    let mut scraper = connect(server.tcp, rustls_config(dir.path(), &[], true)).expect("connect");
+    let r = keep_alive_get(&mut scraper, "/metrics");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let started = Instant::now();
+    server.proc.signal("TERM");
+    assert!(server.proc.wait_exit().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        started.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        scraper.read(&mut buf).unwrap_or(0),
+        0,
+        "the connection was closed"
+    );
+}
+
+/// API connections have their own cap: idle API clients cannot take the descriptors tunnels
+/// need, and the refusals are counted.
+#[test]
+fn api_connections_beyond_their_limit_are_closed_and_tunnels_still_work() {
+    let dir = tmp();
+    certs(dir.path());
+    let config = config_file(
+        dir.path(),
+        "[server]\napi_max_connections = 4\napi_idle_timeout = \"1h\"\napi_header_timeout = \"1h\"\n",
+    );
+    let server = start(dir.path(), &["--config", s(&config)]);
+    let config = rustls_config(dir.path(), &[], true);
+    let mut held: Vec<Tls> = (0..4)
+        .map(|_| connect(server.tcp, config.clone()).expect("connect"))
+        .collect();
+    // Each held connection is served (so it holds a permit before the next one comes).
+    for tls in &mut held {
+        assert!(keep_alive_get(tls, "/health").starts_with("HTTP/1.1 200"));
+    }
+    for _ in 0..3 {
+        let r = get(server.tcp, config.clone(), "GET", "/health");
+        assert!(r.is_empty(), "served beyond the limit: {r}");
+    }
+    // Tunnels are not affected.
+    let echo = tcp_echo();
+    let header = Header::with_port("127.0.0.1", echo.port())
+        .expect("header")
+        .to_bytes()
+        .expect("encode");
+    let mut tunnel = connect(
+        server.tcp,
+        rustls_config(dir.path(), &["godoxy-agent-stream/1"], true),
+    )
+    .expect("tunnel");
+    tunnel.write_all(&header).expect("header");
+    tunnel.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+    let metrics = keep_alive_get(&mut held[0], "/metrics");
+    assert!(
+        metrics.contains("streamproxy_api_refusals_total 3"),
+        "{metrics}"
+    );
+    // A freed slot is usable again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(server.tcp, config.clone(), "GET", "/health");
+        if r.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
