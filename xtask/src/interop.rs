@@ -604,9 +604,11 @@ fn s_server(tools: &Tools, dtls: bool) -> Result<String> {
         Some(conn)
     };
     let header = server.wait_for(Duration::from_secs(15), |out| {
-        let tag = proto::Version::V0_1_0_0.tag();
+        // The client sends the default version (0.1.0, what GoDoxy speaks).
+        let version = proto::Version::default();
+        let tag = version.tag();
         let start = out.windows(tag.len()).position(|w| w == tag)?;
-        let bytes = out.get(start..start + proto::HEADER_LEN_V0_1_0_0)?;
+        let bytes = out.get(start..start + version.header_len())?;
         Some(
             proto::Header::decode(bytes)
                 .map(|h| h.to_string())
