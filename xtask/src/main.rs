@@ -8,6 +8,7 @@ mod ci;
 mod cmd;
 mod fuzz;
 mod interop;
+mod man;
 mod procs;
 mod soak;
 mod system;
@@ -28,6 +29,8 @@ tasks:
   interop                         the wire-compatibility matrix against a Go peer
                                   (crypto/tls, pion/dtls), OpenSSL's command line and curl
   deps                            install the system packages the build and tests need
+  man [--out DIR]                 write the man pages of the streamproxy command (default
+                                  target/man)
 ";
 
 fn main() -> Result<()> {
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         "interop" => interop::run(rest),
         "soak" => soak::run(rest),
         "deps" => system::ensure_build_and_test_deps(),
+        "man" => man::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -45,6 +45,11 @@ const BUILD_AND_TEST: &[Need] = &[
         present: || have_program("ip"),
         package: "iproute2",
     },
+    Need {
+        what: "systemd-analyze (checks of the systemd units in contrib/)",
+        present: || have_program("systemd-analyze"),
+        package: "systemd",
+    },
 ];
 
 const INTEROP: &[Need] = &[

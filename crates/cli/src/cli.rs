@@ -11,7 +11,11 @@ use streamproxy::proxy::policy::Rule;
 
 /// Authenticated TCP-over-TLS and UDP-over-DTLS tunnels (GoDoxy's stream proxy protocol).
 #[derive(Debug, Parser)]
-#[command(name = "streamproxy", version, propagate_version = true)]
+#[command(
+    name = "streamproxy",
+    version = crate::VERSION,
+    propagate_version = true
+)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) log: LogArgs,
@@ -55,6 +59,20 @@ pub(crate) enum Command {
     /// Run a server, echo destinations and a client on loopback, send traffic through every
     /// transport and header version, check every byte and report.
     Demo,
+    /// Print a shell completion script (e.g. `streamproxy completions bash >
+    /// /etc/bash_completion.d/streamproxy`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (streamproxy.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 impl Command {
@@ -62,7 +80,11 @@ impl Command {
     pub(crate) fn default_level(&self) -> &'static str {
         match self {
             // The demo prints its own report; per-tunnel lines would drown it.
-            Command::Demo | Command::Certs(_) | Command::Probe(_) => "warn",
+            Command::Demo
+            | Command::Certs(_)
+            | Command::Probe(_)
+            | Command::Completions { .. }
+            | Command::Man { .. } => "warn",
             Command::Server(_) | Command::Client(_) => "info",
         }
     }
@@ -74,6 +96,11 @@ impl Command {
             Command::Client(args) => crate::client::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Probe(args) => crate::probe::run(args).await,
             Command::Demo => crate::demo::run().await,
+            Command::Completions { shell } => {
+                crate::docs::completions(shell);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { out } => crate::docs::man_pages(&out).map(|()| ExitCode::SUCCESS),
         }
     }
 }

@@ -153,7 +153,9 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
+    crate::notify::ready();
     let name = stop.wait().await;
+    crate::notify::stopping();
     tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

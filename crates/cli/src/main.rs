@@ -8,7 +8,9 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod docs;
 mod logging;
+mod notify;
 mod probe;
 mod server;
 mod signals;
@@ -16,6 +18,10 @@ mod signals;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// The version `--version` prints: the package version and, when built from a git checkout,
+/// the commit (set by `build.rs`).
+pub(crate) const VERSION: &str = env!("STREAMPROXY_VERSION");
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {

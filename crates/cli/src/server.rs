@@ -201,18 +201,24 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let reloader = server.reloader();
+    crate::notify::ready();
     server
         .run(async move {
             loop {
                 tokio::select! {
                     name = stop.wait() => {
+                        crate::notify::stopping();
                         tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
                         return;
                     }
-                    _ = hangup.recv() => match reloader.reload() {
-                        Ok(()) => tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA"),
-                        Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed; keeping the previous certificates"),
-                    },
+                    _ = hangup.recv() => {
+                        crate::notify::reloading();
+                        match reloader.reload() {
+                            Ok(()) => tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA"),
+                            Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed; keeping the previous certificates"),
+                        }
+                        crate::notify::reloaded();
+                    }
                 }
             }
         })
