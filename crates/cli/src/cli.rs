@@ -25,6 +25,7 @@ pub(crate) struct Cli {
 
 /// Logging options, accepted before or after the subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
 pub(crate) struct LogArgs {
     /// More log output (-v: debug, -vv: trace). `RUST_LOG`, when set, takes precedence.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -245,9 +246,18 @@ pub(crate) struct ProbeArgs {
     /// Probe over UDP (DTLS) instead of TCP (TLS).
     #[arg(long)]
     pub(crate) udp: bool,
-    /// How long the whole check may take, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
-    pub(crate) timeout: u64,
+    /// How long the whole check may take (e.g. 500ms, 5s, 1m; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    pub(crate) timeout: std::time::Duration,
+}
+
+/// A duration flag, in the same syntax as the file's durations.
+fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    let d = crate::config::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is zero; give a positive duration"));
+    }
+    Ok(d)
 }
 
 /// Prints a command-line error as one line (help and version as they are) and gives the exit
@@ -267,9 +277,14 @@ pub(crate) fn usage_error(e: &clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid command line");
+            let mut lines = rendered.lines();
+            let line = lines.next().unwrap_or("invalid command line");
             let line = line.strip_prefix("error: ").unwrap_or(line);
             eprintln!("streamproxy: error: {line} (see --help)");
+            // clap's suggestions ("tip: a similar argument exists: '--allow-all'").
+            for tip in lines.map(str::trim).filter(|l| l.starts_with("tip:")) {
+                eprintln!("streamproxy: {tip}");
+            }
             ExitCode::from(2)
         }
     }

@@ -10,7 +10,7 @@ use streamproxy::{dtls, proto, tls};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClientArgs, Forward, HeaderVersion, ServerConnection};
-use crate::config::{ClientConfig, ConfigFile, required};
+use crate::config::{ClientConfig, ConfigFile, all_present};
 use crate::signals::Stop;
 
 /// How to reach and trust the server, parsed and loaded.
@@ -25,26 +25,22 @@ pub(crate) async fn connection(
     args: ServerConnection,
     file: &ClientConfig,
 ) -> anyhow::Result<Connection> {
-    let server = required(
-        args.server,
-        file.server.clone(),
-        "--server ADDR (the server's HOST:PORT)",
-    )?;
-    let ca: PathBuf = required(
-        args.files.ca,
-        file.ca.clone(),
-        "--ca FILE (the CA that signed the server certificate)",
-    )?;
-    let cert: PathBuf = required(
-        args.files.cert,
-        file.cert.clone(),
-        "--cert FILE (the client certificate)",
-    )?;
-    let key: PathBuf = required(
-        args.files.key,
-        file.key.clone(),
-        "--key FILE (the client's private key)",
-    )?;
+    let server = args.server.or_else(|| file.server.clone());
+    let ca: Option<PathBuf> = args.files.ca.or_else(|| file.ca.clone());
+    let cert: Option<PathBuf> = args.files.cert.or_else(|| file.cert.clone());
+    let key: Option<PathBuf> = args.files.key.or_else(|| file.key.clone());
+    all_present(&[
+        (server.is_some(), "--server ADDR (the server's HOST:PORT)"),
+        (
+            ca.is_some(),
+            "--ca FILE (the CA that signed the server certificate)",
+        ),
+        (cert.is_some(), "--cert FILE (the client certificate)"),
+        (key.is_some(), "--key FILE (the client's private key)"),
+    ])?;
+    let (Some(server), Some(ca), Some(cert), Some(key)) = (server, ca, cert, key) else {
+        bail!("missing a required option");
+    };
     let name = args
         .server_name
         .or_else(|| file.server_name.clone())

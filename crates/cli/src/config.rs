@@ -220,27 +220,30 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     }
 }
 
-fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+/// A duration as written in flags and the file: humantime's syntax (`500ms`, `10s`, `1h30m`,
+/// `2m 30s`), or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let Ok(n) = number.parse::<u64>() else {
-        bail!("`{text}` is not a duration like \"500ms\", \"10s\", \"2m\" or \"1h\"");
-    };
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => bail!("`{text}` is not a duration like \"500ms\", \"10s\", \"2m\" or \"1h\""),
+    if let Ok(seconds) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        anyhow::anyhow!("`{text}` is not a duration like \"500ms\", \"10s\" or \"1h30m\" ({e})")
     })
 }
 
-/// `flag`, else the file's value, else an error saying how to give it.
-pub(crate) fn required<T>(flag: Option<T>, file: Option<T>, what: &str) -> anyhow::Result<T> {
-    match flag.or(file) {
-        Some(v) => Ok(v),
-        None => bail!("missing {what}"),
+/// Fails naming every required option that was given neither as a flag nor in the file, so
+/// that one run reports all of them. Each item: whether it is present, and how to give it.
+pub(crate) fn all_present(items: &[(bool, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = items
+        .iter()
+        .filter(|(present, _)| !present)
+        .map(|(_, what)| *what)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        bail!("missing {}", missing.join("; "))
     }
 }
 

@@ -2,7 +2,7 @@
 //! status 0 when healthy, 1 with a one-line reason when not.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use streamproxy::proxy;
 use streamproxy::proxy::dial::SystemResolver;
@@ -14,7 +14,7 @@ use crate::config::ClientConfig;
 pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let conn = connection(args.conn, &ClientConfig::default()).await?;
     let addrs = conn.server.resolve(&SystemResolver).await?;
-    let timeout = Duration::from_secs(args.timeout.max(1));
+    let timeout = args.timeout;
     let started = Instant::now();
     let (transport, result) = if args.udp {
         // Every address in turn, as the forwarder does; the last one's failure is the answer.

@@ -2,7 +2,6 @@
 //! reloads the certificates, SIGINT/SIGTERM drain and exit.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use streamproxy::proxy::api::ApiSettings;
@@ -12,7 +11,7 @@ use streamproxy::proxy::settings::Settings;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ServerArgs;
-use crate::config::{ConfigFile, ServerConfig, required};
+use crate::config::{ConfigFile, ServerConfig, all_present};
 use crate::signals::Stop;
 
 /// Everything a server needs, flags and file merged.
@@ -29,38 +28,35 @@ const NO_POLICY: &str = "no destination policy: give --allow RULE (e.g. --allow 
 
 fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
     let file = ConfigFile::load(args.config.as_deref())?.server;
-    let listen = match args.listen {
-        Some(addr) => addr,
-        None => {
-            let text = required(
-                None,
-                file.listen.clone(),
-                "--listen ADDR (e.g. --listen 0.0.0.0:8890)",
-            )?;
-            text.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "listen = `{text}` in the config file is not an address like 0.0.0.0:8890"
-                )
-            })?
-        }
-    };
-    let certs = CertPaths::new(
-        required::<PathBuf>(
-            args.files.cert,
-            file.cert.clone(),
-            "--cert FILE (the server certificate)",
-        )?,
-        required::<PathBuf>(
-            args.files.key,
-            file.key.clone(),
-            "--key FILE (the server's private key)",
-        )?,
-        required::<PathBuf>(
-            args.files.ca,
-            file.ca.clone(),
+    let listen_text = args.listen.is_none().then(|| file.listen.clone()).flatten();
+    let cert = args.files.cert.or_else(|| file.cert.clone());
+    let key = args.files.key.or_else(|| file.key.clone());
+    let ca = args.files.ca.or_else(|| file.ca.clone());
+    all_present(&[
+        (
+            args.listen.is_some() || listen_text.is_some(),
+            "--listen ADDR (e.g. --listen 0.0.0.0:8890)",
+        ),
+        (cert.is_some(), "--cert FILE (the server certificate)"),
+        (key.is_some(), "--key FILE (the server's private key)"),
+        (
+            ca.is_some(),
             "--ca FILE (the CA client certificates chain to)",
-        )?,
-    );
+        ),
+    ])?;
+    let (Some(cert), Some(key), Some(ca)) = (cert, key, ca) else {
+        bail!("missing a required option");
+    };
+    let listen = match (args.listen, listen_text) {
+        (Some(addr), _) => addr,
+        (None, Some(text)) => text.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "listen = `{text}` in the config file is not an address like 0.0.0.0:8890"
+            )
+        })?,
+        (None, None) => bail!("missing --listen ADDR"),
+    };
+    let certs = CertPaths::new(cert, key, ca);
     let allow = if args.allow.is_empty() {
         parse_rules(&file.allow, "allow")?
     } else {

@@ -233,7 +233,9 @@ fn user_errors_are_one_line_and_a_failure_status() {
         let out = streamproxy(&refs);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: succeeded");
-        assert_eq!(err.lines().count(), 1, "{name}: not one line: {err}");
+        // One line, and clap's suggestions (`tip: ...`) after it.
+        let lines = err.lines().filter(|l| !l.starts_with("streamproxy: tip:"));
+        assert_eq!(lines.count(), 1, "{name}: not one line: {err}");
         assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
@@ -301,4 +303,83 @@ fn sighup_reloads_certificates_for_new_tunnels_while_a_live_one_continues() {
     assert_eq!(probe(old.path(), server.tcp, false).status.code(), Some(1));
     // The tunnel opened before the reload carries on.
     tcp_roundtrip(&mut conn, b"after the reload");
+}
+
+/// `-v` raises our own log targets only: the server's debug lines appear, rustls' internal
+/// ones ("decided upon suite", logged at debug for every handshake) do not.
+#[test]
+fn verbose_raises_our_targets_not_the_libraries() {
+    let dir = tmp();
+    certs(dir.path());
+    let mut server = server(dir.path(), &["--allow", "127.0.0.1", "-vv"]);
+    let out = probe(dir.path(), server.tcp, false);
+    assert!(out.status.success());
+    server.proc.wait_for("health check");
+    server.proc.signal("TERM");
+    assert!(server.proc.wait_exit().success());
+    let lines: Vec<String> = server.proc.lines.try_iter().collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("decided upon suite")),
+        "{lines:#?}"
+    );
+}
+
+/// Every missing required option is named in one run, and clap's suggestions are kept.
+#[test]
+fn usage_errors_name_everything_missing_and_keep_suggestions() {
+    let out = streamproxy(&["server", "--allow", "127.0.0.1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for missing in ["--listen", "--cert", "--key", "--ca"] {
+        assert!(err.contains(missing), "{err}");
+    }
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = streamproxy(&["client", "--tcp", "127.0.0.1:0=127.0.0.1:7"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for missing in ["--server", "--ca", "--cert", "--key"] {
+        assert!(err.contains(missing), "{err}");
+    }
+    let out = streamproxy(&["server", "--allow-al"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tip: a similar argument exists: '--allow-all'"),
+        "{err}"
+    );
+}
+
+/// Durations use one syntax everywhere: `500ms`, `1h30m`, a bare number of seconds.
+#[test]
+fn durations_read_the_same_in_flags_and_the_file() {
+    let dir = tmp();
+    certs(dir.path());
+    // A port where nothing listens: the probe fails within its timeout, not the default 5 s.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let mut args: Vec<String> = vec!["probe".into()];
+    args.extend(client_args(dir.path(), addr));
+    args.extend(["--timeout".into(), "500ms".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = streamproxy(&refs);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    for bad in ["0s", "5 parsecs", "-1s"] {
+        let mut args = refs.clone();
+        *args.last_mut().expect("timeout") = bad;
+        let out = streamproxy(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+    }
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[server]\ndrain_period = \"1h30m\"\nheader_timeout = \"1500ms\"\n",
+    )
+    .expect("config");
+    let mut server = server(
+        dir.path(),
+        &["--allow", "127.0.0.1", "--config", s(&config)],
+    );
+    server.proc.signal("TERM");
+    let line = server.proc.wait_for("draining");
+    assert!(line.contains("drain=5400s"), "{line}");
 }
