@@ -167,6 +167,10 @@ pub(crate) struct ServerArgs {
     /// A TOML file with the same settings plus timeouts and limits; flags override it.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// Validate the whole configuration (flags, file, certificates and key), print the
+    /// effective settings and rules, and exit: 0 when it would start, 1 with the reason.
+    #[arg(long)]
+    pub(crate) check: bool,
 }
 
 /// One `LOCAL=TARGET` forward.

@@ -19,6 +19,9 @@ struct Plan {
     listen: SocketAddr,
     certs: CertPaths,
     policy: Policy,
+    /// The rules as given (for `--check`).
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
     settings: Settings,
     udp: bool,
     api: Option<ApiSettings>,
@@ -72,16 +75,18 @@ fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
         if !allow.is_empty() {
             bail!("give either allow rules or allow-all, not both");
         }
-        Policy::allow_all(deny)
+        Policy::allow_all(deny.clone())
     } else if allow.is_empty() {
         bail!(NO_POLICY);
     } else {
-        Policy::new(allow, deny)?
+        Policy::new(allow.clone(), deny.clone())?
     };
     Ok(Plan {
         listen,
         certs,
         policy,
+        allow,
+        deny,
         settings: settings(&file)?,
         udp: !args.no_udp && file.udp.unwrap_or(true),
         api: (!args.no_api && file.api.unwrap_or(true))
@@ -170,8 +175,106 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     Ok(s.tcp_keepalive(file.keepalive().settings()?))
 }
 
+/// `server --check`: loads everything the server would (certificates, key, CA, the DTLS
+/// context) by starting it on a loopback port of its own, then prints the effective
+/// configuration. The real address is not bound, so a port in use is not detected.
+async fn check(plan: Plan) -> anyhow::Result<()> {
+    let mut builder = Server::builder(plan.policy.clone(), plan.certs.clone());
+    if let Some(settings) = plan.api.clone() {
+        builder = builder.api_settings(settings);
+    }
+    let probe_addr = match plan.listen {
+        SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+    };
+    builder
+        .settings(plan.settings.clone())
+        .udp(plan.udp)
+        .api(plan.api.is_some())
+        .bind(probe_addr)
+        .await?;
+    print!("{}", describe(&plan));
+    Ok(())
+}
+
+/// The effective configuration, one `key  value` line each.
+fn describe(plan: &Plan) -> String {
+    let s = &plan.settings;
+    let mut lines: Vec<(&str, String)> = vec![
+        ("listen", plan.listen.to_string()),
+        (
+            "transports",
+            if plan.udp {
+                "tcp (TLS), udp (DTLS)"
+            } else {
+                "tcp (TLS)"
+            }
+            .into(),
+        ),
+        ("cert", plan.certs.cert.display().to_string()),
+        ("key", plan.certs.key.display().to_string()),
+        ("ca", plan.certs.ca.display().to_string()),
+    ];
+    match &plan.api {
+        Some(api) => {
+            lines.push(("api", "on (/health, /metrics, /godoxy/agent/info)".into()));
+            lines.push(("agent_name", api.agent_name.clone()));
+            lines.push(("api_header_timeout", secs(api.header_timeout)));
+            lines.push(("api_idle_timeout", secs(api.idle_timeout)));
+            lines.push(("api_max_connections", api.max_connections.to_string()));
+            lines.push(("api_max_request_bytes", api.max_request_bytes.to_string()));
+        }
+        None => lines.push(("api", "off".into())),
+    }
+    if plan.policy.is_allow_all() {
+        lines.push(("allow", "every destination not denied (allow_all)".into()));
+    }
+    for rule in &plan.allow {
+        lines.push(("allow", rule.to_string()));
+    }
+    for rule in &plan.deny {
+        lines.push(("deny", rule.to_string()));
+    }
+    lines.extend([
+        ("header_timeout", secs(s.header_timeout)),
+        ("dial_timeout", secs(s.dial_timeout)),
+        ("handshake_timeout", secs(s.handshake_timeout)),
+        ("udp_idle_timeout", secs(s.udp_idle_timeout)),
+        ("drain_period", secs(s.drain_period)),
+        ("max_tcp_tunnels", s.max_tcp_tunnels.to_string()),
+        ("max_udp_sessions", s.max_udp_sessions.to_string()),
+        ("max_handshakes", s.max_handshakes.to_string()),
+        ("resumption", s.resumption.to_string()),
+    ]);
+    match &s.tcp_keepalive {
+        Some(k) => lines.push((
+            "tcp_keepalive",
+            format!(
+                "idle {}, interval {}, retries {}",
+                secs(k.idle),
+                secs(k.interval),
+                k.retries
+            ),
+        )),
+        None => lines.push(("tcp_keepalive", "off".into())),
+    }
+    let mut out = String::from("configuration is valid\n");
+    for (key, value) in lines {
+        out.push_str(&format!("{key:<22} {value}\n"));
+    }
+    out
+}
+
+fn secs(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let check_only = args.check;
     let plan = plan(args)?;
+    if check_only {
+        return check(plan).await;
+    }
     // Registered before binding, so that a signal right after the ready line is not missed.
     let mut stop = Stop::register()?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;

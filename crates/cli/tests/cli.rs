@@ -383,3 +383,63 @@ fn durations_read_the_same_in_flags_and_the_file() {
     let line = server.proc.wait_for("draining");
     assert!(line.contains("drain=5400s"), "{line}");
 }
+
+/// `server --check` loads everything the server would, prints the effective configuration and
+/// exits, without binding the configured address.
+#[test]
+fn server_check_validates_and_prints_the_effective_configuration() {
+    let dir = tmp();
+    certs(dir.path());
+    let d = |f: &str| s(&dir.path().join(f)).to_owned();
+    // The configured port is taken: --check does not bind it.
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = busy.local_addr().expect("addr").to_string();
+    let (ca, cert, key, wrong_key) = (
+        d("ca.pem"),
+        d("server.pem"),
+        d("server-key.pem"),
+        d("client-key.pem"),
+    );
+    let base = |key: &str| {
+        vec![
+            "server", "--check", "--listen", &listen, "--ca", &ca, "--cert", &cert, "--key", key,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<String>>()
+    };
+    let mut args = base(&key);
+    args.extend(
+        [
+            "--allow",
+            "10.0.0.0/8:22,443",
+            "--allow",
+            "*.svc.internal",
+            "--deny",
+            "10.0.0.1",
+        ]
+        .map(str::to_owned),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = streamproxy(&refs);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("configuration is valid"), "{text}");
+    for line in [
+        "allow                  10.0.0.0/8:22,443",
+        "allow                  *.svc.internal",
+        "deny                   10.0.0.1",
+        "max_handshakes         256",
+        &format!("listen                 {listen}"),
+    ] {
+        assert!(text.contains(line), "{text} lacks {line}");
+    }
+    let mut args = base(&wrong_key);
+    args.push("--allow-all".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = streamproxy(&refs);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match"), "{err}");
+    assert!(out.stdout.is_empty());
+}
