@@ -42,11 +42,17 @@ pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let reason = crate::one_line(&e);
-            eprintln!(
-                "streamproxy: unhealthy: {transport} {}: {reason}",
-                conn.server
-            );
+            let detail = crate::one_line(&e);
+            match streamproxy::proxy::explain::explain(&e) {
+                Some(why) => eprintln!(
+                    "streamproxy: unhealthy: {transport} {}: {why} ({detail})",
+                    conn.server
+                ),
+                None => eprintln!(
+                    "streamproxy: unhealthy: {transport} {}: {detail}",
+                    conn.server
+                ),
+            }
             Ok(ExitCode::FAILURE)
         }
     }

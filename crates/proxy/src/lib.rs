@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 mod context;
 pub mod dial;
+pub mod explain;
 pub mod forward;
 pub mod keepalive;
 pub mod metrics;

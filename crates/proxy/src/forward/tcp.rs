@@ -1,5 +1,6 @@
 //! The TCP forwarder: one TLS tunnel per accepted local connection.
 
+use crate::explain::ErrorChain;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -238,7 +239,8 @@ impl Tunnel {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, error = %e, "tunnel failed; closing the local connection");
+                let reason = crate::explain::reason(&e);
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
                 return;
             }
             Err(_) => {
@@ -258,6 +260,20 @@ impl Tunnel {
         ForwardStats::add(&self.stats.0.tunnels_closed, 1);
         let duration = started.elapsed();
         match outcome.result {
+            // The local side sent something and the server ended the tunnel without a byte
+            // back: most often a refusal (policy, limits, an unreachable destination).
+            Ok(()) if outcome.destination_to_client == 0 && outcome.client_to_destination > 0 => {
+                tracing::info!(
+                    transport = "tcp",
+                    peer = %peer,
+                    target = %self.target,
+                    up = outcome.client_to_destination,
+                    down = 0,
+                    duration = ?duration,
+                    reason = %crate::explain::Diagnosis::ClosedBeforeAnswering,
+                    "tunnel closed without any answer"
+                )
+            }
             Ok(()) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
@@ -267,6 +283,36 @@ impl Tunnel {
                 duration = ?duration,
                 "tunnel closed"
             ),
+            // Nothing came back before the connection broke: say why, in words.
+            Err(e) if outcome.destination_to_client == 0 => {
+                use crate::explain::{Diagnosis, explain};
+                let specific = |d: &Option<Diagnosis>| {
+                    d.as_ref()
+                        .is_some_and(|d| *d != Diagnosis::ClosedBeforeAnswering)
+                };
+                let mut diagnosis = explain(&e);
+                if !specific(&diagnosis) {
+                    let last = last_word(&mut stream).await;
+                    if specific(&last) || diagnosis.is_none() {
+                        diagnosis = last;
+                    }
+                }
+                let reason = match diagnosis {
+                    Some(d) => d.to_string(),
+                    None => ErrorChain(&e).to_string(),
+                };
+                tracing::warn!(
+                    transport = "tcp",
+                    peer = %peer,
+                    target = %self.target,
+                    up = outcome.client_to_destination,
+                    down = 0,
+                    duration = ?duration,
+                    reason = %reason,
+                    error = %ErrorChain(&e),
+                    "tunnel closed with an error before any answer"
+                )
+            }
             Err(e) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
@@ -274,9 +320,24 @@ impl Tunnel {
                 up = outcome.client_to_destination,
                 down = outcome.destination_to_client,
                 duration = ?duration,
-                error = %e,
+                error = %ErrorChain(&e),
                 "tunnel closed with an error"
             ),
         }
+    }
+}
+
+/// What the server said last on a tunnel that failed before any answer. A write can fail
+/// (broken pipe) before the read that would have shown the server's alert (for example that it
+/// rejected our certificate, which TLS 1.3 reports after the handshake): read it now.
+async fn last_word<S>(stream: &mut S) -> Option<crate::explain::Diagnosis>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await {
+        Ok(Err(e)) => crate::explain::explain(&e),
+        _ => None,
     }
 }

@@ -424,7 +424,7 @@ impl Opener {
             Ok(session) => session,
             Err(e) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "udp", source = %source, server = %self.lookup.server(), target = %self.target, error = %e, "tunnel failed; dropping the datagram");
+                tracing::warn!(transport = "udp", source = %source, server = %self.lookup.server(), target = %self.target, reason = %crate::explain::reason(&e), error = %crate::explain::ErrorChain(&e), "tunnel failed; dropping the datagram");
                 return Err(e);
             }
         };
@@ -468,8 +468,8 @@ impl std::fmt::Display for End {
         match self {
             End::ServerClosed => f.write_str("server sent close_notify"),
             End::Stopped(reason) => f.write_str(reason),
-            End::Server(e) => write!(f, "server: {e}"),
-            End::Local(e) => write!(f, "local socket: {e}"),
+            End::Server(e) => write!(f, "server: {}", crate::explain::ErrorChain(e)),
+            End::Local(e) => write!(f, "local socket: {}", crate::explain::ErrorChain(e)),
         }
     }
 }
@@ -525,16 +525,36 @@ async fn replies(
         tunnels.remove_if_same(&source, &tunnel).await;
     }
     ForwardStats::add(&counters.tunnels_closed, 1);
-    tracing::info!(
-        transport = "udp",
-        source = %source,
-        target = %target,
-        up = tunnel.up.load(Ordering::Relaxed),
-        down,
-        duration = ?started.elapsed(),
-        reason = %end,
-        "tunnel closed"
-    );
+    // A server that ends a session it never answered on refused it (or lost the destination):
+    // say so in words rather than as a protocol event.
+    let unanswered = match (&end, down) {
+        (End::ServerClosed, 0) => Some(crate::explain::Diagnosis::ClosedBeforeAnswering),
+        (End::Server(e), 0) => crate::explain::explain(e),
+        _ => None,
+    };
+    match unanswered {
+        Some(diagnosis) => tracing::warn!(
+            transport = "udp",
+            source = %source,
+            target = %target,
+            up = tunnel.up.load(Ordering::Relaxed),
+            down,
+            duration = ?started.elapsed(),
+            reason = %diagnosis,
+            end = %end,
+            "tunnel closed before any answer"
+        ),
+        None => tracing::info!(
+            transport = "udp",
+            source = %source,
+            target = %target,
+            up = tunnel.up.load(Ordering::Relaxed),
+            down,
+            duration = ?started.elapsed(),
+            reason = %end,
+            "tunnel closed"
+        ),
+    }
 }
 
 /// Frees tunnels idle for `idle`.
