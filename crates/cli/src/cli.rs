@@ -125,7 +125,7 @@ pub(crate) struct CertsArgs {
 }
 
 /// The server's certificate files and their CA.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct TlsFiles {
     /// The CA certificate that peer certificates must chain to (PEM).
     #[arg(long, value_name = "FILE")]
@@ -212,7 +212,7 @@ impl FromStr for HeaderVersion {
 }
 
 /// How to reach and trust a server.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ServerConnection {
     /// The server's address, HOST:PORT (the same port for TCP and UDP); a name is resolved
     /// again for every new tunnel.

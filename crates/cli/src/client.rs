@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use streamproxy::proxy::dial::SystemResolver;
-use streamproxy::proxy::forward::{ServerAddr, TcpForwarder, UdpForwarder};
+use streamproxy::proxy::forward::{LiveConfig, ServerAddr, TcpForwarder, UdpForwarder};
 use streamproxy::{dtls, proto, tls};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClientArgs, Forward, HeaderVersion, ServerConnection};
@@ -63,6 +64,50 @@ pub(crate) async fn connection(
     Ok(Connection { server, tls, dtls })
 }
 
+/// Checks the server once at start (a health check over TCP, or DTLS when the client forwards
+/// UDP only) and warns when it is unreachable or refuses us, so that a wrong setup shows at
+/// once rather than at the first connection. Runs beside the forwarders: never delays them,
+/// never stops the client.
+async fn check_server(
+    server: ServerAddr,
+    tls: tls::ClientConfig,
+    dtls: dtls::ClientConfig,
+    udp: bool,
+) {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let addrs = match server.resolve(&SystemResolver).await {
+        Ok(addrs) => addrs,
+        // check_resolves reports it.
+        Err(_) => return,
+    };
+    let result = if udp {
+        let mut result = Err(None);
+        for &addr in &addrs {
+            match streamproxy::proxy::udp::health_check(addr, &dtls, TIMEOUT).await {
+                Ok(()) => {
+                    result = Ok(());
+                    break;
+                }
+                Err(e) => result = Err(Some(e)),
+            }
+        }
+        result
+    } else {
+        streamproxy::proxy::tcp::health_check(&addrs[..], &tls, TIMEOUT)
+            .await
+            .map_err(Some)
+    };
+    match result {
+        Ok(()) => tracing::info!(server = %server, "the server answered a health check"),
+        Err(Some(e)) => tracing::warn!(
+            server = %server,
+            reason = %streamproxy::proxy::explain::reason(&e),
+            "the server does not answer a health check; tunnels will fail until it does"
+        ),
+        Err(None) => {}
+    }
+}
+
 /// Resolves the server once at start, to report a name that does not resolve early; each
 /// tunnel resolves it again, so a failure here is a warning: the name may resolve later. Runs
 /// beside the forwarders, so that a slow resolver does not hold back the local ports.
@@ -93,6 +138,9 @@ fn forwards(flags: Vec<Forward>, file: &[String], key: &str) -> anyhow::Result<V
 }
 
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    // Registered first: a SIGHUP at any time reloads (or is ignored), never kills the client.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let config_path = args.config.clone();
     let file = ConfigFile::load(args.config.as_deref())?.client;
     let version = match args.header_version {
         Some(HeaderVersion(v)) => v,
@@ -106,13 +154,17 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         },
     };
     let tcp = forwards(args.tcp, &file.tcp, "tcp")?;
+    let tcp_forwarding = !tcp.is_empty();
     let udp = forwards(args.udp, &file.udp, "udp")?;
     if tcp.is_empty() && udp.is_empty() {
         bail!(
             "nothing to forward: give --tcp LOCAL=TARGET and/or --udp LOCAL=TARGET (e.g. --tcp 127.0.0.1:2222=10.0.0.7:22)"
         );
     }
+    let conn_args = args.conn.clone();
     let conn = connection(args.conn, &file).await?;
+    let tls_live = LiveConfig::new(conn.tls.clone());
+    let dtls_live = LiveConfig::new(conn.dtls.clone());
     let keepalive = file.keepalive().settings()?;
     let mut stop = Stop::register()?;
     tokio::spawn(check_resolves(conn.server.clone()));
@@ -126,6 +178,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         let mut forwarder =
             TcpForwarder::bind(f.local, conn.server.clone(), conn.tls.clone(), f.target)
                 .await?
+                .with_live_config(tls_live.clone())
                 .keepalive(keepalive)
                 .header_version(version)
                 .connect_timeout(connect_timeout)
@@ -140,6 +193,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         let mut forwarder =
             UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
                 .await?
+                .with_live_config(dtls_live.clone())
                 .header_version(version)
                 .idle_timeout(idle)
                 .reply_timeout(reply);
@@ -149,8 +203,35 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
+    tokio::spawn(check_server(
+        conn.server.clone(),
+        conn.tls.clone(),
+        conn.dtls.clone(),
+        !tcp_forwarding,
+    ));
     crate::notify::ready();
-    let name = stop.wait().await;
+    let name = loop {
+        tokio::select! {
+            name = stop.wait() => break name,
+            _ = hangup.recv() => {
+                crate::notify::reloading();
+                // The file is read again: its certificate paths may have changed too.
+                let fresh = match ConfigFile::load(config_path.as_deref()) {
+                    Ok(f) => connection(conn_args.clone(), &f.client).await,
+                    Err(e) => Err(e),
+                };
+                match fresh {
+                    Ok(fresh) => {
+                        tls_live.replace(fresh.tls);
+                        dtls_live.replace(fresh.dtls);
+                        tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA; new tunnels use them");
+                    }
+                    Err(e) => tracing::error!(signal = "SIGHUP", error = %crate::one_line(e.as_ref()), "reload failed; keeping the previous certificates"),
+                }
+                crate::notify::reloaded();
+            }
+        }
+    };
     crate::notify::stopping();
     tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
     shutdown.cancel();

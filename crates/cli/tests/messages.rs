@@ -24,8 +24,8 @@ fn poke_tcp(local: SocketAddr) {
     let _ = conn.read(&mut buf);
 }
 
-/// Sends datagrams through a UDP forward until the client logs `needle` (a datagram may be
-/// dropped while a tunnel fails; the next one tries again).
+/// Sends datagrams through a UDP forward until the client logs a UDP line with `needle` (a
+/// datagram may be dropped while a tunnel fails; the next one tries again).
 fn poke_udp_until(local: SocketAddr, client: &mut Proc, needle: &str) -> String {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -33,7 +33,7 @@ fn poke_udp_until(local: SocketAddr, client: &mut Proc, needle: &str) -> String 
     loop {
         socket.send_to(b"hello?", local).expect("send");
         while let Ok(line) = client.lines.recv_timeout(Duration::from_millis(300)) {
-            if line.contains(needle) {
+            if line.contains(needle) && line.contains("transport=\"udp\"") {
                 return line;
             }
             seen.push(line);
@@ -262,7 +262,7 @@ fn an_expired_server_certificate_with_its_date() {
         yesterday.day()
     );
     poke_tcp(tcp);
-    let line = client.wait_for("reason=");
+    let line = client.wait_for("tunnel failed");
     assert!(
         line.contains(&format!("the server's certificate expired on {date}")),
         "{line}"
@@ -271,5 +271,100 @@ fn an_expired_server_certificate_with_its_date() {
     assert!(
         line.contains("the server's certificate has expired"),
         "{line}"
+    );
+}
+
+/// At start the client checks the server once and says what is wrong, without exiting.
+#[test]
+fn the_client_checks_the_server_at_start() {
+    let dir = tmp();
+    certs(dir.path());
+    let other = dir.path().join("other");
+    certs(&other);
+    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let (mut client, _, _) = start_client(
+        dir.path(),
+        server.tcp,
+        ("other/ca.pem", "client.pem", "client-key.pem"),
+        &[],
+    );
+    let line = client.wait_for("does not answer a health check");
+    assert!(
+        line.contains("the server's certificate is not signed by the CA this client trusts"),
+        "{line}"
+    );
+    assert!(
+        client.child.try_wait().expect("wait").is_none(),
+        "the client exited"
+    );
+    let (mut client, _, _) = start_client(
+        dir.path(),
+        server.tcp,
+        ("ca.pem", "client.pem", "client-key.pem"),
+        &[],
+    );
+    client.wait_for("the server answered a health check");
+}
+
+/// SIGHUP makes the client read its certificate, key and CA again: new tunnels use them, open
+/// tunnels go on, and a reload that fails keeps the previous material. It never kills it.
+#[test]
+fn the_client_reloads_its_certificates_on_sighup() {
+    let dir = tmp();
+    certs(dir.path());
+    let other = dir.path().join("other");
+    certs(&other);
+    let files = dir.path().join("client-files");
+    std::fs::create_dir(&files).expect("dir");
+    for f in ["ca.pem", "client.pem", "client-key.pem"] {
+        std::fs::copy(dir.path().join(f), files.join(f)).expect("copy");
+    }
+    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let (mut client, tcp, udp) = start_client(
+        dir.path(),
+        server.tcp,
+        (
+            "client-files/ca.pem",
+            "client-files/client.pem",
+            "client-files/client-key.pem",
+        ),
+        &[],
+    );
+    let echo_through = |local: SocketAddr| -> std::io::Result<TcpStream> {
+        let mut conn = TcpStream::connect(local)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf)?;
+        assert_eq!(&buf, b"ping");
+        Ok(conn)
+    };
+    let mut live = echo_through(tcp).expect("a tunnel with the first certificate");
+
+    // A broken file: the reload fails and the previous material stays.
+    std::fs::write(files.join("client.pem"), "not a certificate").expect("write");
+    client.signal("HUP");
+    client.wait_for("reload failed; keeping the previous certificates");
+    echo_through(tcp).expect("a new tunnel with the previous certificate");
+
+    // A certificate from a CA the server does not trust: new tunnels use it (and fail).
+    std::fs::copy(other.join("client.pem"), files.join("client.pem")).expect("copy");
+    std::fs::copy(other.join("client-key.pem"), files.join("client-key.pem")).expect("copy");
+    client.signal("HUP");
+    client.wait_for("reloaded the certificate, key and CA");
+    poke_tcp(tcp);
+    let line = client.wait_for("before any answer");
+    assert!(line.contains("rejected our client certificate"), "{line}");
+    let line = poke_udp_until(udp, &mut client, "reason=");
+    assert!(line.contains("rejected our client certificate"), "{line}");
+
+    // The tunnel opened before both reloads still works, and the client is alive.
+    live.write_all(b"pong").expect("write");
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"pong");
+    assert!(
+        client.child.try_wait().expect("wait").is_none(),
+        "SIGHUP killed the client"
     );
 }

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod live;
 mod server_addr;
 mod tcp;
 mod udp;
@@ -44,6 +45,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use live::LiveConfig;
 use server_addr::ServerLookup;
 pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
 pub use tcp::TcpForwarder;

@@ -1,5 +1,6 @@
 //! The TCP forwarder: one TLS tunnel per accepted local connection.
 
+use super::LiveConfig;
 use crate::explain::ErrorChain;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ pub struct TcpForwarder {
     listener: TcpListener,
     server: ServerAddr,
     resolver: Arc<dyn Resolve>,
-    config: Arc<tls::ClientConfig>,
+    config: LiveConfig<tls::ClientConfig>,
     target: Target,
     version: proto::Version,
     connect_timeout: Duration,
@@ -69,7 +70,7 @@ impl TcpForwarder {
             listener,
             server: server.into(),
             resolver: Arc::new(SystemResolver),
-            config: Arc::new(config),
+            config: LiveConfig::new(config),
             target,
             version: proto::Version::default(),
             connect_timeout: proto::DIAL_TIMEOUT,
@@ -137,6 +138,19 @@ impl TcpForwarder {
         self.stats.clone()
     }
 
+    /// The handle that replaces this forwarder's TLS configuration while it runs (certificate,
+    /// key and CA reloads): new tunnels use the replacement, open ones continue.
+    pub fn live_config(&self) -> LiveConfig<tls::ClientConfig> {
+        self.config.clone()
+    }
+
+    /// Shares `live` with other forwarders (one reload reaches all of them); replaces the
+    /// configuration given at construction.
+    pub fn with_live_config(mut self, live: LiveConfig<tls::ClientConfig>) -> Self {
+        self.config = live;
+        self
+    }
+
     /// Accepts connections until `shutdown` completes; then stops accepting, lets live tunnels
     /// go on for the drain period and closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -182,7 +196,7 @@ impl TcpForwarder {
             let tunnel = Tunnel {
                 lookup: Arc::clone(&lookup),
                 keepalive,
-                config: Arc::clone(&config),
+                config: config.clone(),
                 target: Arc::clone(&target),
                 version,
                 connect_timeout,
@@ -218,7 +232,7 @@ impl TcpForwarder {
 struct Tunnel {
     lookup: Arc<ServerLookup>,
     keepalive: Option<Keepalive>,
-    config: Arc<tls::ClientConfig>,
+    config: LiveConfig<tls::ClientConfig>,
     target: Arc<Target>,
     version: proto::Version,
     connect_timeout: Duration,
@@ -230,9 +244,10 @@ impl Tunnel {
         let started = Instant::now();
         let _ = conn.set_nodelay(true);
         let header = self.target.header(self.version);
+        let config = self.config.current();
         let connected = tokio::time::timeout(self.connect_timeout, async {
             let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
-            crate::tcp::connect(&addrs[..], &self.config, &header).await
+            crate::tcp::connect(&addrs[..], &config, &header).await
         })
         .await;
         let mut stream = match connected {

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, ServerAddr, ServerLookup, Target};
+use super::{BindError, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 
@@ -108,7 +108,7 @@ pub struct UdpForwarder {
     socket: Arc<UdpSocket>,
     server: ServerAddr,
     resolver: Arc<dyn Resolve>,
-    config: Arc<dtls::ClientConfig>,
+    config: LiveConfig<dtls::ClientConfig>,
     target: Target,
     version: proto::Version,
     idle_timeout: Duration,
@@ -156,7 +156,7 @@ impl UdpForwarder {
             socket: Arc::new(socket),
             server: server.into(),
             resolver: Arc::new(SystemResolver),
-            config: Arc::new(config),
+            config: LiveConfig::new(config),
             target,
             version: proto::Version::default(),
             idle_timeout: Duration::from_secs(120),
@@ -222,6 +222,19 @@ impl UdpForwarder {
         self.stats.clone()
     }
 
+    /// The handle that replaces this forwarder's DTLS configuration while it runs (certificate,
+    /// key and CA reloads): new tunnels use the replacement, open ones continue.
+    pub fn live_config(&self) -> LiveConfig<dtls::ClientConfig> {
+        self.config.clone()
+    }
+
+    /// Shares `live` with other forwarders (one reload reaches all of them); replaces the
+    /// configuration given at construction.
+    pub fn with_live_config(mut self, live: LiveConfig<dtls::ClientConfig>) -> Self {
+        self.config = live;
+        self
+    }
+
     /// Forwards until `shutdown` completes; then stops reading and closes every tunnel with
     /// close_notify.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -245,8 +258,7 @@ impl UdpForwarder {
         let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
             let opener = Opener {
                 lookup: ServerLookup::new(server, resolver),
-                // One context for every tunnel; if it cannot be built, each tunnel reports why.
-                connector: dtls::DtlsConnector::new(&config).ok(),
+                connector: std::sync::Mutex::new(None),
                 config,
                 target: Arc::clone(&target),
                 version,
@@ -378,8 +390,10 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
 /// Opens tunnels: the manager's factory.
 struct Opener {
     lookup: ServerLookup,
-    connector: Option<dtls::DtlsConnector>,
-    config: Arc<dtls::ClientConfig>,
+    /// One OpenSSL context for every tunnel, built from the configuration it names and built
+    /// again when the configuration is replaced.
+    connector: std::sync::Mutex<Option<(Arc<dtls::ClientConfig>, Arc<dtls::DtlsConnector>)>>,
+    config: LiveConfig<dtls::ClientConfig>,
     target: Arc<Target>,
     version: proto::Version,
     socket: Arc<UdpSocket>,
@@ -389,6 +403,23 @@ struct Opener {
 }
 
 impl Opener {
+    /// The context for `config`: the cached one, or a new one when the configuration was
+    /// replaced since.
+    fn connector_for(&self, config: &Arc<dtls::ClientConfig>) -> Option<Arc<dtls::DtlsConnector>> {
+        let mut cached = self
+            .connector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_from, connector)) = cached.as_ref() {
+            if Arc::ptr_eq(built_from, config) {
+                return Some(Arc::clone(connector));
+            }
+        }
+        let connector = Arc::new(dtls::DtlsConnector::new(config).ok()?);
+        *cached = Some((Arc::clone(config), Arc::clone(&connector)));
+        Some(connector)
+    }
+
     /// A session with the first of the server's addresses that completes a handshake; the
     /// error of the last one when none does.
     async fn connect_any(
@@ -396,11 +427,14 @@ impl Opener {
         addrs: &[SocketAddr],
         header: &proto::Header<'_>,
     ) -> Result<dtls::DtlsSession, ClientError> {
+        let config = self.config.current();
+        let connector = self.connector_for(&config);
         let mut last = None;
         for &server in addrs {
-            let attempt = match &self.connector {
+            let attempt = match &connector {
                 Some(connector) => crate::udp::connect_with(connector, server, header).await,
-                None => crate::udp::connect(server, &self.config, header).await,
+                // The context could not be built: each tunnel reports why.
+                None => crate::udp::connect(server, &config, header).await,
             };
             match attempt {
                 Ok(session) => return Ok(session),
