@@ -235,6 +235,18 @@ impl ForwardStats {
     }
 }
 
+/// An optional value in a log line: the value, or `-`.
+pub(crate) struct DisplayOpt<T>(pub(crate) Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for DisplayOpt<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

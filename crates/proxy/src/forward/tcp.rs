@@ -1,7 +1,5 @@
 //! The TCP forwarder: one TLS tunnel per accepted local connection.
 
-use super::LiveConfig;
-use crate::explain::ErrorChain;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +10,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, ServerAddr, ServerLookup, Target};
+use super::{BindError, DisplayOpt, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
+use crate::explain::ErrorChain;
 use crate::keepalive::Keepalive;
 
 /// Listens on a local TCP address and opens one tunnel to the server per accepted connection.
@@ -181,7 +180,7 @@ impl TcpForwarder {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.
-                        tracing::warn!(transport = "tcp", local = ?local, error = %e, "accept failed");
+                        tracing::warn!(transport = "tcp", local = %DisplayOpt(local), error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -207,7 +206,7 @@ impl TcpForwarder {
                 tokio::select! {
                     () = tunnel.serve(conn, peer) => {}
                     () = stop.cancelled() => {
-                        tracing::info!(transport = "tcp", peer = %peer, target = %tunnel.target, "tunnel closed: still open after the drain period");
+                        tracing::info!(transport = "tcp", peer = %peer, destination = %tunnel.target, "tunnel closed: still open after the drain period");
                     }
                 }
                 drop(permit);
@@ -216,7 +215,7 @@ impl TcpForwarder {
         drop(listener);
         tasks.close();
         if !tasks.is_empty() {
-            tracing::info!(transport = "tcp", local = ?local, open = tasks.len(), drain = ?drain_period, "draining tunnels");
+            tracing::info!(transport = "tcp", local = %DisplayOpt(local), open = tasks.len(), drain = ?drain_period, "draining tunnels");
         }
         if tokio::time::timeout(drain_period, tasks.wait())
             .await
@@ -255,12 +254,12 @@ impl Tunnel {
             Ok(Err(e)) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
                 let reason = crate::explain::reason(&e);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.target, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
                 return;
             }
             Err(_) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), target = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
                 return;
             }
         };
@@ -268,7 +267,7 @@ impl Tunnel {
             keepalive.apply(stream.get_ref().0, "server");
         }
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
-        tracing::debug!(transport = "tcp", peer = %peer, target = %self.target, "tunnel open");
+        tracing::debug!(transport = "tcp", peer = %peer, destination = %self.target, "tunnel open");
         let outcome = crate::relay::relay(&mut conn, &mut stream).await;
         ForwardStats::add(&self.stats.0.bytes_up, outcome.client_to_destination);
         ForwardStats::add(&self.stats.0.bytes_down, outcome.destination_to_client);
@@ -281,10 +280,10 @@ impl Tunnel {
                 tracing::info!(
                     transport = "tcp",
                     peer = %peer,
-                    target = %self.target,
-                    up = outcome.client_to_destination,
-                    down = 0,
-                    duration = ?duration,
+                    destination = %self.target,
+                    bytes_up = outcome.client_to_destination,
+                    bytes_down = 0,
+                    duration_ms = duration.as_millis() as u64,
                     reason = %crate::explain::Diagnosis::ClosedBeforeAnswering,
                     "tunnel closed without any answer"
                 )
@@ -292,10 +291,10 @@ impl Tunnel {
             Ok(()) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
-                target = %self.target,
-                up = outcome.client_to_destination,
-                down = outcome.destination_to_client,
-                duration = ?duration,
+                destination = %self.target,
+                bytes_up = outcome.client_to_destination,
+                bytes_down = outcome.destination_to_client,
+                duration_ms = duration.as_millis() as u64,
                 "tunnel closed"
             ),
             // Nothing came back before the connection broke: say why, in words.
@@ -319,10 +318,10 @@ impl Tunnel {
                 tracing::warn!(
                     transport = "tcp",
                     peer = %peer,
-                    target = %self.target,
-                    up = outcome.client_to_destination,
-                    down = 0,
-                    duration = ?duration,
+                    destination = %self.target,
+                    bytes_up = outcome.client_to_destination,
+                    bytes_down = 0,
+                    duration_ms = duration.as_millis() as u64,
                     reason = %reason,
                     error = %ErrorChain(&e),
                     "tunnel closed with an error before any answer"
@@ -331,10 +330,10 @@ impl Tunnel {
             Err(e) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
-                target = %self.target,
-                up = outcome.client_to_destination,
-                down = outcome.destination_to_client,
-                duration = ?duration,
+                destination = %self.target,
+                bytes_up = outcome.client_to_destination,
+                bytes_down = outcome.destination_to_client,
+                duration_ms = duration.as_millis() as u64,
                 error = %ErrorChain(&e),
                 "tunnel closed with an error"
             ),

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
+use super::{BindError, DisplayOpt, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 
@@ -285,7 +285,7 @@ impl UdpForwarder {
                     // ICMP errors for earlier replies and the like: the socket lives on.
                     Err(e) if is_transient(&e) => continue,
                     Err(e) => {
-                        tracing::error!(transport = "udp", local = ?local, error = %e, "local socket failed; stopping");
+                        tracing::error!(transport = "udp", local = %DisplayOpt(local), error = %e, "local socket failed; stopping");
                         break;
                     }
                 },
@@ -307,14 +307,14 @@ impl UdpForwarder {
                                 .reason
                                 .set("no reply from the server within the reply timeout");
                             ForwardStats::add(&counters.tunnels_unanswered, 1);
-                            tracing::info!(transport = "udp", source = %source, target = %target, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
+                            tracing::info!(transport = "udp", peer = %source, destination = %target, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
                         }
                         tunnels.remove_if_same(&source, &dead).await;
                     }
                     if !tunnels.contains(&source) && tunnels.len() >= max_tunnels {
                         ForwardStats::add(&counters.tunnels_refused, 1);
                         ForwardStats::add(&counters.dropped_other, 1);
-                        tracing::warn!(transport = "udp", source = %source, limit = max_tunnels, "too many tunnels; dropping the datagram");
+                        tracing::warn!(transport = "udp", peer = %source, limit = max_tunnels, "too many tunnels; dropping the datagram");
                         continue;
                     }
                     // The datagram waits for its tunnel in a task of its own, within a bound.
@@ -347,7 +347,7 @@ impl UdpForwarder {
         stopping.cancel();
         let closed = tunnels.close_all().await;
         if closed > 0 {
-            tracing::info!(transport = "udp", local = ?local, closed, "closed tunnels on shutdown");
+            tracing::info!(transport = "udp", local = %DisplayOpt(local), closed, "closed tunnels on shutdown");
         }
         tasks.close();
         tasks.wait().await;
@@ -458,7 +458,7 @@ impl Opener {
             Ok(session) => session,
             Err(e) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "udp", source = %source, server = %self.lookup.server(), target = %self.target, reason = %crate::explain::reason(&e), error = %crate::explain::ErrorChain(&e), "tunnel failed; dropping the datagram");
+                tracing::warn!(transport = "udp", peer = %source, server = %self.lookup.server(), destination = %self.target, reason = %crate::explain::reason(&e), error = %crate::explain::ErrorChain(&e), "tunnel failed; dropping the datagram");
                 return Err(e);
             }
         };
@@ -475,7 +475,7 @@ impl Opener {
             answered: AtomicBool::new(false),
             unanswered_since: AtomicU64::new(0),
         });
-        tracing::debug!(transport = "udp", source = %source, target = %self.target, "tunnel open");
+        tracing::debug!(transport = "udp", peer = %source, destination = %self.target, "tunnel open");
         self.tasks.spawn(replies(
             recv,
             Arc::clone(&tunnel),
@@ -569,22 +569,22 @@ async fn replies(
     match unanswered {
         Some(diagnosis) => tracing::warn!(
             transport = "udp",
-            source = %source,
-            target = %target,
-            up = tunnel.up.load(Ordering::Relaxed),
-            down,
-            duration = ?started.elapsed(),
+            peer = %source,
+            destination = %target,
+            bytes_up = tunnel.up.load(Ordering::Relaxed),
+            bytes_down = down,
+            duration_ms = started.elapsed().as_millis() as u64,
             reason = %diagnosis,
             end = %end,
             "tunnel closed before any answer"
         ),
         None => tracing::info!(
             transport = "udp",
-            source = %source,
-            target = %target,
-            up = tunnel.up.load(Ordering::Relaxed),
-            down,
-            duration = ?started.elapsed(),
+            peer = %source,
+            destination = %target,
+            bytes_up = tunnel.up.load(Ordering::Relaxed),
+            bytes_down = down,
+            duration_ms = started.elapsed().as_millis() as u64,
             reason = %end,
             "tunnel closed"
         ),
