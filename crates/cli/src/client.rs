@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use std::num::NonZeroUsize;
 use streamproxy::proxy::dial::SystemResolver;
-use streamproxy::proxy::forward::{LiveConfig, ServerAddr, TcpForwarder, UdpForwarder};
+
+use streamproxy::proxy::forward::{
+    ForwardSettings, LiveConfig, ServerAddr, TcpForwarder, UdpForwarder,
+};
 use streamproxy::{dtls, proto, tls};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +66,35 @@ pub(crate) async fn connection(
     )
     .server_name(name);
     Ok(Connection { server, tls, dtls })
+}
+
+/// The `[client]` table's timeouts and limits over the defaults of [`ForwardSettings`].
+fn forward_settings(file: &ClientConfig) -> anyhow::Result<ForwardSettings> {
+    let mut s = ForwardSettings::default().keepalive(file.keepalive().settings()?);
+    let positive = |n: usize, key: &str| {
+        NonZeroUsize::new(n).ok_or_else(|| {
+            anyhow::anyhow!("{key} = 0 in the config file would refuse every tunnel")
+        })
+    };
+    if let Some(d) = file.connect_timeout {
+        s = s.connect_timeout(d);
+    }
+    if let Some(d) = file.drain_period {
+        s = s.drain_period(d);
+    }
+    if let Some(d) = file.udp_idle_timeout {
+        s = s.udp_idle_timeout(d);
+    }
+    if let Some(d) = file.udp_reply_timeout {
+        s = s.udp_reply_timeout(d);
+    }
+    if let Some(n) = file.max_tunnels {
+        s = s.max_tunnels(positive(n, "max_tunnels")?);
+    }
+    if let Some(n) = file.max_pending {
+        s = s.max_pending(positive(n, "max_pending")?);
+    }
+    Ok(s)
 }
 
 /// Checks the server once at start (a health check over TCP, or DTLS when the client forwards
@@ -165,41 +198,29 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let conn = connection(args.conn, &file).await?;
     let tls_live = LiveConfig::new(conn.tls.clone());
     let dtls_live = LiveConfig::new(conn.dtls.clone());
-    let keepalive = file.keepalive().settings()?;
+    let settings = forward_settings(&file)?;
+    let drain = settings.drain_period;
     let mut stop = Stop::register()?;
     tokio::spawn(check_resolves(conn.server.clone()));
-    let connect_timeout = file.connect_timeout.unwrap_or(proto::DIAL_TIMEOUT);
-    let drain = file.drain_period.unwrap_or(Duration::from_secs(30));
-    let idle = file.udp_idle_timeout.unwrap_or(Duration::from_secs(120));
-    let reply = file.udp_reply_timeout.unwrap_or(Duration::from_secs(30));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for f in tcp {
-        let mut forwarder =
+        let forwarder =
             TcpForwarder::bind(f.local, conn.server.clone(), conn.tls.clone(), f.target)
                 .await?
                 .with_live_config(tls_live.clone())
-                .keepalive(keepalive)
-                .header_version(version)
-                .connect_timeout(connect_timeout)
-                .drain_period(drain);
-        if let Some(n) = file.max_tunnels {
-            forwarder = forwarder.max_tunnels(n);
-        }
+                .settings(&settings)
+                .header_version(version);
         tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
     for f in udp {
-        let mut forwarder =
+        let forwarder =
             UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
                 .await?
                 .with_live_config(dtls_live.clone())
-                .header_version(version)
-                .idle_timeout(idle)
-                .reply_timeout(reply);
-        if let Some(n) = file.max_tunnels {
-            forwarder = forwarder.max_tunnels(n);
-        }
+                .settings(&settings)
+                .header_version(version);
         tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
-use streamproxy::proxy::keepalive::Keepalive;
+use streamproxy::proxy::keepalive::{Keepalive, KeepaliveError};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +87,7 @@ pub(crate) struct ClientConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(crate) drain_period: Option<Duration>,
     pub(crate) max_tunnels: Option<usize>,
+    pub(crate) max_pending: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) tcp_keepalive_idle: Option<Duration>,
@@ -129,35 +130,24 @@ impl KeepaliveKeys {
     /// The keepalive to use: on with the defaults unless the keys say otherwise; values the
     /// kernel would refuse are errors naming the key.
     pub(crate) fn settings(&self) -> anyhow::Result<Option<Keepalive>> {
-        let mut keepalive = Keepalive::default();
-        if let Some(d) = self.idle {
-            keepalive.idle = keepalive_time(d, "tcp_keepalive_idle")?;
-        }
-        if let Some(d) = self.interval {
-            keepalive.interval = keepalive_time(d, "tcp_keepalive_interval")?;
-        }
-        if let Some(n) = self.retries {
-            if !(1..=Keepalive::MAX_RETRIES).contains(&n) {
-                bail!(
-                    "tcp_keepalive_retries = {n} in the config file: give 1 to {}",
-                    Keepalive::MAX_RETRIES
-                );
-            }
-            keepalive.retries = n;
-        }
+        let defaults = Keepalive::default();
+        let keepalive = Keepalive::new(
+            self.idle.unwrap_or(defaults.idle),
+            self.interval.unwrap_or(defaults.interval),
+            self.retries.unwrap_or(defaults.retries),
+        )
+        .map_err(|e| {
+            let key = match e {
+                KeepaliveError::Time {
+                    what: "interval", ..
+                } => "tcp_keepalive_interval",
+                KeepaliveError::Time { .. } => "tcp_keepalive_idle",
+                _ => "tcp_keepalive_retries",
+            };
+            anyhow::anyhow!("{key} in the config file: {e}")
+        })?;
         Ok(self.on.unwrap_or(true).then_some(keepalive))
     }
-}
-
-/// A keepalive time from the file: the kernel takes whole seconds from 1 s to 32,767 s.
-fn keepalive_time(d: Duration, key: &str) -> anyhow::Result<Duration> {
-    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > Keepalive::MAX_SECS {
-        bail!(
-            "{key} = {d:?} in the config file: give whole seconds from 1s to {}s",
-            Keepalive::MAX_SECS
-        );
-    }
-    Ok(d)
 }
 
 impl ConfigFile {

@@ -47,12 +47,61 @@ impl Default for Keepalive {
     }
 }
 
+/// A keepalive value the kernel would not take as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeepaliveError {
+    /// `idle` or `interval` is not whole seconds from 1 s to [`Keepalive::MAX_SECS`].
+    #[error("{what} of {value:?} is not whole seconds from 1s to {max}s", max = Keepalive::MAX_SECS)]
+    Time {
+        /// `"idle time"` or `"interval"`.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// `retries` is not from 1 to [`Keepalive::MAX_RETRIES`].
+    #[error("{value} retries is not from 1 to {max}", max = Keepalive::MAX_RETRIES)]
+    Retries {
+        /// The value given.
+        value: u32,
+    },
+}
+
 impl Keepalive {
     /// Longest `idle` and `interval` Linux takes, in seconds (`MAX_TCP_KEEPIDLE`,
     /// `MAX_TCP_KEEPINTVL`).
     pub const MAX_SECS: u64 = 32_767;
     /// Most `retries` Linux takes (`MAX_TCP_KEEPCNT`).
     pub const MAX_RETRIES: u32 = 127;
+
+    /// Keepalive with exactly these values, or an error naming the one the kernel would not
+    /// take as given (where [`effective`](Keepalive::effective) would round it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use streamproxy_proxy::keepalive::Keepalive;
+    ///
+    /// assert!(Keepalive::new(Duration::from_secs(30), Duration::from_secs(5), 4).is_ok());
+    /// assert!(Keepalive::new(Duration::from_millis(1500), Duration::from_secs(5), 4).is_err());
+    /// ```
+    pub fn new(idle: Duration, interval: Duration, retries: u32) -> Result<Self, KeepaliveError> {
+        let whole = |what, value: Duration| {
+            if value.subsec_nanos() != 0 || value.as_secs() == 0 || value.as_secs() > Self::MAX_SECS
+            {
+                Err(KeepaliveError::Time { what, value })
+            } else {
+                Ok(value)
+            }
+        };
+        if !(1..=Self::MAX_RETRIES).contains(&retries) {
+            return Err(KeepaliveError::Retries { value: retries });
+        }
+        Ok(Keepalive {
+            idle: whole("idle time", idle)?,
+            interval: whole("interval", interval)?,
+            retries,
+        })
+    }
 
     /// The values [`apply`](Keepalive::apply) sets: whole seconds within the kernel's range.
     pub fn effective(&self) -> Keepalive {

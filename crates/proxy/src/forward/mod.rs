@@ -35,6 +35,7 @@
 
 mod live;
 mod server_addr;
+mod settings;
 mod tcp;
 mod udp;
 
@@ -48,6 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use live::LiveConfig;
 use server_addr::ServerLookup;
 pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
+pub use settings::ForwardSettings;
 pub use tcp::TcpForwarder;
 pub use udp::UdpForwarder;
 

@@ -10,7 +10,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, DisplayOpt, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
+use super::{
+    BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
+    Target,
+};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 use crate::explain::ErrorChain;
@@ -65,6 +68,7 @@ impl TcpForwarder {
         config: tls::ClientConfig,
         target: Target,
     ) -> TcpForwarder {
+        let defaults = ForwardSettings::default();
         TcpForwarder {
             listener,
             server: server.into(),
@@ -72,12 +76,22 @@ impl TcpForwarder {
             config: LiveConfig::new(config),
             target,
             version: proto::Version::default(),
-            connect_timeout: proto::DIAL_TIMEOUT,
-            drain_period: Duration::from_secs(30),
-            max_tunnels: 4096,
-            keepalive: Some(Keepalive::default()),
+            connect_timeout: defaults.connect_timeout,
+            drain_period: defaults.drain_period,
+            max_tunnels: defaults.max_tunnels.get(),
+            keepalive: defaults.keepalive,
             stats: ForwardStats::default(),
         }
+    }
+
+    /// Applies the settings that concern TCP: connect timeout, drain period, tunnel limit and
+    /// keepalive.
+    pub fn settings(mut self, s: &ForwardSettings) -> Self {
+        self.connect_timeout = s.connect_timeout;
+        self.drain_period = s.drain_period;
+        self.max_tunnels = s.max_tunnels.get();
+        self.keepalive = s.keepalive;
+        self
     }
 
     /// What resolves the server's name for every tunnel (default the system's resolver; an

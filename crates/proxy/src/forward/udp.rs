@@ -25,7 +25,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BindError, DisplayOpt, ForwardStats, LiveConfig, ServerAddr, ServerLookup, Target};
+use super::{
+    BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
+    Target,
+};
 use crate::client::ClientError;
 use crate::dial::{Resolve, SystemResolver};
 
@@ -152,6 +155,7 @@ impl UdpForwarder {
         config: dtls::ClientConfig,
         target: Target,
     ) -> UdpForwarder {
+        let defaults = ForwardSettings::default();
         UdpForwarder {
             socket: Arc::new(socket),
             server: server.into(),
@@ -159,11 +163,23 @@ impl UdpForwarder {
             config: LiveConfig::new(config),
             target,
             version: proto::Version::default(),
-            idle_timeout: Duration::from_secs(120),
-            reply_timeout: Duration::from_secs(30),
-            max_tunnels: 4096,
-            max_pending: 1024,
+            idle_timeout: defaults.udp_idle_timeout,
+            reply_timeout: defaults.udp_reply_timeout,
+            max_tunnels: defaults.max_tunnels.get(),
+            max_pending: defaults.max_pending.get(),
             stats: ForwardStats::default(),
+        }
+    }
+
+    /// Applies the settings that concern UDP: idle and reply timeouts, tunnel limit and
+    /// pending datagrams.
+    pub fn settings(self, s: &ForwardSettings) -> Self {
+        UdpForwarder {
+            idle_timeout: s.udp_idle_timeout,
+            reply_timeout: s.udp_reply_timeout,
+            max_tunnels: s.max_tunnels.get(),
+            max_pending: s.max_pending.get(),
+            ..self
         }
     }
 
