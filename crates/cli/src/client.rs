@@ -60,11 +60,14 @@ pub(crate) async fn connection(
     )
     .server_name(server_name)
     .build()?;
-    let dtls = dtls::ClientConfig::new(
+    let mut dtls = dtls::ClientConfig::new(
         dtls::Identity::from_pem_files(&cert, &key)?,
         dtls::CaCerts::from_pem_file(&ca)?,
     )
     .server_name(name);
+    if let Some(n) = file.udp_buffer_bytes {
+        dtls = dtls.socket_buffers((n > 0).then(|| dtls::UdpBuffers::both(n)));
+    }
     Ok(Connection { server, tls, dtls })
 }
 
@@ -93,6 +96,9 @@ fn forward_settings(file: &ClientConfig) -> anyhow::Result<ForwardSettings> {
     }
     if let Some(n) = file.max_pending {
         s = s.max_pending(positive(n, "max_pending")?);
+    }
+    if let Some(n) = file.udp_buffer_bytes {
+        s = s.udp_buffers((n > 0).then(|| streamproxy::dtls::UdpBuffers::both(n)));
     }
     Ok(s)
 }

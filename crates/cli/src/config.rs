@@ -56,6 +56,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_udp_sessions: Option<usize>,
     pub(crate) max_handshakes: Option<usize>,
     pub(crate) resumption: Option<bool>,
+    pub(crate) udp_buffer_bytes: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) tcp_keepalive_idle: Option<Duration>,
@@ -88,6 +89,7 @@ pub(crate) struct ClientConfig {
     pub(crate) drain_period: Option<Duration>,
     pub(crate) max_tunnels: Option<usize>,
     pub(crate) max_pending: Option<usize>,
+    pub(crate) udp_buffer_bytes: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) tcp_keepalive_idle: Option<Duration>,

@@ -172,6 +172,9 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(on) = file.resumption {
         s = s.resumption(on);
     }
+    if let Some(n) = file.udp_buffer_bytes {
+        s = s.udp_buffers(streamproxy::dtls::UdpBuffers::both(n));
+    }
     Ok(s.tcp_keepalive(file.keepalive().settings()?))
 }
 
@@ -245,6 +248,7 @@ fn describe(plan: &Plan) -> String {
         ("max_udp_sessions", s.max_udp_sessions.to_string()),
         ("max_handshakes", s.max_handshakes.to_string()),
         ("resumption", s.resumption.to_string()),
+        ("udp_buffer_bytes", s.udp_buffers.recv.to_string()),
     ]);
     match &s.tcp_keepalive {
         Some(k) => lines.push((

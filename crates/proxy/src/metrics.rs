@@ -92,6 +92,23 @@ pub struct Metrics {
     limit_refusals: Family<TransportLabels, Counter>,
     dropped_datagrams: Family<KindLabels, Counter>,
     api_refusals: Counter,
+    udp_socket_drops: Counter,
+    /// Reads the kernel's drop count of the DTLS listener's socket at scrape time.
+    drops_source: std::sync::Mutex<Option<DropsSource>>,
+}
+
+/// A function that reads a kernel drop counter, and the value it read last.
+struct DropsSource {
+    read: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    last: u64,
+}
+
+impl fmt::Debug for DropsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropsSource")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -116,6 +133,8 @@ impl Metrics {
             limit_refusals: Family::default(),
             dropped_datagrams: Family::default(),
             api_refusals: Counter::default(),
+            udp_socket_drops: Counter::default(),
+            drops_source: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +184,11 @@ impl Metrics {
             "HTTPS API connections closed because max_connections were open",
             m.api_refusals.clone(),
         );
+        registry.register(
+            "udp_socket_drops",
+            "Datagrams the kernel dropped because the DTLS listener's receive buffer was full",
+            m.udp_socket_drops.clone(),
+        );
         // Series that exist from the start read as 0 rather than missing.
         for transport in [Transport::Tcp, Transport::Udp] {
             let labels = TransportLabels { transport };
@@ -182,10 +206,39 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        self.refresh_drops();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Makes `read` (the kernel's drop count of the UDP listener socket) the source of
+    /// `streamproxy_udp_socket_drops_total`, read at every scrape.
+    pub fn watch_udp_socket_drops(&self, read: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        let mut source = self
+            .drops_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = read().unwrap_or(0);
+        *source = Some(DropsSource {
+            read: Box::new(read),
+            last,
+        });
+    }
+
+    fn refresh_drops(&self) {
+        let mut source = self
+            .drops_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(source) = source.as_mut() {
+            if let Some(now) = (source.read)() {
+                self.udp_socket_drops
+                    .inc_by(now.saturating_sub(source.last));
+                source.last = source.last.max(now);
+            }
+        }
     }
 
     pub(crate) fn tunnel_opened(&self, t: Transport) {

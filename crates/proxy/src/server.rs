@@ -179,7 +179,23 @@ impl ServerBuilder {
             ctx.dialer.resolver = resolver;
         }
         let udp = match (udp, dtls_config) {
-            (Some(socket), Some(config)) => Some(dtls::DtlsListener::from_socket(socket, config)?),
+            (Some(socket), Some(config)) => {
+                let wanted = ctx.settings.udp_buffers;
+                let granted = wanted.apply(&socket);
+                if granted.short_of(wanted) {
+                    tracing::warn!(
+                        requested = wanted.recv,
+                        granted_recv = granted.recv,
+                        granted_send = granted.send,
+                        "the UDP listener got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
+                    );
+                }
+                if let Ok(inode) = dtls::socket_inode(&socket) {
+                    ctx.metrics
+                        .watch_udp_socket_drops(move || dtls::kernel_drops_by_inode(inode).ok());
+                }
+                Some(dtls::DtlsListener::from_socket(socket, config)?)
+            }
             _ => None,
         };
         let dtls_handle = udp.as_ref().map(dtls::DtlsListener::handle);

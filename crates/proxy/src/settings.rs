@@ -32,6 +32,9 @@ pub struct Settings {
     /// Whether clients may resume TLS and DTLS sessions with tickets, skipping certificates
     /// and signatures (the tickets die with a certificate reload). Default on.
     pub resumption: bool,
+    /// Receive and send buffers of the UDP listener socket (the DTLS port). Default 4 MiB
+    /// each way ([`dtls::UdpBuffers::default`]); past the system caps when the process may.
+    pub udp_buffers: dtls::UdpBuffers,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             max_handshakes: 256,
             tcp_keepalive: Some(Keepalive::default()),
             resumption: true,
+            udp_buffers: dtls::UdpBuffers::default(),
         }
     }
 }
@@ -103,6 +107,12 @@ impl Settings {
     /// Sets whether clients may resume sessions.
     pub fn resumption(mut self, enabled: bool) -> Self {
         self.resumption = enabled;
+        self
+    }
+
+    /// Sets the UDP listener's buffers.
+    pub fn udp_buffers(mut self, buffers: dtls::UdpBuffers) -> Self {
+        self.udp_buffers = buffers;
         self
     }
 

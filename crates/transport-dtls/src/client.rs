@@ -32,6 +32,7 @@ pub struct DtlsConnector {
     ctx: SslContext,
     server_name: String,
     common: Common,
+    socket_buffers: Option<crate::UdpBuffers>,
     /// The session to offer; always from a handshake on `ctx`.
     session: Arc<Mutex<Option<SslSession>>>,
 }
@@ -51,6 +52,7 @@ impl DtlsConnector {
             ctx: config.context()?,
             server_name: config.server_name.clone(),
             common: config.common.clone(),
+            socket_buffers: config.socket_buffers,
             session: Arc::new(Mutex::new(None)),
         };
         connector.ssl()?;
@@ -90,6 +92,10 @@ impl DtlsConnector {
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = UdpSocket::bind(local).await.map_err(ConnectError::Socket)?;
+        if let Some(buffers) = self.socket_buffers {
+            let granted = buffers.apply(&socket);
+            crate::buffers::warn_once_if_short(granted, buffers, "DTLS client");
+        }
         self.connect_with(socket, server).await
     }
 

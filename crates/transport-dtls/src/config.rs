@@ -348,6 +348,7 @@ pub struct ClientConfig {
     pub(crate) ca: CaCerts,
     pub(crate) server_name: String,
     pub(crate) common: Common,
+    pub(crate) socket_buffers: Option<crate::UdpBuffers>,
 }
 
 impl ClientConfig {
@@ -360,7 +361,16 @@ impl ClientConfig {
             ca,
             server_name: proto::DEFAULT_SERVER_NAME.to_owned(),
             common: Common::default(),
+            socket_buffers: Some(crate::UdpBuffers::default()),
         }
+    }
+
+    /// The buffers [`connect`](crate::DtlsConnector::connect) asks for on the socket it opens
+    /// (default [`UdpBuffers::default`](crate::UdpBuffers), 4 MiB each way, so a burst of
+    /// replies is not dropped in the kernel); `None` keeps the system's default.
+    pub fn socket_buffers(mut self, buffers: Option<crate::UdpBuffers>) -> Self {
+        self.socket_buffers = buffers;
+        self
     }
 
     /// The name the server certificate must carry (also sent as SNI).

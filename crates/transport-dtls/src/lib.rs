@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod buffers;
 mod client;
 mod config;
 mod cookie;
@@ -63,6 +64,7 @@ mod record;
 mod server;
 mod session;
 
+pub use buffers::{UdpBuffers, kernel_drops, kernel_drops_by_inode, socket_inode};
 pub use client::{DtlsConnector, connect};
 pub use config::{
     CaCerts, ClientConfig, ConfigError, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity,

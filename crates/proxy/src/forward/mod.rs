@@ -181,6 +181,8 @@ struct Counters {
     datagrams_down: AtomicU64,
     dropped_too_large: AtomicU64,
     dropped_other: AtomicU64,
+    /// The inode of the UDP forwarder's local socket (0: none), to read the kernel's drops.
+    socket_inode: AtomicU64,
 }
 
 /// A copy of a forwarder's counters at one moment.
@@ -210,6 +212,9 @@ pub struct ForwardCounts {
     pub dropped_too_large: u64,
     /// Datagrams dropped for another reason: empty, no tunnel, a closed tunnel (UDP).
     pub dropped_other: u64,
+    /// Datagrams the kernel dropped because the local socket's receive buffer was full (UDP,
+    /// while the forwarder runs).
+    pub dropped_by_kernel: u64,
 }
 
 impl ForwardStats {
@@ -229,6 +234,10 @@ impl ForwardStats {
             datagrams_down: get(&c.datagrams_down),
             dropped_too_large: get(&c.dropped_too_large),
             dropped_other: get(&c.dropped_other),
+            dropped_by_kernel: match get(&c.socket_inode) {
+                0 => 0,
+                inode => dtls::kernel_drops_by_inode(inode).unwrap_or(0),
+            },
         }
     }
 

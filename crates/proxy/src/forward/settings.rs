@@ -39,6 +39,9 @@ pub struct ForwardSettings {
     /// UDP datagrams waiting for their tunnel to open, across all sources; more are dropped.
     /// Default 1024.
     pub max_pending: NonZeroUsize,
+    /// Buffers of the UDP forwarder's local socket, which takes the bursts of every local
+    /// source; `None` keeps the system's default. Default 4 MiB each way.
+    pub udp_buffers: Option<dtls::UdpBuffers>,
 }
 
 impl Default for ForwardSettings {
@@ -51,6 +54,7 @@ impl Default for ForwardSettings {
             udp_idle_timeout: Duration::from_secs(120),
             udp_reply_timeout: Duration::from_secs(30),
             max_pending: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            udp_buffers: Some(dtls::UdpBuffers::default()),
         }
     }
 }
@@ -89,6 +93,12 @@ impl ForwardSettings {
     /// Sets the UDP reply timeout (zero: never replace).
     pub fn udp_reply_timeout(mut self, d: Duration) -> Self {
         self.udp_reply_timeout = d;
+        self
+    }
+
+    /// Sets the UDP local socket's buffers (`None`: the system's default).
+    pub fn udp_buffers(mut self, buffers: Option<dtls::UdpBuffers>) -> Self {
+        self.udp_buffers = buffers;
         self
     }
 

@@ -118,6 +118,7 @@ pub struct UdpForwarder {
     reply_timeout: Duration,
     max_tunnels: usize,
     max_pending: usize,
+    udp_buffers: Option<dtls::UdpBuffers>,
     stats: ForwardStats,
 }
 
@@ -167,6 +168,7 @@ impl UdpForwarder {
             reply_timeout: defaults.udp_reply_timeout,
             max_tunnels: defaults.max_tunnels.get(),
             max_pending: defaults.max_pending.get(),
+            udp_buffers: defaults.udp_buffers,
             stats: ForwardStats::default(),
         }
     }
@@ -179,6 +181,7 @@ impl UdpForwarder {
             reply_timeout: s.udp_reply_timeout,
             max_tunnels: s.max_tunnels.get(),
             max_pending: s.max_pending.get(),
+            udp_buffers: s.udp_buffers,
             ..self
         }
     }
@@ -265,8 +268,24 @@ impl UdpForwarder {
             reply_timeout,
             max_tunnels,
             max_pending,
+            udp_buffers,
             stats,
         } = self;
+        if let Some(wanted) = udp_buffers {
+            let granted = wanted.apply(&*socket);
+            if granted.short_of(wanted) {
+                tracing::warn!(
+                    transport = "udp",
+                    requested = wanted.recv,
+                    granted_recv = granted.recv,
+                    granted_send = granted.send,
+                    "the local UDP socket got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
+                );
+            }
+        }
+        if let Ok(inode) = dtls::socket_inode(&*socket) {
+            stats.0.socket_inode.store(inode, Ordering::Relaxed);
+        }
         let local = socket.local_addr().ok();
         let target = Arc::new(target);
         let tasks = TaskTracker::new();
