@@ -154,6 +154,10 @@ pub(crate) struct ServerArgs {
     /// The agent name a GoDoxy server shows for this server (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub(crate) agent_name: Option<String>,
+    /// Serve /health and /metrics over plain HTTP on ADDR (IP:PORT, or unix:PATH), for
+    /// scrapers without a client certificate.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) status_listen: Option<streamproxy::proxy::status::StatusAddr>,
     /// Allow destinations matching RULE (HOST or HOST:PORTS; e.g. 10.0.0.0/8:22,443,
     /// *.svc.internal, db.internal:5432). Repeatable.
     #[arg(long, value_name = "RULE", conflicts_with = "allow_all")]
@@ -238,6 +242,10 @@ pub(crate) struct ClientArgs {
     /// Forward UDP datagrams to LOCAL through the server to TARGET (HOST:PORT). Repeatable.
     #[arg(long, value_name = "LOCAL=TARGET")]
     pub(crate) udp: Vec<Forward>,
+    /// Serve /health and /metrics (the forwarders' counters) over plain HTTP on ADDR
+    /// (IP:PORT, or unix:PATH).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) status_listen: Option<streamproxy::proxy::status::StatusAddr>,
     /// A TOML file with the same settings plus timeouts and limits; flags override it.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,

@@ -5,17 +5,21 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use streamproxy::proxy::api::ApiSettings;
 use streamproxy::proxy::dial::SystemResolver;
+use streamproxy::proxy::status::StatusListener;
 
 use streamproxy::proxy::forward::{
-    ForwardSettings, LiveConfig, ServerAddr, TcpForwarder, UdpForwarder,
+    ForwardMetrics, ForwardSettings, LiveConfig, ServerAddr, TcpForwarder, UdpForwarder,
 };
 use streamproxy::{dtls, proto, tls};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClientArgs, Forward, HeaderVersion, ServerConnection};
-use crate::config::{ClientConfig, ConfigFile, all_present};
+use crate::config::{ClientConfig, ConfigFile, all_present, status_addr};
 use crate::signals::Stop;
 
 /// How to reach and trust the server, parsed and loaded.
@@ -208,6 +212,8 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let drain = settings.drain_period;
     let mut stop = Stop::register()?;
     tokio::spawn(check_resolves(conn.server.clone()));
+    let status = status_addr(args.status_listen, file.status_listen.as_deref())?;
+    let metrics = Arc::new(ForwardMetrics::new());
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for f in tcp {
@@ -217,6 +223,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 .with_live_config(tls_live.clone())
                 .settings(&settings)
                 .header_version(version);
+        metrics.add("tcp", forwarder.local_addr(), forwarder.stats());
         tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
@@ -227,9 +234,23 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 .with_live_config(dtls_live.clone())
                 .settings(&settings)
                 .header_version(version);
+        metrics.add("udp", forwarder.local_addr(), forwarder.stats());
         tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
+    let status_stop = CancellationToken::new();
+    let status_task = match &status {
+        Some(addr) => {
+            let listener = StatusListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
+            Some(tokio::spawn(listener.run(
+                Arc::clone(&metrics),
+                ApiSettings::default(),
+                status_stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
     tokio::spawn(check_server(
         conn.server.clone(),
         conn.tls.clone(),
@@ -263,6 +284,10 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    status_stop.cancel();
+    if let Some(task) = status_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

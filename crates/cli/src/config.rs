@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
 use streamproxy::proxy::keepalive::{Keepalive, KeepaliveError};
+use streamproxy::proxy::status::StatusAddr;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +32,7 @@ pub(crate) struct ServerConfig {
     pub(crate) udp: Option<bool>,
     pub(crate) api: Option<bool>,
     pub(crate) agent_name: Option<String>,
+    pub(crate) status_listen: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) api_header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -90,6 +92,7 @@ pub(crate) struct ClientConfig {
     pub(crate) max_tunnels: Option<usize>,
     pub(crate) max_pending: Option<usize>,
     pub(crate) udp_buffer_bytes: Option<usize>,
+    pub(crate) status_listen: Option<String>,
     pub(crate) tcp_keepalive: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) tcp_keepalive_idle: Option<Duration>,
@@ -222,6 +225,21 @@ pub(crate) fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(t).map_err(|e| {
         anyhow::anyhow!("`{text}` is not a duration like \"500ms\", \"10s\" or \"1h30m\" ({e})")
     })
+}
+
+/// The status listener's address: the flag, else the file's `status_listen`.
+pub(crate) fn status_addr(
+    flag: Option<StatusAddr>,
+    file: Option<&str>,
+) -> anyhow::Result<Option<StatusAddr>> {
+    match (flag, file) {
+        (Some(addr), _) => Ok(Some(addr)),
+        (None, Some(text)) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("status_listen in the config file: {e}")),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Fails naming every required option that was given neither as a flag nor in the file, so

@@ -8,10 +8,11 @@ use streamproxy::proxy::api::ApiSettings;
 use streamproxy::proxy::policy::{Policy, Rule};
 use streamproxy::proxy::server::{CertPaths, Server};
 use streamproxy::proxy::settings::Settings;
+use streamproxy::proxy::status::{StatusAddr, StatusListener};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ServerArgs;
-use crate::config::{ConfigFile, ServerConfig, all_present};
+use crate::config::{ConfigFile, ServerConfig, all_present, status_addr};
 use crate::signals::Stop;
 
 /// Everything a server needs, flags and file merged.
@@ -25,6 +26,7 @@ struct Plan {
     settings: Settings,
     udp: bool,
     api: Option<ApiSettings>,
+    status: Option<StatusAddr>,
 }
 
 const NO_POLICY: &str = "no destination policy: give --allow RULE (e.g. --allow 10.0.0.0/8:443, repeatable) or --allow-all to allow every destination";
@@ -92,6 +94,7 @@ fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
         api: (!args.no_api && file.api.unwrap_or(true))
             .then(|| api_settings(args.agent_name, &file))
             .transpose()?,
+        status: status_addr(args.status_listen, file.status_listen.as_deref())?,
     })
 }
 
@@ -218,6 +221,9 @@ fn describe(plan: &Plan) -> String {
         ("key", plan.certs.key.display().to_string()),
         ("ca", plan.certs.ca.display().to_string()),
     ];
+    if let Some(addr) = &plan.status {
+        lines.push(("status_listen", addr.to_string()));
+    }
     match &plan.api {
         Some(api) => {
             lines.push(("api", "on (/health, /metrics, /godoxy/agent/info)".into()));
@@ -304,6 +310,21 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let reloader = server.reloader();
+    let status_stop = tokio_util::sync::CancellationToken::new();
+    let status = match &plan.status {
+        Some(addr) => {
+            let listener = StatusListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
+            let metrics = server.metrics();
+            let settings = plan.api.clone().unwrap_or_default();
+            Some(tokio::spawn(listener.run(
+                metrics,
+                settings,
+                status_stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
     crate::notify::ready();
     server
         .run(async move {
@@ -326,6 +347,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         })
         .await;
+    status_stop.cancel();
+    if let Some(status) = status {
+        let _ = status.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

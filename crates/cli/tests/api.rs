@@ -447,3 +447,70 @@ fn api_connections_beyond_their_limit_are_closed_and_tunnels_still_work() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A plain-HTTP GET on any byte stream; returns the whole response.
+fn plain_get<S: Read + Write>(mut stream: S, path: &str) -> String {
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: status\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+}
+
+/// The status listener serves /health and /metrics without TLS (on TCP and on a unix
+/// socket), and no agent API; the client has one too, with its forwarders' counters.
+#[test]
+fn status_listeners_serve_health_and_metrics_in_plain_http() {
+    let dir = tmp();
+    certs(dir.path());
+    let mut server = start(dir.path(), &["--status-listen", "127.0.0.1:0"]);
+    let line = server.proc.wait_for("status listening");
+    let status = support::field(&line, "addr");
+    let r = plain_get(TcpStream::connect(status).expect("connect"), "/health");
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok"), "{r}");
+    let r = plain_get(TcpStream::connect(status).expect("connect"), "/metrics");
+    assert!(
+        r.contains("streamproxy_tunnels_active{transport=\"tcp\"} 0"),
+        "{r}"
+    );
+    assert!(r.contains("streamproxy_udp_socket_drops_total 0"), "{r}");
+    let r = plain_get(
+        TcpStream::connect(status).expect("connect"),
+        "/godoxy/agent/info",
+    );
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+
+    let socket = dir.path().join("status.sock");
+    let unix = format!("unix:{}", s(&socket));
+    let mut unix_server = start(dir.path(), &["--status-listen", &unix]);
+    unix_server.proc.wait_for("status listening");
+    let conn = std::os::unix::net::UnixStream::connect(&socket).expect("unix socket");
+    let r = plain_get(conn, "/health");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // The client's own status listener: its forwarders' counters.
+    let echo = tcp_echo();
+    let mut args = vec![
+        "client".to_owned(),
+        "--status-listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--tcp".to_owned(),
+        format!("127.0.0.1:0={echo}"),
+    ];
+    args.extend(support::client_args(dir.path(), server.tcp));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = support::Proc::spawn(&refs);
+    let local = support::field(&client.wait_for("forwarding"), "local");
+    let status = support::field(&client.wait_for("status listening"), "addr");
+    let mut conn = TcpStream::connect(local).expect("connect");
+    conn.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("echo");
+    let r = plain_get(TcpStream::connect(status).expect("connect"), "/metrics");
+    let opened =
+        format!("streamproxy_client_tunnels_opened_total{{transport=\"tcp\",local=\"{local}\"}} 1");
+    assert!(r.contains(&opened), "{r}");
+}

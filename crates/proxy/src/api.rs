@@ -127,6 +127,18 @@ pub enum ApiEnd {
     Error(hyper::Error),
 }
 
+/// What `/metrics` shows: the server's [`Metrics`], or a client's forwarder counters.
+pub trait Exposition: Send + Sync + 'static {
+    /// The metrics in the OpenMetrics text format.
+    fn encode(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
 /// Serves HTTP/1.1 requests on one already-secured connection until the client closes it, it
 /// goes idle, it breaks a limit, or `shutdown` is cancelled (then an idle connection closes at
 /// once and a busy one after its response).
@@ -139,13 +151,41 @@ pub async fn serve_api<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let info = AgentInfo::new(&settings.agent_name);
+    serve_http(stream, metrics, Some(info), settings, shutdown).await
+}
+
+/// [`serve_api`] for the plain status listener: `/health` and `/metrics` only.
+pub(crate) async fn serve_status<S>(
+    stream: S,
+    metrics: Arc<dyn Exposition>,
+    settings: &ApiSettings,
+    shutdown: CancellationToken,
+) -> ApiEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_http(stream, metrics, None, settings, shutdown).await
+}
+
+async fn serve_http<S, M>(
+    stream: S,
+    metrics: Arc<M>,
+    info: Option<AgentInfo>,
+    settings: &ApiSettings,
+    shutdown: CancellationToken,
+) -> ApiEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: Exposition + ?Sized,
+{
     let activity = Arc::new(Activity::default());
-    let info = Arc::new(AgentInfo::new(&settings.agent_name));
+    let info = Arc::new(info);
     let service = {
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |req| {
             let busy = Busy::enter(&activity);
-            let response = route(&req, &metrics, &info);
+            let response = route(&req, &*metrics, info.as_ref().as_ref());
             drop(busy);
             async move { Ok::<_, Infallible>(response) }
         })
@@ -282,12 +322,18 @@ impl AgentInfo {
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
-fn route(req: &Request<Incoming>, metrics: &Metrics, info: &AgentInfo) -> Response<Full<Bytes>> {
+fn route<M: Exposition + ?Sized>(
+    req: &Request<Incoming>,
+    metrics: &M,
+    info: Option<&AgentInfo>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let get = req.method() == Method::GET;
-    let agent_path = path
-        .strip_prefix(AGENT_API_PREFIX)
-        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    // The agent API exists only where there is agent information (the shared port).
+    let agent_path = info.and_then(|_| {
+        path.strip_prefix(AGENT_API_PREFIX)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
     match (get, path, agent_path) {
         (true, "/health", _) => respond(StatusCode::OK, TEXT, Bytes::from_static(b"ok")),
         (true, "/metrics", _) => respond(
@@ -295,7 +341,10 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, info: &AgentInfo) -> Respon
             METRICS_CONTENT_TYPE,
             Bytes::from(metrics.encode()),
         ),
-        (true, _, Some("/info")) => respond(StatusCode::OK, JSON, info.json.clone()),
+        (true, _, Some("/info")) => match info {
+            Some(info) => respond(StatusCode::OK, JSON, info.json.clone()),
+            None => json_error(StatusCode::NOT_FOUND, "not found"),
+        },
         (false, "/health" | "/metrics", _) | (false, _, Some("/info")) => {
             let mut r = if agent_path.is_some() {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -64,6 +64,7 @@ pub mod request;
 pub mod server;
 pub mod settings;
 mod shutdown;
+pub mod status;
 pub mod tcp;
 pub mod tunnel;
 pub mod udp;

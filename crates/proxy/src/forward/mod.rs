@@ -34,6 +34,7 @@
 //! ```
 
 mod live;
+mod metrics;
 mod server_addr;
 mod settings;
 mod tcp;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use live::LiveConfig;
+pub use metrics::ForwardMetrics;
 use server_addr::ServerLookup;
 pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
 pub use settings::ForwardSettings;

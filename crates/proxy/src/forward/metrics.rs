@@ -1,0 +1,158 @@
+//! The client's metrics: the counters of every forwarder, in the Prometheus text format.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::ForwardStats;
+use crate::api::Exposition;
+
+/// The counters of a client's forwarders, for a status listener. Every series exists from the
+/// moment a forwarder is added.
+///
+/// | metric | labels |
+/// |---|---|
+/// | `streamproxy_client_tunnels_opened_total`, `_failed_total`, `_refused_total`, `_unanswered_total` | `transport`, `local` |
+/// | `streamproxy_client_tunnels_active` | `transport`, `local` |
+/// | `streamproxy_client_bytes_total`, `streamproxy_client_datagrams_total` | and `direction` (`up`, `down`) |
+/// | `streamproxy_client_dropped_datagrams_total` | and `reason` (`too_large`, `other`, `kernel`) |
+#[derive(Debug, Default)]
+pub struct ForwardMetrics {
+    forwarders: Mutex<Vec<(&'static str, String, ForwardStats)>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    transport: &'static str,
+    local: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    transport: &'static str,
+    local: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    transport: &'static str,
+    local: String,
+    reason: &'static str,
+}
+
+impl ForwardMetrics {
+    /// No forwarders yet.
+    pub fn new() -> ForwardMetrics {
+        ForwardMetrics::default()
+    }
+
+    /// Adds a forwarder's counters under `transport` (`"tcp"`, `"udp"`) and its local address.
+    pub fn add(&self, transport: &'static str, local: impl ToString, stats: ForwardStats) {
+        self.forwarders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((transport, local.to_string(), stats));
+    }
+}
+
+impl Exposition for ForwardMetrics {
+    fn encode(&self) -> String {
+        let counter = || Family::<Labels, Counter>::default();
+        let (opened, failed, refused, unanswered) = (counter(), counter(), counter(), counter());
+        let active = Family::<Labels, Gauge>::default();
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let datagrams = Family::<DirectionLabels, Counter>::default();
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        let forwarders = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (transport, local, stats) in forwarders {
+            let c = stats.snapshot();
+            let l = Labels {
+                transport,
+                local: local.clone(),
+            };
+            opened.get_or_create(&l).inc_by(c.tunnels_opened);
+            failed.get_or_create(&l).inc_by(c.tunnels_failed);
+            refused.get_or_create(&l).inc_by(c.tunnels_refused);
+            unanswered.get_or_create(&l).inc_by(c.tunnels_unanswered);
+            let open = c.tunnels_opened.saturating_sub(c.tunnels_closed);
+            active
+                .get_or_create(&l)
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
+            for (direction, b, d) in [
+                ("up", c.bytes_up, c.datagrams_up),
+                ("down", c.bytes_down, c.datagrams_down),
+            ] {
+                let dl = DirectionLabels {
+                    transport,
+                    local: local.clone(),
+                    direction,
+                };
+                bytes.get_or_create(&dl).inc_by(b);
+                datagrams.get_or_create(&dl).inc_by(d);
+            }
+            for (reason, n) in [
+                ("too_large", c.dropped_too_large),
+                ("other", c.dropped_other),
+                ("kernel", c.dropped_by_kernel),
+            ] {
+                let rl = ReasonLabels {
+                    transport,
+                    local: local.clone(),
+                    reason,
+                };
+                dropped.get_or_create(&rl).inc_by(n);
+            }
+        }
+        let mut registry = Registry::with_prefix("streamproxy_client");
+        registry.register("tunnels_opened", "Tunnels opened to the server", opened);
+        registry.register("tunnels_failed", "Tunnels that could not be opened", failed);
+        registry.register(
+            "tunnels_refused",
+            "Local connections or sources refused at the tunnel limit",
+            refused,
+        );
+        registry.register(
+            "tunnels_unanswered",
+            "UDP tunnels replaced because the server stopped answering",
+            unanswered,
+        );
+        registry.register("tunnels_active", "Tunnels open now", active);
+        registry.register("bytes", "Bytes relayed", bytes);
+        registry.register("datagrams", "Datagrams relayed (UDP)", datagrams);
+        registry.register("dropped_datagrams", "Datagrams dropped, by reason", dropped);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_forwarder_has_its_series_from_the_start() {
+        let metrics = ForwardMetrics::new();
+        metrics.add("tcp", "127.0.0.1:2222", ForwardStats::default());
+        metrics.add("udp", "127.0.0.1:5353", ForwardStats::default());
+        let text = metrics.encode();
+        for line in [
+            "streamproxy_client_tunnels_opened_total{transport=\"tcp\",local=\"127.0.0.1:2222\"} 0",
+            "streamproxy_client_tunnels_active{transport=\"udp\",local=\"127.0.0.1:5353\"} 0",
+            "streamproxy_client_bytes_total{transport=\"tcp\",local=\"127.0.0.1:2222\",direction=\"up\"} 0",
+            "streamproxy_client_dropped_datagrams_total{transport=\"udp\",local=\"127.0.0.1:5353\",reason=\"kernel\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
+}
