@@ -201,23 +201,28 @@ fn man_pages_are_written_for_the_command_and_each_subcommand() {
 }
 
 #[test]
-fn version_names_the_package_version() {
+fn version_names_the_package_version_and_the_commit() {
     let out = streamproxy(&["--version"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.starts_with(&format!("streamproxy {}", env!("CARGO_PKG_VERSION"))),
-        "{text}"
-    );
-    // Built from a git checkout (as CI and developers do), the commit follows.
+    // The build script's value, which the binary and this test were built with.
+    let built = env!("STREAMPROXY_VERSION");
+    assert_eq!(text.trim(), format!("streamproxy {built}"));
+    assert!(built.starts_with(env!("CARGO_PKG_VERSION")), "{built}");
+    // Built from a git checkout (as CI and developers do), a commit follows.
     let in_git = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(["rev-parse", "--git-dir"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .ok()
-        .filter(|o| o.status.success());
-    if let Some(head) = in_git {
-        let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
-        assert!(text.contains(&format!("({head})")), "{text} lacks {head}");
+        .is_ok_and(|o| o.status.success());
+    if in_git {
+        let commit = built
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no commit in {built:?}"));
+        assert!(
+            commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{built}"
+        );
     }
 }
