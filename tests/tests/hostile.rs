@@ -76,6 +76,7 @@ fn crafted_headers_match_the_encoder() {
     let ours = craft_header(b"127.0.0.1", b"8080", None, None);
     let theirs = Header::new("127.0.0.1", "8080")
         .expect("valid")
+        .with_version(streamproxy::proto::Version::V0_1_0_0)
         .to_bytes()
         .expect("encodes");
     assert_eq!(ours, &*theirs);
