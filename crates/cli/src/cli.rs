@@ -49,7 +49,8 @@ pub(crate) enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Write a CA, a server certificate and a client certificate (ECDSA P-256) as PEM files.
+    /// Make certificates (ECDSA P-256, PEM): a CA, and server and client certificates
+    /// issued from it.
     Certs(CertsArgs),
     /// Run a server: TLS on a TCP port and DTLS on the same UDP port number.
     Server(ServerArgs),
@@ -107,19 +108,78 @@ impl Command {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct CertsArgs {
-    /// Directory to write ca.pem, ca-key.pem, server.pem, server-key.pem, client.pem and
-    /// client-key.pem into (created if missing).
+    #[command(subcommand)]
+    pub(crate) command: Option<CertsCommand>,
+    /// Without a subcommand: write a new CA and one server and one client certificate into
+    /// DIR (created if missing): ca.pem, server.pem, server-key.pem, client.pem,
+    /// client-key.pem, and the CA's key apart in DIR/ca/.
     #[arg(long, value_name = "DIR")]
-    pub(crate) out: PathBuf,
+    pub(crate) out: Option<PathBuf>,
     /// A further name (DNS name or IP address) for the server certificate, besides
     /// godoxy.agent, localhost, 127.0.0.1 and ::1. Repeatable.
     #[arg(long = "server-name", value_name = "NAME")]
     pub(crate) server_names: Vec<String>,
-    /// Validity of the certificates, in days.
-    #[arg(long, value_name = "N", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub(crate) days: u32,
-    /// Overwrite existing files.
+    /// Validity of the certificates, in days (default 365).
+    #[arg(long, value_name = "N", value_parser = days())]
+    pub(crate) days: Option<u32>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+fn days() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=36500)
+}
+
+/// Certificates from a CA you keep: make it once, issue from it as often as needed.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCommand {
+    /// Make a CA: ca.pem (copy it to every host) and ca-key.pem (keep it here) in DIR.
+    Ca {
+        /// Directory for ca.pem and ca-key.pem (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The CA's name (default: "streamproxy CA" and a random suffix, unique per CA).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Validity in days (default 3650).
+        #[arg(long, value_name = "N", value_parser = days())]
+        days: Option<u32>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a server certificate from the CA in --ca-dir: server.pem, server-key.pem and
+    /// ca.pem in DIR. It carries godoxy.agent, localhost, 127.0.0.1, ::1 and every
+    /// --server-name.
+    Server(IssueArgs),
+    /// Issue a client certificate named --name from the CA in --ca-dir: client.pem,
+    /// client-key.pem and ca.pem in DIR.
+    Client(IssueArgs),
+}
+
+/// What issuing a leaf takes.
+#[derive(Debug, Args)]
+pub(crate) struct IssueArgs {
+    /// The CA's directory (ca.pem and ca-key.pem, from `certs ca`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ca_dir: PathBuf,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// The certificate's common name (required for a client; a server's defaults to
+    /// godoxy.agent).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// A further name (DNS name or IP address) for a server certificate. Repeatable.
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub(crate) server_names: Vec<String>,
+    /// Validity in days (default 365).
+    #[arg(long, value_name = "N", value_parser = days())]
+    pub(crate) days: Option<u32>,
+    /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
 }

@@ -23,7 +23,7 @@ fn certs_server_and_client_forward_tcp_and_udp_byte_exact() {
     };
     assert_eq!(mode("server-key.pem"), 0o600);
     assert_eq!(mode("client-key.pem"), 0o600);
-    assert_eq!(mode("ca-key.pem"), 0o600);
+    assert_eq!(mode("ca/ca-key.pem"), 0o600);
     let server = server(dir.path(), &["--allow", "127.0.0.1"]);
     let (tcp_target, udp_target) = (tcp_echo(), udp_echo());
     for version in ["0.1.0.0", "0.1.0"] {

@@ -198,15 +198,12 @@ fn a_server_name_the_certificate_does_not_carry() {
 
 /// A server certificate that expired yesterday, issued by the CA `streamproxy certs` made.
 fn expired_server_certificate(dir: &Path) {
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).expect("key"))
-        .expect("ca key");
-    // The CA's name and key are all an issuer needs (verifiers match the name and the
-    // signature).
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "streamproxy CA");
-    let issuer = Issuer::from_params(&ca_params, ca_key);
+    let ca_dir = dir.join("ca");
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca-key.pem")).expect("key"))
+            .expect("ca key");
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).expect("ca");
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
     let mut params =
         CertificateParams::new(vec!["godoxy.agent".to_owned(), "127.0.0.1".to_owned()])
             .expect("params");

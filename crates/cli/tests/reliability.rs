@@ -183,7 +183,7 @@ fn reissue_server_certificate(dir: &Path, serial: u32) {
         "-CA",
         s(&dir.join("ca.pem")),
         "-CAkey",
-        s(&dir.join("ca-key.pem")),
+        s(&dir.join("ca").join("ca-key.pem")),
         "-set_serial",
         &serial.to_string(),
         "-days",
