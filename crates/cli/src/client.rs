@@ -163,7 +163,7 @@ async fn check_resolves(server: ServerAddr) {
             tracing::info!(server = %server, addresses = ?addrs, "server name resolved; every tunnel resolves it again")
         }
         Err(e) => {
-            tracing::warn!(server = %server, error = %e, "the server name does not resolve now; tunnels fail until it does")
+            tracing::warn!(server = %server, error = %crate::one_line(&e), "the server name does not resolve now; tunnels fail until it does")
         }
     }
 }

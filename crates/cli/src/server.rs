@@ -339,7 +339,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                         crate::notify::reloading();
                         match reloader.reload() {
                             Ok(()) => tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA"),
-                            Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "reload failed; keeping the previous certificates"),
+                            Err(e) => tracing::error!(signal = "SIGHUP", error = %crate::one_line(&e), "reload failed; keeping the previous certificates"),
                         }
                         crate::notify::reloaded();
                     }

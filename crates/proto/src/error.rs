@@ -123,15 +123,9 @@ impl fmt::Display for EncodeError {
     }
 }
 
-impl core::error::Error for EncodeError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            EncodeError::Host(e) => Some(e),
-            EncodeError::Port(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A leaf error: its `Display` says everything (the field's own error included), so that one
+/// line in a log holds it all; `source()` is `None`, so a chain printer does not repeat it.
+impl core::error::Error for EncodeError {}
 
 impl From<HostError> for EncodeError {
     fn from(e: HostError) -> Self {
@@ -225,15 +219,8 @@ impl fmt::Display for HeaderError {
     }
 }
 
-impl core::error::Error for HeaderError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            HeaderError::Host(e) => Some(e),
-            HeaderError::Port(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A leaf error, as [`EncodeError`]: everything is in `Display`, `source()` is `None`.
+impl core::error::Error for HeaderError {}
 
 impl From<HostError> for HeaderError {
     fn from(e: HostError) -> Self {

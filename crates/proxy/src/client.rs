@@ -20,10 +20,10 @@ pub enum ClientError {
     #[error(transparent)]
     Dtls(#[from] dtls::ConnectError),
     /// Sending the header over DTLS failed.
-    #[error("sending the header: {0}")]
+    #[error("sending the header")]
     DtlsSend(#[source] dtls::SendError),
     /// Sending the header over TLS failed.
-    #[error("sending the header: {0}")]
+    #[error("sending the header")]
     Io(#[source] io::Error),
 }
 
@@ -41,9 +41,9 @@ pub enum HealthError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Reading the server's answer over TLS failed (a reset instead of a clean close).
-    #[error("reading the answer: {0}")]
+    #[error("reading the answer")]
     Io(#[source] io::Error),
     /// Reading the server's answer over DTLS failed.
-    #[error("reading the answer: {0}")]
+    #[error("reading the answer")]
     Dtls(#[source] dtls::RecvError),
 }

@@ -60,7 +60,7 @@ pub enum ReadHeaderError {
     #[error(transparent)]
     Invalid(#[from] HeaderError),
     /// Reading failed.
-    #[error("reading the header: {0}")]
+    #[error("reading the header")]
     Io(#[source] io::Error),
 }
 

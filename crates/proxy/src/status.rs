@@ -141,7 +141,7 @@ impl StatusListener {
                 accepted = accept(&self.listener) => match accepted {
                     Ok(stream) => stream,
                     Err(e) => {
-                        tracing::warn!(error = %e, "status listener: accept failed");
+                        tracing::warn!(error = %crate::explain::ErrorChain(&e), "status listener: accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
@@ -161,7 +161,7 @@ impl StatusListener {
             );
             tasks.spawn(async move {
                 if let ApiEnd::Error(e) = serve_status(stream, metrics, &settings, stopping).await {
-                    tracing::debug!(error = %e, "status connection ended with an error");
+                    tracing::debug!(error = %crate::explain::ErrorChain(&e), "status connection ended with an error");
                 }
                 drop(permit);
             });

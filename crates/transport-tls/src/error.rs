@@ -18,7 +18,7 @@ pub enum LoadError {
     #[error("cannot make session-ticket keys")]
     Tickets(#[source] rustls::Error),
     /// The file is missing or cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum LoadError {
         source: io::Error,
     },
     /// The file is not well-formed PEM.
-    #[error("{} is not valid PEM: {source}", path.display())]
+    #[error("{} is not valid PEM", path.display())]
     Pem {
         /// The file.
         path: PathBuf,
@@ -42,7 +42,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// A `CERTIFICATE` block does not hold a parsable X.509 certificate.
-    #[error("certificate #{index} in {} cannot be parsed: {source}", path.display())]
+    #[error("certificate #{index} in {} cannot be parsed", path.display())]
     BadCertificate {
         /// The file.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The private key is of a kind the crypto provider cannot sign with.
-    #[error("the private key in {} is not usable: {source}", path.display())]
+    #[error("the private key in {} is not usable", path.display())]
     UnsupportedKey {
         /// The key file.
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum LoadError {
         source: rustls::Error,
     },
     /// webpki cannot use the end-entity certificate.
-    #[error("the certificate in {} is not usable: {source}", path.display())]
+    #[error("the certificate in {} is not usable", path.display())]
     UnusableCertificate {
         /// The certificate file.
         path: PathBuf,
@@ -100,7 +100,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// A CA certificate cannot be used as a trust anchor.
-    #[error("a CA certificate in {} cannot be used as a trust anchor: {source}", path.display())]
+    #[error("a CA certificate in {} cannot be used as a trust anchor", path.display())]
     BadTrustAnchor {
         /// The CA file.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum LoadError {
         source: rustls::Error,
     },
     /// The client-certificate verifier cannot be built from the CA.
-    #[error("cannot verify client certificates against {}: {source}", path.display())]
+    #[error("cannot verify client certificates against {}", path.display())]
     ClientVerifier {
         /// The CA file.
         path: PathBuf,
@@ -124,7 +124,7 @@ pub enum LoadError {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The crypto provider offers no cipher suite for the requested protocol versions.
-    #[error("unsupported TLS protocol versions: {0}")]
+    #[error("unsupported TLS protocol versions")]
     ProtocolVersions(#[source] rustls::Error),
 }
 
@@ -136,17 +136,17 @@ pub enum AcceptError {
     #[error("TLS handshake did not finish within {0:?}")]
     Timeout(Duration),
     /// The transport failed or closed during the handshake.
-    #[error("I/O error during the TLS handshake: {0}")]
+    #[error("I/O error during the TLS handshake")]
     Io(#[source] io::Error),
     /// The client aborted the handshake with a TLS alert.
     #[error("the client aborted the TLS handshake with alert {0:?}")]
     AlertReceived(AlertDescription),
     /// We aborted the handshake (bad or missing client certificate, no common ALPN protocol,
     /// no common version or cipher suite, malformed message...). The client was sent an alert.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Tls(#[source] rustls::Error),
     /// The verified client certificate could not be parsed for its subject and names.
-    #[error("the client certificate cannot be parsed: {0}")]
+    #[error("the client certificate cannot be parsed")]
     PeerCertificate(#[source] X509Error),
 }
 
@@ -155,20 +155,20 @@ pub enum AcceptError {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The TCP connection could not be established.
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[source] io::Error),
     /// Connecting and the handshake did not finish in time.
     #[error("TLS connection not established within {0:?}")]
     Timeout(Duration),
     /// The transport failed or closed during the handshake.
-    #[error("I/O error during the TLS handshake: {0}")]
+    #[error("I/O error during the TLS handshake")]
     Io(#[source] io::Error),
     /// The server aborted the handshake with a TLS alert.
     #[error("the server aborted the TLS handshake with alert {0:?}")]
     AlertReceived(AlertDescription),
     /// We aborted the handshake (server certificate not trusted or not valid for the server
     /// name, no common version or cipher suite...). The server was sent an alert.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Tls(#[source] rustls::Error),
 }
 

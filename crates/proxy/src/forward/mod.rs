@@ -75,7 +75,7 @@ pub enum TargetError {
         target: String,
     },
     /// The host or the port cannot be carried by a header.
-    #[error("target `{target}`: {source}")]
+    #[error("target `{target}`")]
     Invalid {
         /// The target as given.
         target: String,
@@ -154,7 +154,7 @@ impl fmt::Display for Target {
 
 /// A local socket could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {transport} {addr}: {source}")]
+#[error("cannot listen on {transport} {addr}")]
 pub struct BindError {
     /// `"tcp"` or `"udp"`.
     pub transport: &'static str,

@@ -47,7 +47,7 @@ pub struct ServerAddrError {
 #[non_exhaustive]
 pub enum ResolveError {
     /// The resolver failed.
-    #[error("cannot resolve the server {server}: {source}")]
+    #[error("cannot resolve the server {server}")]
     Failed {
         /// The server, `host:port`.
         server: String,
@@ -178,7 +178,7 @@ impl ServerLookup {
             }
             Err(e) => match &*last {
                 Some(addrs) => {
-                    tracing::warn!(server = %self.server, error = %e, addresses = ?addrs, "cannot resolve the server; using its last known addresses");
+                    tracing::warn!(server = %self.server, error = %crate::explain::ErrorChain(&e), addresses = ?addrs, "cannot resolve the server; using its last known addresses");
                     Ok(addrs.clone())
                 }
                 None => Err(e),

@@ -194,7 +194,7 @@ impl TcpForwarder {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.
-                        tracing::warn!(transport = "tcp", local = %DisplayOpt(local), error = %e, "accept failed");
+                        tracing::warn!(transport = "tcp", local = %DisplayOpt(local), error = %crate::explain::ErrorChain(&e), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

@@ -320,7 +320,7 @@ impl UdpForwarder {
                     // ICMP errors for earlier replies and the like: the socket lives on.
                     Err(e) if is_transient(&e) => continue,
                     Err(e) => {
-                        tracing::error!(transport = "udp", local = %DisplayOpt(local), error = %e, "local socket failed; stopping");
+                        tracing::error!(transport = "udp", local = %DisplayOpt(local), error = %crate::explain::ErrorChain(&e), "local socket failed; stopping");
                         break;
                     }
                 },
@@ -416,7 +416,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
             ForwardStats::add(&counters.dropped_other, 1);
         }
         Err(e) => {
-            tracing::debug!(transport = "udp", error = %e, "sending a datagram failed");
+            tracing::debug!(transport = "udp", error = %crate::explain::ErrorChain(&e), "sending a datagram failed");
             ForwardStats::add(&counters.dropped_other, 1);
         }
     }

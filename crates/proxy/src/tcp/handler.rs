@@ -28,7 +28,7 @@ pub enum StreamError {
     #[error(transparent)]
     Dial(#[from] DialError),
     /// The relay failed after the tunnel was up.
-    #[error("relay failed: {0}")]
+    #[error("relay failed")]
     Relay(#[source] io::Error),
 }
 
@@ -108,7 +108,7 @@ impl StreamHandler {
             Ok(Ok(request)) => request,
             Ok(Err(e)) => {
                 metrics.header_error(Transport::Tcp, e.kind());
-                tracing::warn!(transport = "tcp", peer = %client, error = %e, "rejected header");
+                tracing::warn!(transport = "tcp", peer = %client, error = %crate::explain::ErrorChain(&e), "rejected header");
                 return Err(e.into());
             }
             Err(_) => {
@@ -131,7 +131,7 @@ impl StreamHandler {
                 } else {
                     metrics.dial_failed(Transport::Tcp);
                 }
-                tracing::warn!(transport = "tcp", peer = %client, destination = %request.destination(), error = %e, "tunnel refused");
+                tracing::warn!(transport = "tcp", peer = %client, destination = %request.destination(), error = %crate::explain::ErrorChain(&e), "tunnel refused");
                 let _ = stream.shutdown().await;
                 return Err(e.into());
             }

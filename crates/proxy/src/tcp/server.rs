@@ -105,7 +105,7 @@ impl TcpServer {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: keep serving what is open.
-                        tracing::warn!(transport = "tcp", error = %e, "accept failed");
+                        tracing::warn!(transport = "tcp", error = %crate::explain::ErrorChain(&e), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -156,7 +156,7 @@ impl TcpServer {
                     Some(Ok(a)) => a,
                     Some(Err(e)) => {
                         metrics.handshake_failed(Transport::Tcp);
-                        tracing::warn!(transport = "tcp", peer = %addr, error = %e, "handshake failed");
+                        tracing::warn!(transport = "tcp", peer = %addr, error = %crate::explain::ErrorChain(&e), "handshake failed");
                         return;
                     }
                     None => return,
@@ -182,7 +182,7 @@ impl TcpServer {
                         };
                         let end = serve_api(accepted.stream, metrics, &settings, stopping).await;
                         if let ApiEnd::Error(e) = end {
-                            tracing::debug!(peer = %client, error = %e, "API connection ended with an error");
+                            tracing::debug!(peer = %client, error = %crate::explain::ErrorChain(&e), "API connection ended with an error");
                         }
                     }
                     (alpn, None) => {
