@@ -281,7 +281,8 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
     };
     crate::notify::stopping();
-    tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
+    tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels (a second signal exits at once)");
+    stop.exit_on_next();
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     status_stop.cancel();

@@ -53,6 +53,8 @@ pub(crate) struct ServerConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(crate) udp_idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
+    pub(crate) udp_client_silence_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
     pub(crate) drain_period: Option<Duration>,
     pub(crate) max_tcp_tunnels: Option<usize>,
     pub(crate) max_udp_sessions: Option<usize>,

@@ -160,6 +160,9 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(d) = file.udp_idle_timeout {
         s = s.udp_idle_timeout(d);
     }
+    if let Some(d) = file.udp_client_silence_timeout {
+        s = s.udp_client_silence_timeout(d);
+    }
     if let Some(d) = file.drain_period {
         s = s.drain_period(d);
     }
@@ -201,6 +204,42 @@ async fn check(plan: Plan) -> anyhow::Result<()> {
         .await?;
     print!("{}", describe(&plan));
     Ok(())
+}
+
+/// Descriptors a server may need at its limits: two per TCP tunnel (client and destination),
+/// two per UDP session (the destination socket and headroom for the DTLS state), one per
+/// handshake and API connection in flight, and a margin for listeners, logs and the resolver.
+fn descriptors_needed(plan: &Plan) -> u64 {
+    let s = &plan.settings;
+    let api = plan.api.as_ref().map_or(0, |a| a.max_connections);
+    let n = 2 * s.max_tcp_tunnels + 2 * s.max_udp_sessions + s.max_handshakes + api + 64;
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Raises the soft limit on open files to the hard limit (the default soft limit, often 1024,
+/// is far below what the tunnel limits need), logs what it got, and warns when the tunnel
+/// limits cannot fit in it: past it, accepting and dialing fail with "too many open files".
+fn raise_open_files_limit(plan: &Plan) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let needed = descriptors_needed(plan);
+    tracing::info!(open_files = limit, was = soft, hard, "open files limit");
+    if limit < needed {
+        tracing::warn!(
+            open_files = limit,
+            needed,
+            max_tcp_tunnels = plan.settings.max_tcp_tunnels,
+            max_udp_sessions = plan.settings.max_udp_sessions,
+            "the open files limit is below what the tunnel limits need: raise it (LimitNOFILE= in systemd, ulimit -Hn) or lower max_tcp_tunnels and max_udp_sessions"
+        );
+    }
 }
 
 /// The effective configuration, one `key  value` line each.
@@ -249,6 +288,10 @@ fn describe(plan: &Plan) -> String {
         ("dial_timeout", secs(s.dial_timeout)),
         ("handshake_timeout", secs(s.handshake_timeout)),
         ("udp_idle_timeout", secs(s.udp_idle_timeout)),
+        (
+            "udp_client_silence_timeout",
+            secs(s.udp_client_silence_timeout),
+        ),
         ("drain_period", secs(s.drain_period)),
         ("max_tcp_tunnels", s.max_tcp_tunnels.to_string()),
         ("max_udp_sessions", s.max_udp_sessions.to_string()),
@@ -295,11 +338,13 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builder = builder.api_settings(settings);
     }
     let server = builder
-        .settings(plan.settings)
+        .settings(plan.settings.clone())
         .udp(plan.udp)
         .api(plan.api.is_some())
         .bind(plan.listen)
         .await?;
+    // After binding, so that a user error (a port in use) stays the only line.
+    raise_open_files_limit(&plan);
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
@@ -328,13 +373,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     crate::notify::ready();
     server
         .run(async move {
-            loop {
+            let name = loop {
                 tokio::select! {
-                    name = stop.wait() => {
-                        crate::notify::stopping();
-                        tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels");
-                        return;
-                    }
+                    name = stop.wait() => break name,
                     _ = hangup.recv() => {
                         crate::notify::reloading();
                         match reloader.reload() {
@@ -344,7 +385,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                         crate::notify::reloaded();
                     }
                 }
-            }
+            };
+            crate::notify::stopping();
+            tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels (a second signal exits at once)");
+            stop.exit_on_next();
         })
         .await;
     status_stop.cancel();

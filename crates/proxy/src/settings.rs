@@ -16,6 +16,11 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// A UDP session with no datagram either way for this long is closed. Default 120 s.
     pub udp_idle_timeout: Duration,
+    /// A UDP session whose client has sent nothing for this long is closed, even while the
+    /// destination keeps sending (a client that vanished); zero turns it off. Long enough by
+    /// default for one-way streams toward the client (a media feed whose client only listens
+    /// sends nothing back): 10 minutes.
+    pub udp_client_silence_timeout: Duration,
     /// How long live tunnels may go on after shutdown starts. Default 30 s.
     pub drain_period: Duration,
     /// Most TCP tunnels open at once; more are refused. Default 4096.
@@ -44,6 +49,7 @@ impl Default for Settings {
             dial_timeout: proto::DIAL_TIMEOUT,
             handshake_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(120),
+            udp_client_silence_timeout: Duration::from_secs(600),
             drain_period: Duration::from_secs(30),
             max_tcp_tunnels: 4096,
             max_udp_sessions: 4096,
@@ -77,6 +83,12 @@ impl Settings {
     /// Sets the UDP idle timeout.
     pub fn udp_idle_timeout(mut self, d: Duration) -> Self {
         self.udp_idle_timeout = d;
+        self
+    }
+
+    /// Sets the UDP client-silence timeout (zero: off).
+    pub fn udp_client_silence_timeout(mut self, d: Duration) -> Self {
+        self.udp_client_silence_timeout = d;
         self
     }
 

@@ -271,3 +271,59 @@ async fn destination_datagrams_too_large_for_a_record_are_dropped_not_cut() {
     session.shutdown().await.expect("close");
     server.stop().await;
 }
+
+/// A client that vanished (sends nothing more, never closes) while its destination keeps
+/// sending: the two-way idle timer never fires, the client-silence timeout ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_while_the_destination_keeps_sending() {
+    let pki = Pki::new();
+    let settings = Settings::default()
+        .udp_idle_timeout(Duration::from_secs(60))
+        .udp_client_silence_timeout(Duration::from_millis(500));
+    let server = start(&pki, allow_all(), settings).await;
+    // A destination that, once it has heard from a source, sends to it every 20 ms.
+    let feed = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let feed_addr = feed.local_addr().expect("addr");
+    let streaming = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        let (_, to) = feed.recv_from(&mut buf).await.expect("first datagram");
+        loop {
+            if feed.send_to(b"frame", to).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let header = Header::with_port("127.0.0.1", feed_addr.port()).expect("header");
+    let mut session = udp::connect(server.udp.expect("udp"), &pki.dtls_client(), &header)
+        .await
+        .expect("session");
+    session.send(b"subscribe").await.expect("send");
+    let started = std::time::Instant::now();
+    let mut frames = 0;
+    let mut buf = vec![0u8; session.max_payload()];
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), session.recv(&mut buf)).await {
+            // Frames keep coming while the session lives; give up after 5 s.
+            Ok(Ok(Some(_))) if started.elapsed() < Duration::from_secs(5) => frames += 1,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(end, Ok(Ok(None))),
+        "expected close_notify, got {end:?}"
+    );
+    assert!(
+        frames > 5,
+        "the destination's frames did not flow ({frames})"
+    );
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(450) && lived < Duration::from_secs(5),
+        "closed after {lived:?}"
+    );
+    streaming.abort();
+    server.stop().await;
+}

@@ -223,8 +223,17 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
         Ok(Ok(Some(n))) => match Header::decode(&buf[..n]) {
             Ok(h) => Request::from_header(&h),
             Err(e) => {
-                metrics.header_error(Transport::Udp, e.kind());
-                tracing::warn!(transport = "udp", peer = %client, error = %e, "rejected header");
+                // A datagram that does not even start like a header is most often data whose
+                // session lost its header on the path (a datagram, not retransmitted): the
+                // client's next session recovers. Counted and said apart from a malformed
+                // header, so that loss can be told from a broken client.
+                if matches!(e, proto::HeaderError::UnknownVersion { .. }) {
+                    metrics.header_error(Transport::Udp, "first_record_not_header");
+                    tracing::warn!(transport = "udp", peer = %client, reason = "first record is not a header", bytes = n, error = %e, "rejected session (its header was lost, or the client is not speaking the protocol)");
+                } else {
+                    metrics.header_error(Transport::Udp, e.kind());
+                    tracing::warn!(transport = "udp", peer = %client, error = %e, "rejected header");
+                }
                 let _ = send.shutdown().await;
                 return;
             }
@@ -296,10 +305,12 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
 
     let tunnel = Tunnel::open(metrics, Transport::Udp, &client, request.destination());
     let counters = Counters::default();
+    let silence = ctx.settings.udp_client_silence_timeout;
     let end = tokio::select! {
         end = client_to_destination(&mut recv, &mut buf, &socket, sessions, &client.addr, &counters) => end,
         end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, metrics, &counters) => end,
         () = destination.stop.cancelled() => End::Stopped(destination.reason.get().copied().unwrap_or("closed by the server")),
+        () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
     };
     if !matches!(end, End::ClientClosed | End::Replaced) {
         let _ = send.shutdown().await;
@@ -314,10 +325,55 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
     );
 }
 
-#[derive(Default)]
 struct Counters {
     up: AtomicU64,
     down: AtomicU64,
+    /// When the client last sent a datagram, in milliseconds since `epoch`.
+    last_from_client: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            last_from_client: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Counters {
+    fn heard_from_client(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis();
+        self.last_from_client
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last_from_client(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_from_client.load(Ordering::Relaxed))
+    }
+}
+
+/// When a session whose client last sent at `last` is silent for too long, or `None` when the
+/// timeout is off (zero).
+fn silent_after(last: Instant, timeout: Duration) -> Option<Instant> {
+    (!timeout.is_zero()).then(|| last + timeout)
+}
+
+/// Completes when the client has sent nothing for `timeout` (never when it is zero), whatever
+/// the destination does.
+async fn client_silence(counters: &Counters, timeout: Duration) {
+    loop {
+        let Some(deadline) = silent_after(counters.last_from_client(), timeout) else {
+            return std::future::pending().await;
+        };
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
 }
 
 async fn client_to_destination(
@@ -336,7 +392,9 @@ async fn client_to_destination(
             Err(RecvError::Truncated { .. }) => continue,
             Err(e) => return End::ClientError(e),
         };
-        sessions.touch(client, Instant::now());
+        let now = Instant::now();
+        sessions.touch(client, now);
+        counters.heard_from_client(now);
         match destination.send(&buf[..n]).await {
             Ok(_) => {
                 counters.up.fetch_add(n as u64, Ordering::Relaxed);
@@ -400,4 +458,30 @@ fn is_transient(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::NetworkUnreachable
             | std::io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_client_is_given_up_after_the_timeout_and_never_when_it_is_off() {
+        let last = Instant::now();
+        let timeout = Duration::from_secs(600);
+        assert_eq!(silent_after(last, timeout), Some(last + timeout));
+        assert_eq!(silent_after(last, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn hearing_from_the_client_moves_the_deadline() {
+        let counters = Counters::default();
+        let later = counters.epoch + Duration::from_secs(42);
+        counters.heard_from_client(later);
+        assert_eq!(counters.last_from_client(), later);
+        let timeout = Duration::from_secs(10);
+        assert_eq!(
+            silent_after(counters.last_from_client(), timeout),
+            Some(later + timeout)
+        );
+    }
 }
