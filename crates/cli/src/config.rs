@@ -59,6 +59,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_tcp_tunnels: Option<usize>,
     pub(crate) max_udp_sessions: Option<usize>,
     pub(crate) max_handshakes: Option<usize>,
+    pub(crate) max_handshakes_per_source: Option<usize>,
     pub(crate) resumption: Option<bool>,
     pub(crate) udp_buffer_bytes: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,

@@ -175,6 +175,12 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(n) = file.max_handshakes {
         s = s.max_handshakes(n);
     }
+    if let Some(n) = file.max_handshakes_per_source {
+        if n == 0 {
+            bail!("max_handshakes_per_source = 0 in the config file would refuse every connection: give 1 or more");
+        }
+        s = s.max_handshakes_per_source(n);
+    }
     if let Some(on) = file.resumption {
         s = s.resumption(on);
     }
@@ -296,6 +302,7 @@ fn describe(plan: &Plan) -> String {
         ("max_tcp_tunnels", s.max_tcp_tunnels.to_string()),
         ("max_udp_sessions", s.max_udp_sessions.to_string()),
         ("max_handshakes", s.max_handshakes.to_string()),
+        ("max_handshakes_per_source", s.max_handshakes_per_source.to_string()),
         ("resumption", s.resumption.to_string()),
         ("udp_buffer_bytes", s.udp_buffers.recv.to_string()),
     ]);

@@ -92,6 +92,7 @@ pub struct Metrics {
     limit_refusals: Family<TransportLabels, Counter>,
     dropped_datagrams: Family<KindLabels, Counter>,
     api_refusals: Counter,
+    handshake_refusals: Family<KindLabels, Counter>,
     udp_socket_drops: Counter,
     /// Reads the kernel's drop count of the DTLS listener's socket at scrape time.
     drops_source: std::sync::Mutex<Option<DropsSource>>,
@@ -133,6 +134,7 @@ impl Metrics {
             limit_refusals: Family::default(),
             dropped_datagrams: Family::default(),
             api_refusals: Counter::default(),
+            handshake_refusals: Family::default(),
             udp_socket_drops: Counter::default(),
             drops_source: std::sync::Mutex::new(None),
             registry: Registry::default(),
@@ -185,6 +187,11 @@ impl Metrics {
             m.api_refusals.clone(),
         );
         registry.register(
+            "handshake_refusals",
+            "Connections closed for another's handshake or refused at their source's share, by reason (per_source, silent, oldest)",
+            m.handshake_refusals.clone(),
+        );
+        registry.register(
             "udp_socket_drops",
             "Datagrams the kernel dropped because the DTLS listener's receive buffer was full",
             m.udp_socket_drops.clone(),
@@ -199,6 +206,11 @@ impl Metrics {
             let _ = m.dial_failures.get_or_create(&labels);
             let _ = m.health_checks.get_or_create(&labels);
             let _ = m.limit_refusals.get_or_create(&labels);
+            for kind in ["per_source", "silent", "oldest"] {
+                let _ = m
+                    .handshake_refusals
+                    .get_or_create(&KindLabels { transport, kind });
+            }
             m.add_bytes(transport, 0, 0);
         }
         Metrics { registry, ..m }
@@ -302,6 +314,12 @@ impl Metrics {
     pub(crate) fn limit_refused(&self, t: Transport) {
         self.limit_refusals
             .get_or_create(&TransportLabels { transport: t })
+            .inc();
+    }
+
+    pub(crate) fn handshake_refused(&self, t: Transport, kind: &'static str) {
+        self.handshake_refusals
+            .get_or_create(&KindLabels { transport: t, kind })
             .inc();
     }
 

@@ -27,9 +27,14 @@ pub struct Settings {
     pub max_tcp_tunnels: usize,
     /// Most UDP sessions open at once; more are refused. Default 4096.
     pub max_udp_sessions: usize,
-    /// Most TLS handshakes in flight at once; a connection beyond it closes the oldest
-    /// handshake in flight and takes its place. Default 256.
+    /// Most TLS and DTLS handshakes in flight at once; a connection beyond it closes a
+    /// handshake in flight (one that has sent nothing yet first, else the oldest) and takes
+    /// its place. Default 256.
     pub max_handshakes: usize,
+    /// Most handshakes in flight from one source (an IPv4 address, or an IPv6 /64); a source
+    /// at its share has its new connections closed at once, so one flooder cannot take the
+    /// slots good clients need. Default 32.
+    pub max_handshakes_per_source: usize,
     /// TCP keepalive on client connections and on destination connections, so a peer that
     /// vanishes without closing ends its tunnel; `None` turns it off. Default
     /// [`Keepalive::default`] (given up 90 s after its last packet).
@@ -54,6 +59,7 @@ impl Default for Settings {
             max_tcp_tunnels: 4096,
             max_udp_sessions: 4096,
             max_handshakes: 256,
+            max_handshakes_per_source: 32,
             tcp_keepalive: Some(Keepalive::default()),
             resumption: true,
             udp_buffers: dtls::UdpBuffers::default(),
@@ -113,6 +119,12 @@ impl Settings {
     /// Sets the maximum of handshakes in flight.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Sets the maximum of handshakes in flight from one source.
+    pub fn max_handshakes_per_source(mut self, n: usize) -> Self {
+        self.max_handshakes_per_source = n;
         self
     }
 

@@ -2,6 +2,7 @@
 
 mod client;
 mod handler;
+pub(crate) mod handshakes;
 mod server;
 
 pub use client::{connect, health_check};

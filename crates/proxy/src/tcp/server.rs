@@ -7,18 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use tls::AppProtocol;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiEnd, ApiSettings, serve_api};
-use crate::metrics::Transport;
+use crate::metrics::{Metrics, Transport};
+use crate::settings::Settings;
 use crate::shutdown::Tasks;
 use crate::tcp::StreamHandler;
+use crate::tcp::handshakes::{HandshakeSlots, LogBudget, Reason, SUMMARY_EVERY, Summary};
 use crate::tunnel::Client;
 
 /// A TLS server on an already-bound TCP listener.
@@ -85,8 +84,11 @@ impl TcpServer {
         } = self;
         let settings = handler.settings().clone();
         let metrics = Arc::clone(handler.metrics());
-        let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
-        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let slots =
+            HandshakeSlots::new(settings.max_handshakes, settings.max_handshakes_per_source);
+        let summary = Arc::new(Summary::new(SUMMARY_EVERY));
+        // At most 10 handshake-failure lines per 10 s; the next one says how many were held.
+        let failures = Arc::new(LogBudget::new(SUMMARY_EVERY, 10));
         let tunnels = Arc::new(Semaphore::new(settings.max_tcp_tunnels));
         let api = api.map(|s| {
             let connections = Arc::new(Semaphore::new(s.max_connections));
@@ -111,34 +113,23 @@ impl TcpServer {
                     }
                 },
             };
-            let handshake_permit = match Arc::clone(&handshakes).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    let oldest = lock(&in_flight).queue.pop_front();
-                    metrics.limit_refused(Transport::Tcp);
-                    let Some((_, evict)) = oldest else {
-                        tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; connection closed");
-                        continue;
-                    };
-                    evict.cancel();
-                    tracing::warn!(transport = "tcp", peer = %addr, limit = settings.max_handshakes, "too many handshakes in flight; closed the oldest");
-                    // The evicted task frees its permit as soon as it runs.
-                    let freed = tokio::time::timeout(
-                        EVICTION_WAIT,
-                        Arc::clone(&handshakes).acquire_owned(),
-                    )
-                    .await;
-                    match freed {
-                        Ok(Ok(permit)) => permit,
-                        _ => continue,
+            let slot = match slots.admit(addr.ip()) {
+                Ok((slot, evicted)) => {
+                    if let Some(reason) = evicted {
+                        refused(&metrics, &summary, reason, &settings);
                     }
+                    slot
+                }
+                Err(reason) => {
+                    refused(&metrics, &summary, reason, &settings);
+                    continue;
                 }
             };
-            let slot = Slot::register(&in_flight);
             let _ = tcp.set_nodelay(true);
             if let Some(keepalive) = &settings.tcp_keepalive {
                 keepalive.apply(&tcp, "client");
             }
+            let failures = Arc::clone(&failures);
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             let metrics = Arc::clone(&metrics);
@@ -147,16 +138,27 @@ impl TcpServer {
             let stopping = stopping.clone();
             tasks.spawn(async move {
                 let handshake = tokio::select! {
-                    accepted = acceptor.accept(tcp, addr) => Some(accepted),
-                    () = slot.evicted.cancelled() => None,
+                    accepted = async {
+                        // Its first bytes (a ClientHello) make it a connection that spoke.
+                        // `peek` waits for a byte (readiness alone can be a false positive).
+                        match tcp.peek(&mut [0u8; 1]).await {
+                            Ok(n) if n > 0 => slot.spoke(),
+                            // Closed without a byte: a port scan or a balancer's check.
+                            _ => return None,
+                        }
+                        Some(acceptor.accept(tcp, addr).await)
+                    } => accepted,
+                    () = slot.evicted() => None,
                 };
                 drop(slot);
-                drop(handshake_permit);
                 let accepted = match handshake {
                     Some(Ok(a)) => a,
                     Some(Err(e)) => {
                         metrics.handshake_failed(Transport::Tcp);
-                        tracing::warn!(transport = "tcp", peer = %addr, error = %crate::explain::ErrorChain(&e), "handshake failed");
+                        // A flood of failing handshakes must not flood the log.
+                        if let Some(held_back) = failures.admit(std::time::Instant::now()) {
+                            tracing::warn!(transport = "tcp", peer = %addr, held_back, error = %crate::explain::ErrorChain(&e), "handshake failed");
+                        }
                         return;
                     }
                     None => return,
@@ -208,48 +210,19 @@ impl TcpServer {
     }
 }
 
-/// How long the accept loop waits for an evicted handshake to free its slot.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
-
-/// Handshakes in flight, oldest first, each with the token that closes it.
-#[derive(Default)]
-struct InFlight {
-    next: u64,
-    queue: VecDeque<(u64, CancellationToken)>,
-}
-
-fn lock(in_flight: &Mutex<InFlight>) -> MutexGuard<'_, InFlight> {
-    in_flight.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One handshake's place in [`InFlight`]; leaves it when dropped.
-struct Slot {
-    id: u64,
-    evicted: CancellationToken,
-    in_flight: Arc<Mutex<InFlight>>,
-}
-
-impl Slot {
-    fn register(in_flight: &Arc<Mutex<InFlight>>) -> Slot {
-        let evicted = CancellationToken::new();
-        let mut list = lock(in_flight);
-        let id = list.next;
-        list.next += 1;
-        list.queue.push_back((id, evicted.clone()));
-        Slot {
-            id,
-            evicted,
-            in_flight: Arc::clone(in_flight),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut list = lock(&self.in_flight);
-        // Usually at the front: handshakes mostly finish in the order they started.
-        if let Some(i) = list.queue.iter().position(|(id, _)| *id == self.id) {
-            list.queue.remove(i);
-        }
+/// Counts a connection refused or evicted for a handshake slot, and logs a summary at most
+/// once per [`SUMMARY_EVERY`] (a flood would otherwise write a line per connection).
+fn refused(metrics: &Metrics, summary: &Summary, reason: Reason, settings: &Settings) {
+    metrics.limit_refused(Transport::Tcp);
+    metrics.handshake_refused(Transport::Tcp, reason.as_str());
+    if let Some(count) = summary.event(std::time::Instant::now()) {
+        tracing::warn!(
+            transport = "tcp",
+            count,
+            last_reason = reason.as_str(),
+            max_handshakes = settings.max_handshakes,
+            max_handshakes_per_source = settings.max_handshakes_per_source,
+            "handshake slots full: connections closed (counted in streamproxy_handshake_refusals_total; at most one such line per 10 s)"
+        );
     }
 }
