@@ -1,8 +1,9 @@
 //! Reaching a destination: policy check by name, resolution, policy check of the addresses,
 //! then a TCP connect or a connected UDP socket, all under the dial timeout.
 //!
-//! Only the addresses that passed the policy are dialed: a name is resolved once, so a DNS
-//! answer that changes between check and dial cannot slip past the policy.
+//! Only the addresses that passed the policy are dialed, in the canonical form the policy
+//! decided on (IPv4-mapped IPv6 as IPv4): a name is resolved once, so a DNS answer that
+//! changes between check and dial cannot slip past the policy.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::policy::{Policy, Refusal, parse_ip_literal};
+use crate::policy::{Policy, Refusal, canonical, parse_ip_literal};
 use crate::request::Request;
 
 /// Why a destination could not be reached.
@@ -157,7 +158,7 @@ pub async fn resolve_checked(
                 source,
             })?
             .into_iter()
-            .map(|ip| SocketAddr::new(ip, req.port))
+            .map(|ip| SocketAddr::new(canonical(ip), req.port))
             .collect(),
     };
     if addrs.is_empty() {
@@ -249,6 +250,7 @@ mod tests {
 
     use super::*;
     use crate::keepalive::Keepalive;
+    use crate::policy::Rule;
 
     fn dialer(keepalive: Option<Keepalive>) -> Dialer {
         Dialer {
@@ -289,6 +291,154 @@ mod tests {
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 5);
         assert!(sock.tcp_nodelay().unwrap());
+    }
+
+    /// Every spelling of `ip` that the header parser must read as that address.
+    fn spellings(ip: IpAddr) -> Vec<String> {
+        let mut out = vec![ip.to_string()];
+        match ip {
+            IpAddr::V4(v4) => {
+                let n = u32::from(v4);
+                let [a, b, c, d] = v4.octets();
+                out.extend([
+                    n.to_string(),
+                    format!("{n:#x}"),
+                    format!("{n:#X}").replacen("0X", "0x", 1),
+                    format!("0{n:o}"),
+                    format!("{a:#x}.{b:#x}.{c:#x}.{d:#x}"),
+                    format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+                    format!("{a}.{}", n & 0xff_ffff),
+                    format!("{a}.{b}.{}", n & 0xffff),
+                    format!("::ffff:{v4}"),
+                    format!("[::ffff:{v4}]"),
+                    format!("::FFFF:{:x}:{:x}", n >> 16, n & 0xffff),
+                    format!("0:0:0:0:0:ffff:{v4}"),
+                    format!(
+                        "[0000:0000:0000:0000:0000:FFFF:{:04X}:{:04x}]",
+                        n >> 16,
+                        n & 0xffff
+                    ),
+                ]);
+            }
+            IpAddr::V6(v6) => {
+                let g = v6.segments();
+                let full = g.map(|x| format!("{x:x}")).join(":");
+                out.extend([
+                    format!("[{v6}]"),
+                    full.clone(),
+                    g.map(|x| format!("{x:04X}")).join(":"),
+                    format!("[{full}]"),
+                ]);
+            }
+        }
+        out
+    }
+
+    /// The outcome of a decision, without the host text the errors repeat.
+    fn outcome(result: Result<Vec<SocketAddr>, DialError>) -> String {
+        match result {
+            Ok(addrs) => format!("dial {addrs:?}"),
+            Err(DialError::Refused(Refusal::Denied { rule, .. })) => format!("denied by {rule}"),
+            Err(DialError::Refused(Refusal::NotAllowed { .. })) => "not allowed".into(),
+            Err(DialError::Refused(Refusal::Unspecified { addr, .. })) => {
+                format!("unspecified {addr}")
+            }
+            Err(e) => format!("other: {e}"),
+        }
+    }
+
+    fn an_address() -> impl proptest::strategy::Strategy<Value = IpAddr> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u32>().prop_map(|n| IpAddr::from(Ipv4Addr::from(n))),
+            (0u32..4).prop_map(|n| IpAddr::from(Ipv4Addr::from(n))),
+            (0u32..1 << 8).prop_map(|n| IpAddr::from(Ipv4Addr::from(0x7f00_0000 | n << 4))),
+            any::<u128>().prop_map(|n| IpAddr::from(Ipv6Addr::from(n))),
+            (0u128..3).prop_map(|n| IpAddr::from(Ipv6Addr::from(n))),
+            any::<u16>().prop_map(|n| IpAddr::from(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n))),
+        ]
+    }
+
+    /// A network rule around an address, spelled plainly or (IPv4) in the mapped form.
+    fn a_rule() -> impl proptest::strategy::Strategy<Value = Rule> {
+        use proptest::prelude::*;
+        (
+            an_address(),
+            any::<u8>(),
+            any::<bool>(),
+            prop::option::of(1u16..4),
+        )
+            .prop_map(|(addr, bits, mapped, port)| {
+                let text = match addr {
+                    IpAddr::V4(v4) if mapped => format!("[::ffff:{v4}/{}]", 96 + bits % 33),
+                    IpAddr::V4(v4) => format!("{v4}/{}", bits % 33),
+                    IpAddr::V6(v6) => format!("[{v6}/{}]", bits % 129),
+                };
+                let text = match port {
+                    Some(p) => format!("{text}:{p}"),
+                    None => text.trim_matches(['[', ']']).to_owned(),
+                };
+                text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Every spelling of an address is decided, and dialed, as its canonical form, for
+        /// allow and deny rules alike.
+        #[test]
+        fn every_spelling_is_decided_as_its_canonical_form(
+            addr in an_address(),
+            port in 1u16..4,
+            allow in proptest::collection::vec(a_rule(), 1..4),
+            deny in proptest::collection::vec(a_rule(), 0..4),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let resolver = StaticResolver::new();
+            let canonical_host = canonical(addr).to_string();
+            for policy in [
+                Policy::new(allow.clone(), deny.clone()).expect("rules"),
+                Policy::allow_all(deny.clone()),
+            ] {
+                let decide = |host: &str| {
+                    let req = Request { host: host.into(), ..request(port) };
+                    outcome(rt.block_on(resolve_checked(&req, &policy, &resolver)))
+                };
+                let want = decide(&canonical_host);
+                proptest::prop_assert!(!want.starts_with("other"), "{want}");
+                for spelling in spellings(addr) {
+                    proptest::prop_assert_eq!(&decide(&spelling), &want, "{}", spelling);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_the_unspecified_address_are_refused_and_dialed_canonically() {
+        let resolver = StaticResolver::new()
+            .with("zero4.test", [IpAddr::from(Ipv4Addr::UNSPECIFIED)])
+            .with("zero6.test", [IpAddr::from(Ipv6Addr::UNSPECIFIED)])
+            .with("zero-mapped.test", ["::ffff:0.0.0.0".parse().unwrap()])
+            .with("mapped.test", ["::ffff:192.0.2.7".parse().unwrap()]);
+        let policy = Policy::allow_all(["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
+        for name in ["zero4.test", "zero6.test", "zero-mapped.test"] {
+            let req = Request {
+                host: name.into(),
+                ..request(80)
+            };
+            let got = resolve_checked(&req, &policy, &resolver).await;
+            assert!(
+                matches!(got, Err(DialError::Refused(Refusal::Unspecified { .. }))),
+                "{name}: {got:?}"
+            );
+        }
+        let req = Request {
+            host: "mapped.test".into(),
+            ..request(80)
+        };
+        let addrs = resolve_checked(&req, &policy, &resolver).await.unwrap();
+        assert_eq!(addrs, vec!["192.0.2.7:80".parse::<SocketAddr>().unwrap()]);
     }
 
     #[tokio::test]

@@ -1,0 +1,162 @@
+//! Security properties of the built binary against a hostile certificate holder: the
+//! destination policy cannot be walked around by spelling an address differently.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use support::*;
+
+/// A TCP and a UDP echo on 127.0.0.1 (one port number for both) that count what reaches them.
+struct CountingEcho {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+impl CountingEcho {
+    fn start() -> CountingEcho {
+        let hits = Arc::new(AtomicUsize::new(0));
+        // One port for both: try until the UDP port of a fresh TCP port is free.
+        let (listener, socket) = loop {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+            let port = listener.local_addr().expect("addr").port();
+            if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
+                break (listener, socket);
+            }
+        };
+        let port = listener.local_addr().expect("addr").port();
+        let tcp_hits = Arc::clone(&hits);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                tcp_hits.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let mut back = conn.try_clone().expect("clone");
+                    let _ = std::io::copy(&mut conn, &mut back);
+                });
+            }
+        });
+        let udp_hits = Arc::clone(&hits);
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                udp_hits.fetch_add(1, Ordering::SeqCst);
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        CountingEcho { port, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Every spelling of the unspecified address a client may put in a header.
+const UNSPECIFIED: &[&str] = &[
+    "0.0.0.0",
+    "0",
+    "0.0",
+    "0.0.0",
+    "0x0",
+    "00",
+    "[::]",
+    "[::ffff:0.0.0.0]",
+    "[::ffff:0:0]",
+    "[0:0:0:0:0:0:0:0]",
+];
+
+/// Opens a TCP and a UDP forward through the client to each target; returns the locals.
+fn forwards(
+    dir: &std::path::Path,
+    server: SocketAddr,
+    targets: &[String],
+) -> (Proc, Vec<SocketAddr>) {
+    let mut args: Vec<String> = vec!["client".into()];
+    args.extend(client_args(dir, server));
+    for target in targets {
+        for kind in ["tcp", "udp"] {
+            args.push(format!("--{kind}"));
+            args.push(format!("127.0.0.1:0={target}"));
+        }
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(&refs);
+    // TCP forwards start first, then UDP ones, each in the order given.
+    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    for _ in 0..targets.len() * 2 {
+        let line = proc.wait_for("forwarding");
+        let local = field(&line, "local");
+        if line.contains("udp") {
+            udp.push(local)
+        } else {
+            tcp.push(local)
+        }
+    }
+    let locals = tcp.into_iter().zip(udp).flat_map(|(t, u)| [t, u]).collect();
+    (proc, locals)
+}
+
+/// Sends one TCP stream and one datagram through each pair of forwards.
+fn poke(locals: &[SocketAddr]) {
+    for pair in locals.chunks(2) {
+        let mut conn = TcpStream::connect(pair[0]).expect("connect forward");
+        conn.write_all(b"hello").expect("write");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.send_to(b"hello", pair[1]).expect("send");
+        // The tunnel is refused: the stream ends without an echo (a breach echoes and stays
+        // open, so the read is bounded to fail rather than hang).
+        conn.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut back = Vec::new();
+        let _ = conn.read_to_end(&mut back);
+        assert!(back.is_empty(), "an echo came back through {}", pair[0]);
+    }
+}
+
+#[test]
+fn the_unspecified_address_in_any_spelling_does_not_reach_a_denied_loopback() {
+    let dir = tmp();
+    certs(dir.path());
+    let echo = CountingEcho::start();
+    let mut server = server(
+        dir.path(),
+        &["--allow-all", "--deny", "127.0.0.0/8", "--deny", "::1"],
+    );
+    let targets: Vec<String> = UNSPECIFIED
+        .iter()
+        .map(|host| format!("{host}:{}", echo.port))
+        .collect();
+    let (_client, locals) = forwards(dir.path(), server.tcp, &targets);
+    poke(&locals);
+    // Each spelling is refused by the policy on both transports, before any dial.
+    for _ in 0..UNSPECIFIED.len() * 2 {
+        assert_eq!(echo.hits(), 0, "the loopback echo was reached");
+        let line = server.proc.wait_for("tunnel refused");
+        assert!(line.contains("unspecified address"), "{line}");
+    }
+    assert_eq!(echo.hits(), 0, "the loopback echo was reached");
+}
+
+#[test]
+fn a_rule_naming_the_unspecified_address_lets_it_through() {
+    // The control: the same spellings do reach this host when a rule names 0.0.0.0, so the
+    // test above would see a breach if there were one.
+    let dir = tmp();
+    certs(dir.path());
+    let echo = CountingEcho::start();
+    let server = server(dir.path(), &["--allow", "0.0.0.0"]);
+    let targets = vec![format!("0:{}", echo.port), format!("0x0.0:{}", echo.port)];
+    let (_client, locals) = forwards(dir.path(), server.tcp, &targets);
+    for pair in locals.chunks(2) {
+        let mut conn = TcpStream::connect(pair[0]).expect("connect forward");
+        tcp_roundtrip(&mut conn, b"hello");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(pair[1]).expect("connect");
+        udp_roundtrip(&socket, b"hello");
+    }
+    assert!(echo.hits() >= 4);
+}
