@@ -32,6 +32,13 @@ pub struct Settings {
     /// Whether clients may resume TLS and DTLS sessions with tickets, skipping certificates
     /// and signatures (the tickets die with a certificate reload). Default on.
     pub resumption: bool,
+    /// Most destination name lookups in flight at once, for all clients. Default 256.
+    pub max_lookups: usize,
+    /// Most destination name lookups in flight for one client address; its further lookups
+    /// wait (within the dial timeout) for its own to finish. Default 16.
+    pub max_lookups_per_client: usize,
+    /// How long one name lookup may take, within the dial timeout. Default 5 s.
+    pub lookup_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -47,6 +54,9 @@ impl Default for Settings {
             max_handshakes: 256,
             tcp_keepalive: Some(Keepalive::default()),
             resumption: true,
+            max_lookups: 256,
+            max_lookups_per_client: 16,
+            lookup_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -103,6 +113,19 @@ impl Settings {
     /// Sets whether clients may resume sessions.
     pub fn resumption(mut self, enabled: bool) -> Self {
         self.resumption = enabled;
+        self
+    }
+
+    /// Sets the bounds on name lookups in flight: for all clients, and for one.
+    pub fn max_lookups(mut self, global: usize, per_client: usize) -> Self {
+        self.max_lookups = global;
+        self.max_lookups_per_client = per_client;
+        self
+    }
+
+    /// Sets the timeout of one name lookup.
+    pub fn lookup_timeout(mut self, d: Duration) -> Self {
+        self.lookup_timeout = d;
         self
     }
 
