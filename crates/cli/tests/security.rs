@@ -160,3 +160,169 @@ fn a_rule_naming_the_unspecified_address_lets_it_through() {
     }
     assert!(echo.hits() >= 4);
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server certificate for the same key, signed by the same CA with SHA-1: rustls loads it,
+/// OpenSSL (security level 1 and up) refuses it.
+fn sha1_server_cert(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:godoxy.agent,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "server-key.pem",
+            "-subj",
+            "/CN=godoxy.agent",
+            "-out",
+            "sha1.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "sha1.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-sha1",
+            "-days",
+            "3",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server-sha1.pem",
+        ],
+    );
+    dir.join("server-sha1.pem")
+}
+
+#[test]
+fn a_reload_that_one_transport_refuses_changes_neither() {
+    let dir = tmp();
+    certs(dir.path());
+    let mut server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let sha1 = sha1_server_cert(dir.path());
+    let good = std::fs::read(dir.path().join("server.pem")).expect("read");
+    std::fs::copy(&sha1, dir.path().join("server.pem")).expect("copy");
+    server.proc.signal("HUP");
+    let line = server.proc.wait_for("reload failed");
+    assert!(line.contains("DTLS"), "{line}");
+    // Both transports still present the previous certificate: a client (whose verifier
+    // refuses SHA-1 signatures) still gets through on each.
+    for udp in [false, true] {
+        let out = probe(dir.path(), server.tcp, udp);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "udp={udp}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And a good reload afterwards still applies to both.
+    std::fs::write(dir.path().join("server.pem"), good).expect("restore");
+    server.proc.signal("HUP");
+    server.proc.wait_for("reloaded");
+}
+
+/// Runs `streamproxy server` with `extra` and expects it to refuse to start with one line
+/// containing `needle`.
+fn refused_at_start(dir: &std::path::Path, extra: &[&str], needle: &str) {
+    let mut args = vec![
+        "server".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--ca".into(),
+        s(&dir.join("ca.pem")).into(),
+        "--allow-all".into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = streamproxy(&refs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{extra:?} started");
+    assert_eq!(err.lines().count(), 1, "{extra:?}: not one line: {err}");
+    assert!(err.contains(needle), "{extra:?}: {err:?} lacks {needle:?}");
+}
+
+#[test]
+fn settings_that_refuse_everything_are_refused_at_start() {
+    let dir = tmp();
+    certs(dir.path());
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server-key.pem");
+    let files = ["--cert", s(&cert), "--key", s(&key)];
+    for (setting, needle) in [
+        ("max_handshakes = 0", "max_handshakes = 0"),
+        ("max_tcp_tunnels = 0", "max_tcp_tunnels = 0"),
+        ("max_udp_sessions = 0", "max_udp_sessions = 0"),
+        ("max_lookups = 0", "max_lookups = 0"),
+        ("max_lookups_per_client = 0", "max_lookups_per_client = 0"),
+        ("dial_timeout = \"0s\"", "dial_timeout = 0"),
+        ("handshake_timeout = \"0s\"", "handshake_timeout = 0"),
+        ("header_timeout = \"0s\"", "header_timeout = 0"),
+    ] {
+        let config = dir.path().join("zero.toml");
+        std::fs::write(&config, format!("[server]\n{setting}\n")).expect("write");
+        let mut extra = files.to_vec();
+        extra.extend(["--config", s(&config)]);
+        refused_at_start(dir.path(), &extra, needle);
+    }
+
+    // An RSA server certificate cannot serve DTLS (ECDSA suites only): refused with UDP on,
+    // served with UDP off.
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa-key.pem",
+            "-out",
+            "rsa.pem",
+            "-subj",
+            "/CN=godoxy.agent",
+            "-days",
+            "3",
+        ],
+    );
+    let rsa = ["--cert", "rsa.pem", "--key", "rsa-key.pem"].map(|f| {
+        if f.ends_with(".pem") {
+            s(&dir.path().join(f)).to_owned()
+        } else {
+            f.to_owned()
+        }
+    });
+    let rsa: Vec<&str> = rsa.iter().map(String::as_str).collect();
+    refused_at_start(dir.path(), &rsa, "DTLS offers ECDSA cipher suites only");
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--ca"];
+    let ca = dir.path().join("ca.pem");
+    args.extend([s(&ca), "--allow-all", "--no-udp"]);
+    args.extend(&rsa);
+    let mut proc = Proc::spawn(&args);
+    proc.wait_for("listening");
+}

@@ -74,6 +74,19 @@ struct Shared {
     provider: Arc<CryptoProvider>,
 }
 
+/// Material read and checked by [`ServerCredentials::prepare`], not yet in force.
+pub struct PreparedCredentials {
+    material: Material,
+}
+
+impl std::fmt::Debug for PreparedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedCredentials")
+            .field("cert", &self.material.paths.cert)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The material of one load, swapped as a whole.
 struct Material {
     paths: ServerPaths,
@@ -114,6 +127,28 @@ impl ServerCredentials {
     pub fn reload_from(&self, paths: ServerPaths) -> Result<(), LoadError> {
         let _serial = self.lock();
         self.swap_in(paths)
+    }
+
+    /// Reads and checks the files the material in force was loaded from, without using them
+    /// yet: [`commit`](Self::commit) swaps them in. Lets a server check the material of every
+    /// transport before any of them changes.
+    pub fn prepare(&self) -> Result<PreparedCredentials, LoadError> {
+        let paths = self.shared.current.load().paths.clone();
+        Ok(PreparedCredentials {
+            material: Material::load(paths, &self.shared.provider)?,
+        })
+    }
+
+    /// Swaps in material read by [`prepare`](Self::prepare).
+    pub fn commit(&self, prepared: PreparedCredentials) {
+        let _serial = self.lock();
+        let material = prepared.material;
+        tracing::info!(
+            cert = %material.paths.cert.display(),
+            client_ca = %material.paths.client_ca.display(),
+            "TLS server credentials reloaded"
+        );
+        self.shared.current.store(Arc::new(material));
     }
 
     fn swap_in(&self, paths: ServerPaths) -> Result<(), LoadError> {
