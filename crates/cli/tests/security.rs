@@ -326,3 +326,29 @@ fn settings_that_refuse_everything_are_refused_at_start() {
     let mut proc = Proc::spawn(&args);
     proc.wait_for("listening");
 }
+
+#[test]
+fn an_ip_address_as_server_name_means_the_same_on_both_transports() {
+    let dir = tmp();
+    certs(dir.path());
+    // The server certificate of `streamproxy certs` names 127.0.0.1 and ::1 among its SANs.
+    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    for (name, ok) in [("127.0.0.1", true), ("::1", true), ("10.9.9.9", false)] {
+        for udp in [false, true] {
+            let mut args: Vec<String> = vec!["probe".into()];
+            args.extend(client_args(dir.path(), server.tcp));
+            args.extend(["--server-name".into(), name.into()]);
+            if udp {
+                args.push("--udp".into());
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = streamproxy(&refs);
+            assert_eq!(
+                out.status.success(),
+                ok,
+                "--server-name {name} udp={udp}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
