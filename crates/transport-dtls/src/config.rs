@@ -545,7 +545,20 @@ impl ServerConfig {
         let mut b = self.common.context_builder()?;
         self.identity.install(&mut b)?;
         self.client_ca.install(&mut b, true)?;
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        // The client-certificate rules of both transports (docs/operations.md): issued
+        // directly by a certificate of the CA file (no intermediate CAs), and not a CA itself.
+        b.set_verify_depth(0);
+        b.set_verify_callback(
+            SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+            |ok, ctx| {
+                if ok && ctx.error_depth() == 0 && ctx.current_cert().is_some_and(crate::ffi::is_ca)
+                {
+                    ctx.set_error(openssl::x509::X509VerifyResult::APPLICATION_VERIFICATION);
+                    return false;
+                }
+                ok
+            },
+        );
         // Server preference also picks the key-exchange group: X25519 whenever the client
         // offers it, whatever its order.
         // No tickets: a NewSessionTicket is an epoch-0 message in the server's last flight, and

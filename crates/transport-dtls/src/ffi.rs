@@ -175,3 +175,11 @@ mod tests {
     // handshake, `shutdown_state` by every send and the close tests) and tests/loss.rs (timer and
     // schedule drive retransmissions).
 }
+
+/// Whether the certificate says it is a CA (basic constraints `CA:TRUE`).
+pub(crate) fn is_ca(cert: &openssl::x509::X509Ref) -> bool {
+    // SAFETY: `cert` is a valid certificate for the call; OpenSSL only reads (and caches) its
+    // extensions.
+    let flags = unsafe { openssl_sys::X509_get_extension_flags(cert.as_ptr()) };
+    flags & openssl_sys::EXFLAG_CA != 0
+}

@@ -314,11 +314,19 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.shared
-            .current
-            .load()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        // The client-certificate rules of both transports (docs/operations.md): issued
+        // directly by a certificate of the CA file, so intermediates the client sends are not
+        // used (webpki does not enforce a CA's path length); webpki refuses a CA certificate
+        // as the end entity; a key usage, when present, must allow signing.
+        let _ = intermediates;
+        let verified =
+            self.shared
+                .current
+                .load()
+                .verifier
+                .verify_client_cert(end_entity, &[], now)?;
+        check_key_usage(end_entity)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -359,5 +367,17 @@ impl ClientCertVerifier for Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReloadingClientVerifier")
+    }
+}
+
+/// Refuses a client certificate whose key usage extension, when present, allows neither
+/// digital signatures nor key agreement (as OpenSSL does for a TLS client).
+fn check_key_usage(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose);
+    let cert = crate::load::parse_der(end_entity).map_err(|_| bad())?;
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() && !ku.value.key_agreement() => Err(bad()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(bad()),
     }
 }
