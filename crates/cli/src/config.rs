@@ -60,6 +60,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_udp_sessions: Option<usize>,
     pub(crate) max_handshakes: Option<usize>,
     pub(crate) max_handshakes_per_source: Option<usize>,
+    pub(crate) max_lookups: Option<usize>,
+    pub(crate) max_lookups_per_client: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) lookup_timeout: Option<Duration>,
     pub(crate) resumption: Option<bool>,
     pub(crate) udp_buffer_bytes: Option<usize>,
     pub(crate) tcp_keepalive: Option<bool>,

@@ -177,7 +177,9 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     }
     if let Some(n) = file.max_handshakes_per_source {
         if n == 0 {
-            bail!("max_handshakes_per_source = 0 in the config file would refuse every connection: give 1 or more");
+            bail!(
+                "max_handshakes_per_source = 0 in the config file would refuse every connection: give 1 or more"
+            );
         }
         s = s.max_handshakes_per_source(n);
     }
@@ -186,6 +188,48 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     }
     if let Some(n) = file.udp_buffer_bytes {
         s = s.udp_buffers(streamproxy::dtls::UdpBuffers::both(n));
+    }
+    let (global, per_client) = (
+        file.max_lookups.unwrap_or(s.max_lookups),
+        file.max_lookups_per_client
+            .unwrap_or(s.max_lookups_per_client),
+    );
+    s = s.max_lookups(global, per_client);
+    if let Some(d) = file.lookup_timeout {
+        s = s.lookup_timeout(d);
+    }
+    // A limit of zero refuses every connection: refused here rather than serving nothing.
+    for (key, value) in [
+        ("max_tcp_tunnels", s.max_tcp_tunnels),
+        ("max_udp_sessions", s.max_udp_sessions),
+        ("max_handshakes", s.max_handshakes),
+        ("max_lookups", s.max_lookups),
+        ("max_lookups_per_client", s.max_lookups_per_client),
+    ] {
+        if value == 0 {
+            anyhow::bail!(
+                "{key} = 0 in the config file would refuse every connection; give at least 1"
+            );
+        }
+    }
+    for (key, value) in [
+        ("header_timeout", s.header_timeout),
+        ("dial_timeout", s.dial_timeout),
+        ("handshake_timeout", s.handshake_timeout),
+        ("lookup_timeout", s.lookup_timeout),
+    ] {
+        if value.is_zero() {
+            anyhow::bail!(
+                "{key} = 0 in the config file would refuse every connection; give a positive duration"
+            );
+        }
+    }
+    if s.max_lookups_per_client > s.max_lookups {
+        anyhow::bail!(
+            "max_lookups_per_client ({}) is larger than max_lookups ({}) in the config file",
+            s.max_lookups_per_client,
+            s.max_lookups
+        );
     }
     Ok(s.tcp_keepalive(file.keepalive().settings()?))
 }
@@ -302,7 +346,10 @@ fn describe(plan: &Plan) -> String {
         ("max_tcp_tunnels", s.max_tcp_tunnels.to_string()),
         ("max_udp_sessions", s.max_udp_sessions.to_string()),
         ("max_handshakes", s.max_handshakes.to_string()),
-        ("max_handshakes_per_source", s.max_handshakes_per_source.to_string()),
+        (
+            "max_handshakes_per_source",
+            s.max_handshakes_per_source.to_string(),
+        ),
         ("resumption", s.resumption.to_string()),
         ("udp_buffer_bytes", s.udp_buffers.recv.to_string()),
     ]);

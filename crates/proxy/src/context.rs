@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::dial::{Dialer, Resolve, SystemResolver};
+use crate::dial::{Dialer, DnsResolver, LookupLimits, Resolve, SystemResolver};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::settings::Settings;
@@ -19,15 +19,29 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    /// A context with the system resolver and fresh metrics. The policy is required: there
-    /// is no default.
+    /// A context with the system's DNS configuration (an asynchronous resolver reading
+    /// `/etc/resolv.conf` and `/etc/hosts`; `getaddrinfo` when that file cannot be read) and
+    /// fresh metrics. The policy is required: there is no default.
     pub fn new(policy: Policy, settings: Settings) -> ServerContext {
+        let lookup_timeout = settings.lookup_timeout.min(settings.dial_timeout);
+        let resolver: Arc<dyn Resolve> = match DnsResolver::from_system(lookup_timeout) {
+            Ok(resolver) => Arc::new(resolver),
+            Err(e) => {
+                tracing::warn!(error = %e, cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "resolving destination names with getaddrinfo instead");
+                Arc::new(SystemResolver)
+            }
+        };
         ServerContext {
             dialer: Dialer {
                 policy: Arc::new(policy),
-                resolver: Arc::new(SystemResolver),
+                resolver,
                 timeout: settings.dial_timeout,
                 keepalive: settings.tcp_keepalive,
+                lookups: Arc::new(LookupLimits::new(
+                    settings.max_lookups,
+                    settings.max_lookups_per_client,
+                    lookup_timeout,
+                )),
             },
             settings,
             metrics: Arc::new(Metrics::new()),

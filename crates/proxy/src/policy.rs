@@ -19,6 +19,20 @@
 //! and `PORTS` is `*` or a comma-separated list of ports and ranges: `443`, `8000-8999`,
 //! `53,853`. Without `PORTS` every port matches.
 //!
+//! # One canonical form
+//!
+//! Destinations are decided on the addresses that will be dialed, in one form: an IP literal
+//! in any spelling the C library accepts (`127.1`, `0x7f000001`, `[::ffff:127.0.0.1]`) is the
+//! address it denotes ([`parse_ip_literal`]), and an IPv4-mapped IPv6 address is the IPv4
+//! address it maps ([`canonical`]). Rules are normalised the same way: `::ffff:127.0.0.0/104`
+//! is `127.0.0.0/8`, and a rule host spelled `0x7f.1` is the address `127.0.0.1`.
+//!
+//! The unspecified addresses `0.0.0.0` and `::` (and every spelling of them: `0`, `0x0`,
+//! `::ffff:0.0.0.0`, or a name resolving to them) are dialed by Linux as this host itself.
+//! A destination that is or resolves to one is refused, whatever the other rules say, unless
+//! an allow rule names that very address (`0.0.0.0` or `0.0.0.0/32`, `::` or `::/128`);
+//! `*`, `0.0.0.0/0` and [`Policy::allow_all`] do not.
+//!
 //! ```
 //! use streamproxy_proxy::policy::{Policy, Rule};
 //!
@@ -84,6 +98,19 @@ pub enum Refusal {
         port: u16,
         /// The deny rule that matched.
         rule: String,
+    },
+    /// The destination is, or resolves to, the unspecified address (`0.0.0.0` or `::`), which
+    /// Linux dials as this host itself, and no allow rule names that address explicitly.
+    #[error(
+        "destination {host}:{port} is the unspecified address {addr} (this host); refused unless a rule names {addr} itself"
+    )]
+    Unspecified {
+        /// The destination host.
+        host: String,
+        /// The destination port.
+        port: u16,
+        /// The unspecified address it is or resolves to.
+        addr: IpAddr,
     },
     /// No allow rule matches the destination's name, nor all of its addresses.
     #[error("destination {host}:{port} is not allowed by any rule")]
@@ -153,6 +180,16 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Whether the rule names exactly the unspecified address `addr` (`0.0.0.0`, `::`) and
+    /// matches `port`: the only way to allow a destination that dials this host that way.
+    fn names_unspecified(&self, addr: IpAddr, port: u16) -> bool {
+        self.port_matches(port)
+            && matches!(&self.host, HostPattern::Net(net)
+                if net.prefix_len() == net.max_prefix_len() && net.addr() == addr)
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -203,10 +240,10 @@ fn parse_host(rule: &str, host: &str) -> Result<HostPattern, PolicyError> {
         return Ok(HostPattern::Any);
     }
     if let Ok(net) = host.parse::<IpNet>() {
-        return Ok(HostPattern::Net(net.trunc()));
+        return Ok(HostPattern::Net(canonical_net(net.trunc())));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(HostPattern::Net(IpNet::from(canonical(ip))));
+    if let Some(ip) = parse_ip_literal(host) {
+        return Ok(HostPattern::Net(IpNet::from(ip)));
     }
     let invalid = || PolicyError::InvalidHost {
         rule: rule.into(),
@@ -266,21 +303,79 @@ fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// An IP literal as a header may carry it (IPv6 with or without brackets).
-pub(crate) fn parse_ip_literal(host: &str) -> Option<IpAddr> {
+/// An IP literal as a header may carry it, in its [canonical](canonical) form: IPv6 with or
+/// without brackets, and IPv4 in every spelling the C library's `inet_aton` accepts (`0`,
+/// `127.1`, `0x7f.0.0.1`, `017700000001`, ...), so that such a host is decided, and dialed,
+/// as the address it denotes and never handed to a resolver.
+pub fn parse_ip_literal(host: &str) -> Option<IpAddr> {
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    bare.parse::<IpAddr>().ok().map(canonical)
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    parse_inet_aton(bare).map(IpAddr::V4)
 }
 
-/// IPv4-mapped IPv6 addresses are checked as the IPv4 addresses they are.
-fn canonical(ip: IpAddr) -> IpAddr {
+/// The legacy IPv4 forms: one to four parts, each decimal, octal (leading `0`) or hex (`0x`);
+/// the last part fills the remaining bytes (`a`, `a.b` with 24 bits, `a.b.c` with 16 bits).
+fn parse_inet_aton(text: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        values.push(u32::from_str_radix(digits, radix).ok()?);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 0xff) {
+        return None;
+    }
+    let last_bits = 32 - 8 * leading.len() as u32;
+    if last_bits < 32 && *last >= 1 << last_bits {
+        return None;
+    }
+    let high = leading
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, &v)| acc | v << (24 - 8 * i as u32));
+    Some(std::net::Ipv4Addr::from(high | last))
+}
+
+/// The one form in which addresses are decided and dialed: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) is the IPv4 address it maps, which is what Linux dials.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// A network inside `::ffff:0:0/96` is the IPv4 network it maps (`::ffff:127.0.0.0/104` is
+/// `127.0.0.0/8`); written in the mapped form it could never match, as addresses are decided
+/// in their canonical form.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped);
+    }
+    net
 }
 
 /// Allow and deny rules for destinations. See the [module docs](self).
@@ -337,10 +432,13 @@ impl Policy {
     }
 
     /// Checks a destination with the addresses it resolved to (the addresses that will be
-    /// dialed). Refused if a deny rule matches the name or any address; allowed if an allow
-    /// rule matches the name, or every address is matched by some allow rule.
+    /// dialed, in [canonical](canonical) form). Refused if a deny rule matches the name or any
+    /// address, or if an address is unspecified (`0.0.0.0`, `::`: this host) and no allow rule
+    /// names that address exactly; otherwise allowed if an allow rule matches the name, or
+    /// every address is matched by some allow rule.
     pub fn check(&self, host: &str, port: u16, addrs: &[IpAddr]) -> Result<(), Refusal> {
         self.check_name(host, port)?;
+        let addrs: Vec<IpAddr> = addrs.iter().map(|&a| canonical(a)).collect();
         if let Some(rule) = self
             .deny
             .iter()
@@ -350,6 +448,15 @@ impl Policy {
                 host: host.into(),
                 port,
                 rule: rule.text.clone(),
+            });
+        }
+        if let Some(&addr) = addrs.iter().find(|a| a.is_unspecified())
+            && !self.allow.iter().any(|r| r.names_unspecified(addr, port))
+        {
+            return Err(Refusal::Unspecified {
+                host: host.into(),
+                port,
+                addr,
             });
         }
         if self.allow_all || self.allow.iter().any(|r| r.matches_name(host, port)) {
@@ -468,6 +575,105 @@ mod tests {
         assert!(p.check("x", 80, &[ip("::ffff:127.0.0.1")]).is_err());
         assert!(p.check("[::ffff:127.0.0.1]", 80, &[]).is_err());
         assert!(p.check_name("127.0.0.5", 80).is_err());
+    }
+
+    #[test]
+    fn ip_literals_are_parsed_in_every_libc_spelling() {
+        for (text, want) in [
+            ("0", "0.0.0.0"),
+            ("0.0", "0.0.0.0"),
+            ("0x0", "0.0.0.0"),
+            ("00", "0.0.0.0"),
+            ("127.1", "127.0.0.1"),
+            ("127.0.1", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0177.0.0.01", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7F000001", "127.0.0.1"),
+            ("10.65535", "10.0.255.255"),
+            ("::", "::"),
+            ("[::]", "::"),
+            ("::ffff:0.0.0.0", "0.0.0.0"),
+            ("::ffff:0:0", "0.0.0.0"),
+            ("[::FFFF:7f00:1]", "127.0.0.1"),
+            ("0:0:0:0:0:0:0:1", "::1"),
+        ] {
+            assert_eq!(parse_ip_literal(text), Some(ip(want)), "{text}");
+        }
+        for not_ip in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1..2",
+            "0x",
+            "08",
+            "1.2.3.4.5",
+            "256.1",
+            "1.2.3.256",
+            "1.16777216",
+            "4294967296",
+            "example.com",
+            "1e3",
+            "-1",
+            "+1",
+            "0x1g",
+            "[1.2.3.4]x",
+        ] {
+            assert_eq!(parse_ip_literal(not_ip), None, "{not_ip}");
+        }
+    }
+
+    #[test]
+    fn the_unspecified_address_is_refused_unless_a_rule_names_it() {
+        let open = Policy::allow_all([rule("127.0.0.0/8"), rule("::1")]);
+        let star = Policy::new([rule("*"), rule("0.0.0.0/0"), rule("::/0")], []).expect("rules");
+        for host in [
+            "0",
+            "0.0.0.0",
+            "0x0",
+            "::",
+            "[::]",
+            "::ffff:0.0.0.0",
+            "::ffff:0:0",
+        ] {
+            let addr = parse_ip_literal(host).expect("a literal");
+            for p in [&open, &star] {
+                assert!(
+                    matches!(p.check(host, 80, &[addr]), Err(Refusal::Unspecified { .. })),
+                    "{host}"
+                );
+            }
+        }
+        // A name resolving to it, among other addresses, is refused just the same.
+        assert!(matches!(
+            open.check("zero.example", 80, &[ip("192.0.2.1"), ip("::ffff:0.0.0.0")]),
+            Err(Refusal::Unspecified { .. })
+        ));
+        let named = Policy::new([rule("0.0.0.0:80"), rule("[::]:80")], []).expect("rules");
+        assert!(named.check("0", 80, &[ip("0.0.0.0")]).is_ok());
+        assert!(named.check("::", 80, &[ip("::")]).is_ok());
+        assert!(named.check("0", 81, &[ip("0.0.0.0")]).is_err());
+        // A deny rule covering it still wins.
+        let denied = Policy::new([rule("0.0.0.0")], [rule("0.0.0.0/8")]).expect("rules");
+        assert!(matches!(
+            denied.check("0", 80, &[ip("0.0.0.0")]),
+            Err(Refusal::Denied { .. })
+        ));
+    }
+
+    #[test]
+    fn rules_in_mapped_or_legacy_form_are_normalised() {
+        let p = Policy::allow_all([rule("::ffff:127.0.0.0/104"), rule("[::ffff:10.0.0.1]:22")]);
+        assert!(p.check("127.0.0.1", 80, &[ip("127.0.0.1")]).is_err());
+        assert!(p.check("127.9.9.9", 80, &[ip("127.9.9.9")]).is_err());
+        assert!(p.check("10.0.0.1", 22, &[ip("10.0.0.1")]).is_err());
+        assert!(p.check("10.0.0.1", 23, &[ip("10.0.0.1")]).is_ok());
+        assert!(p.check("128.0.0.1", 80, &[ip("128.0.0.1")]).is_ok());
+        assert_eq!(rule("::ffff:127.0.0.0/104").host, rule("127.0.0.0/8").host);
+        assert_eq!(rule("::ffff:0:0/96").host, rule("0.0.0.0/0").host);
+        assert_eq!(rule("0x7f.1").host, rule("127.0.0.1").host);
+        assert_eq!(rule("[::ffff:0.0.0.0]:80").host, rule("0.0.0.0").host);
     }
 
     #[test]

@@ -266,19 +266,24 @@ pub struct Reloader {
 
 impl Reloader {
     /// Re-reads the certificate files. New handshakes (TLS and DTLS) use the new material at
-    /// once; live tunnels are not touched. On error nothing changes.
+    /// once; live tunnels are not touched. All or nothing: the material is checked for every
+    /// transport served (rustls for TLS, an OpenSSL context for DTLS) before either changes,
+    /// so on error both keep the material in force.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        // Load and check everything before swapping anything in.
-        let dtls_material = match &self.dtls {
-            Some(_) => Some((
-                dtls::Identity::from_pem_files(&self.certs.cert, &self.certs.key)?,
-                dtls::CaCerts::from_pem_file(&self.certs.ca)?,
+        let dtls = match &self.dtls {
+            Some(handle) => Some((
+                handle,
+                handle.prepare(
+                    dtls::Identity::from_pem_files(&self.certs.cert, &self.certs.key)?,
+                    dtls::CaCerts::from_pem_file(&self.certs.ca)?,
+                )?,
             )),
             None => None,
         };
-        self.credentials.reload()?;
-        if let (Some(handle), Some((identity, ca))) = (&self.dtls, dtls_material) {
-            handle.reload(identity, ca)?;
+        let tls = self.credentials.prepare()?;
+        self.credentials.commit(tls);
+        if let Some((handle, prepared)) = dtls {
+            handle.commit(prepared);
         }
         Ok(())
     }

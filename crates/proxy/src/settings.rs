@@ -45,6 +45,13 @@ pub struct Settings {
     /// Receive and send buffers of the UDP listener socket (the DTLS port). Default 4 MiB
     /// each way ([`dtls::UdpBuffers::default`]); past the system caps when the process may.
     pub udp_buffers: dtls::UdpBuffers,
+    /// Most destination name lookups in flight at once, for all clients. Default 256.
+    pub max_lookups: usize,
+    /// Most destination name lookups in flight for one client address; its further lookups
+    /// wait (within the dial timeout) for its own to finish. Default 16.
+    pub max_lookups_per_client: usize,
+    /// How long one name lookup may take, within the dial timeout. Default 5 s.
+    pub lookup_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +70,9 @@ impl Default for Settings {
             tcp_keepalive: Some(Keepalive::default()),
             resumption: true,
             udp_buffers: dtls::UdpBuffers::default(),
+            max_lookups: 256,
+            max_lookups_per_client: 16,
+            lookup_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -137,6 +147,19 @@ impl Settings {
     /// Sets the UDP listener's buffers.
     pub fn udp_buffers(mut self, buffers: dtls::UdpBuffers) -> Self {
         self.udp_buffers = buffers;
+        self
+    }
+
+    /// Sets the bounds on name lookups in flight: for all clients, and for one.
+    pub fn max_lookups(mut self, global: usize, per_client: usize) -> Self {
+        self.max_lookups = global;
+        self.max_lookups_per_client = per_client;
+        self
+    }
+
+    /// Sets the timeout of one name lookup.
+    pub fn lookup_timeout(mut self, d: Duration) -> Self {
+        self.lookup_timeout = d;
         self
     }
 

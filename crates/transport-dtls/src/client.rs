@@ -65,10 +65,22 @@ impl DtlsConnector {
             source,
         };
         let mut ssl = Ssl::new(&self.ctx).map_err(ConfigError::Context)?;
-        ssl.set_hostname(&self.server_name).map_err(name_error)?;
-        ssl.param_mut()
-            .set_host(&self.server_name)
-            .map_err(name_error)?;
+        // An IP address is verified against the certificate's IP SANs and never sent as SNI
+        // (RFC 6066), as rustls does for TLS; a name against its DNS SANs.
+        let bare = self
+            .server_name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(&self.server_name);
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => ssl.param_mut().set_ip(ip).map_err(name_error)?,
+            Err(_) => {
+                ssl.set_hostname(&self.server_name).map_err(name_error)?;
+                ssl.param_mut()
+                    .set_host(&self.server_name)
+                    .map_err(name_error)?;
+            }
+        }
         ssl.set_mtu(self.common.mtu.get())
             .map_err(ConfigError::Context)?;
         crate::ffi::set_retransmit_schedule(&mut ssl);

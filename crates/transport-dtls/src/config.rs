@@ -103,6 +103,14 @@ pub enum ConfigError {
         /// The value given.
         got: usize,
     },
+    /// The server key is not an ECDSA key, and DTLS offers ECDSA cipher suites only.
+    #[error(
+        "the server key is {found}; DTLS offers ECDSA cipher suites only: use an ECDSA (P-256) certificate, or disable UDP"
+    )]
+    ServerKeyType {
+        /// The key type found.
+        found: &'static str,
+    },
     /// Setting up the OpenSSL context failed.
     #[error("OpenSSL context setup failed")]
     Context(#[source] ErrorStack),
@@ -533,10 +541,34 @@ impl ServerConfig {
     }
 
     pub(crate) fn context(&self) -> Result<SslContext, ConfigError> {
+        // The cipher suites are ECDSA ones: another server key type would fail every handshake.
+        let key_type = self.identity.key.id();
+        if key_type != openssl::pkey::Id::EC {
+            return Err(ConfigError::ServerKeyType {
+                found: match key_type {
+                    openssl::pkey::Id::RSA | openssl::pkey::Id::RSA_PSS => "RSA",
+                    openssl::pkey::Id::ED25519 => "Ed25519",
+                    _ => "neither ECDSA nor RSA",
+                },
+            });
+        }
         let mut b = self.common.context_builder()?;
         self.identity.install(&mut b)?;
         self.client_ca.install(&mut b, true)?;
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        // The client-certificate rules of both transports (docs/operations.md): issued
+        // directly by a certificate of the CA file (no intermediate CAs), and not a CA itself.
+        b.set_verify_depth(0);
+        b.set_verify_callback(
+            SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+            |ok, ctx| {
+                if ok && ctx.error_depth() == 0 && ctx.current_cert().is_some_and(crate::ffi::is_ca)
+                {
+                    ctx.set_error(openssl::x509::X509VerifyResult::APPLICATION_VERIFICATION);
+                    return false;
+                }
+                ok
+            },
+        );
         // Server preference also picks the key-exchange group: X25519 whenever the client
         // offers it, whatever its order.
         // No tickets: a NewSessionTicket is an epoch-0 message in the server's last flight, and

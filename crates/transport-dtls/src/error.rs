@@ -21,6 +21,10 @@ pub enum HandshakeError {
     /// certificate, ...
     #[error("DTLS handshake failed")]
     Tls(#[source] openssl::ssl::Error),
+    /// The peer's certificate is not valid now: a session resumed after the certificate of
+    /// the handshake that created it expired (or before it became valid).
+    #[error("the peer certificate is outside its validity period")]
+    CertificateNotValidNow,
     /// The peer did not negotiate the extended master secret (RFC 7627), which is required.
     #[error("peer did not negotiate the extended master secret")]
     NoExtendedMasterSecret,

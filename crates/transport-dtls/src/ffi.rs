@@ -139,6 +139,14 @@ pub(crate) fn copy_session(session: &SslSessionRef) -> Option<SslSession> {
     }
 }
 
+/// Whether the certificate says it is a CA (basic constraints `CA:TRUE`).
+pub(crate) fn is_ca(cert: &openssl::x509::X509Ref) -> bool {
+    // SAFETY: `cert` is a valid certificate for the call; OpenSSL only reads (and caches) its
+    // extensions.
+    let flags = unsafe { openssl_sys::X509_get_extension_flags(cert.as_ptr()) };
+    flags & openssl_sys::EXFLAG_CA != 0
+}
+
 #[cfg(test)]
 mod tests {
     use openssl::ssl::{Ssl, SslContext, SslMethod};

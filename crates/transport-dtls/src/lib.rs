@@ -71,7 +71,7 @@ pub use config::{
     MaxPayload, Mtu, PemError, ServerConfig,
 };
 pub use error::{AcceptError, ConnectError, HandshakeError, ListenError, RecvError, SendError};
-pub use server::{DtlsListener, ListenerHandle, ListenerStats};
+pub use server::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
 pub use session::{DtlsSession, RecvHalf, SendHalf};
 
 /// Re-exported so callers can build identities from parsed certificates and keys.

@@ -145,20 +145,43 @@ impl ListenerHandle {
     /// Uses new certificate material for handshakes that start from now on. On error nothing
     /// changes: the old material stays in use. Established sessions are not affected.
     pub fn reload(&self, identity: Identity, client_ca: CaCerts) -> Result<(), ConfigError> {
+        let prepared = self.prepare(identity, client_ca)?;
+        self.commit(prepared);
+        Ok(())
+    }
+
+    /// Builds the OpenSSL context of new material (where OpenSSL refuses what it refuses)
+    /// without using it yet: [`commit`](Self::commit) does. Lets a server check the material
+    /// of every transport before any of them changes.
+    pub fn prepare(
+        &self,
+        identity: Identity,
+        client_ca: CaCerts,
+    ) -> Result<PreparedReload, ConfigError> {
+        let config = self
+            .shared
+            .config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .with_material(identity, client_ca);
+        let ctx = config.context()?;
+        Ok(PreparedReload { config, ctx })
+    }
+
+    /// Uses material checked by [`prepare`](Self::prepare) for handshakes from now on.
+    pub fn commit(&self, prepared: PreparedReload) {
         let mut config = self
             .shared
             .config
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let next = config.clone().with_material(identity, client_ca);
-        let ctx = next.context()?;
         *self
             .shared
             .ctx
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = ctx;
-        *config = next;
-        Ok(())
+            .unwrap_or_else(PoisonError::into_inner) = prepared.ctx;
+        *config = prepared.config;
     }
 
     /// [`reload`](Self::reload) from PEM files: the certificate chain, its key, the client CA.
@@ -171,6 +194,19 @@ impl ListenerHandle {
         let identity = Identity::from_pem_files(cert, key)?;
         let ca = CaCerts::from_pem_file(client_ca)?;
         self.reload(identity, ca)
+    }
+}
+
+/// New certificate material whose OpenSSL context was built by [`ListenerHandle::prepare`],
+/// not yet in force.
+pub struct PreparedReload {
+    config: ServerConfig,
+    ctx: SslContext,
+}
+
+impl std::fmt::Debug for PreparedReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedReload").finish_non_exhaustive()
     }
 }
 

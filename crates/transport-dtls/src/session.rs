@@ -158,6 +158,24 @@ pub(crate) async fn handshake(stream: &mut Stream) -> Result<(), HandshakeError>
     if !ffi::extended_master_secret(stream.ssl()) {
         return Err(HandshakeError::NoExtendedMasterSecret);
     }
+    // A resumed session carries the certificate of the handshake that created it, unchecked:
+    // it must still be valid now, or resumption would outlive the certificate.
+    if let Some(cert) = stream.ssl().peer_certificate() {
+        check_validity_now(&cert)?;
+    }
+    Ok(())
+}
+
+/// Refuses a peer certificate outside its validity period (`notBefore`..=`notAfter`).
+fn check_validity_now(cert: &openssl::x509::X509Ref) -> Result<(), HandshakeError> {
+    use std::cmp::Ordering;
+    let error = |e: openssl::error::ErrorStack| HandshakeError::Tls(e.into());
+    let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(error)?;
+    let expired = cert.not_after().compare(&now).map_err(error)? == Ordering::Less;
+    let early = cert.not_before().compare(&now).map_err(error)? == Ordering::Greater;
+    if expired || early {
+        return Err(HandshakeError::CertificateNotValidNow);
+    }
     Ok(())
 }
 

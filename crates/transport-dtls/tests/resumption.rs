@@ -130,3 +130,36 @@ async fn resumption_can_be_turned_off_on_either_end() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cached_session_does_not_outlive_the_client_certificate() {
+    use time::OffsetDateTime;
+
+    // X.509 times have whole seconds: the certificate is valid for 2 to 3 more seconds.
+    let not_after = (OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .replace_nanosecond(0)
+        .expect("whole second");
+    let pki = support::pki_with_client_until(Some(not_after));
+    let (mut listener, addr) = listener(pki.server_config()).await;
+    let handle = listener.handle();
+    let connector = DtlsConnector::new(&pki.client_config()).expect("connector");
+    round(&mut listener, &connector, addr).await;
+    // While the certificate is valid its session resumes...
+    assert!(round(&mut listener, &connector, addr).await.1);
+
+    // ...and once it expired the server refuses the session the client resumes.
+    while OffsetDateTime::now_utc() <= not_after + time::Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let failed_before = handle.stats().handshakes_failed;
+    let _client = connector.connect(addr).await;
+    support::eventually(std::time::Duration::from_secs(10), || {
+        handle.stats().handshakes_failed > failed_before
+    })
+    .await;
+    let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept());
+    assert!(
+        !matches!(accepted.await, Ok(Ok(_))),
+        "the server accepted the resumed session of an expired certificate"
+    );
+}

@@ -75,6 +75,15 @@ impl Acceptor {
             .peer_certificates()
             .and_then(<[_]>::first)
             .ok_or(AcceptError::Tls(rustls::Error::NoCertificatesPresented))?;
+        // A resumed session carries the chain of the handshake that issued its ticket, which
+        // nothing re-verifies: resumption must not outlive the certificate.
+        let valid_now = crate::load::parse_der(leaf)
+            .map_err(AcceptError::PeerCertificate)?
+            .validity()
+            .is_valid();
+        if !valid_now {
+            return Err(AcceptError::CertificateNotValidNow);
+        }
         let certificate =
             CertificateSummary::from_der(leaf).map_err(AcceptError::PeerCertificate)?;
         let peer = PeerInfo {

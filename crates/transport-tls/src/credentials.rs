@@ -74,6 +74,19 @@ struct Shared {
     provider: Arc<CryptoProvider>,
 }
 
+/// Material read and checked by [`ServerCredentials::prepare`], not yet in force.
+pub struct PreparedCredentials {
+    material: Material,
+}
+
+impl std::fmt::Debug for PreparedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedCredentials")
+            .field("cert", &self.material.paths.cert)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The material of one load, swapped as a whole.
 struct Material {
     paths: ServerPaths,
@@ -114,6 +127,28 @@ impl ServerCredentials {
     pub fn reload_from(&self, paths: ServerPaths) -> Result<(), LoadError> {
         let _serial = self.lock();
         self.swap_in(paths)
+    }
+
+    /// Reads and checks the files the material in force was loaded from, without using them
+    /// yet: [`commit`](Self::commit) swaps them in. Lets a server check the material of every
+    /// transport before any of them changes.
+    pub fn prepare(&self) -> Result<PreparedCredentials, LoadError> {
+        let paths = self.shared.current.load().paths.clone();
+        Ok(PreparedCredentials {
+            material: Material::load(paths, &self.shared.provider)?,
+        })
+    }
+
+    /// Swaps in material read by [`prepare`](Self::prepare).
+    pub fn commit(&self, prepared: PreparedCredentials) {
+        let _serial = self.lock();
+        let material = prepared.material;
+        tracing::info!(
+            cert = %material.paths.cert.display(),
+            client_ca = %material.paths.client_ca.display(),
+            "TLS server credentials reloaded"
+        );
+        self.shared.current.store(Arc::new(material));
     }
 
     fn swap_in(&self, paths: ServerPaths) -> Result<(), LoadError> {
@@ -279,11 +314,19 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.shared
-            .current
-            .load()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        // The client-certificate rules of both transports (docs/operations.md): issued
+        // directly by a certificate of the CA file, so intermediates the client sends are not
+        // used (webpki does not enforce a CA's path length); webpki refuses a CA certificate
+        // as the end entity; a key usage, when present, must allow signing.
+        let _ = intermediates;
+        let verified =
+            self.shared
+                .current
+                .load()
+                .verifier
+                .verify_client_cert(end_entity, &[], now)?;
+        check_key_usage(end_entity)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -324,5 +367,17 @@ impl ClientCertVerifier for Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReloadingClientVerifier")
+    }
+}
+
+/// Refuses a client certificate whose key usage extension, when present, allows neither
+/// digital signatures nor key agreement (as OpenSSL does for a TLS client).
+fn check_key_usage(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose);
+    let cert = crate::load::parse_der(end_entity).map_err(|_| bad())?;
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() && !ku.value.key_agreement() => Err(bad()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(bad()),
     }
 }

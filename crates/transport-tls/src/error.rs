@@ -148,6 +148,10 @@ pub enum AcceptError {
     /// The verified client certificate could not be parsed for its subject and names.
     #[error("the client certificate cannot be parsed")]
     PeerCertificate(#[source] X509Error),
+    /// The client certificate is not valid now: a session resumed after the certificate of the
+    /// handshake that issued its ticket expired (or before it became valid).
+    #[error("the client certificate is outside its validity period")]
+    CertificateNotValidNow,
 }
 
 /// The client side of a connection failed.

@@ -81,7 +81,7 @@ pub use acceptor::{Accepted, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use alpn::{AlpnPolicy, AppProtocol, HTTP11_ALPN};
 pub use ca::CaBundle;
 pub use client::{ClientConfig, ClientConfigBuilder, connect, connect_to};
-pub use credentials::{ServerCredentials, ServerPaths};
+pub use credentials::{PreparedCredentials, ServerCredentials, ServerPaths};
 pub use error::{AcceptError, ConfigError, ConnectError, LoadError};
 pub use identity::Identity;
 pub use peer::{CertificateSummary, PeerInfo, SubjectAltName};

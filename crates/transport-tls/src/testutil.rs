@@ -79,6 +79,8 @@ pub enum Validity {
     Expired,
     /// Valid from tomorrow.
     NotYetValid,
+    /// From yesterday until this instant (a certificate that expires during a test).
+    Until(OffsetDateTime),
 }
 
 /// A certificate to issue.
@@ -259,6 +261,7 @@ fn set_validity(params: &mut CertificateParams, validity: Validity) {
         Validity::Current => (now - day, now + 30 * day),
         Validity::Expired => (now - 30 * day, now - day),
         Validity::NotYetValid => (now + day, now + 30 * day),
+        Validity::Until(end) => (now - day, end),
     };
 }
 

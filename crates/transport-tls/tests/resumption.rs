@@ -109,3 +109,49 @@ async fn tls12_sessions_resume_with_tickets_too() {
         Some(HandshakeKind::Resumed)
     );
 }
+
+#[tokio::test]
+async fn a_ticket_does_not_outlive_the_client_certificate() {
+    use streamproxy_tls::testutil::Validity;
+    use time::OffsetDateTime;
+
+    let pki = Pki::new("resume-expiry");
+    // X.509 times have whole seconds: the certificate is valid for 2 to 3 more seconds.
+    let not_after = OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let not_after = not_after.replace_nanosecond(0).expect("whole second");
+    pki.ca.issue(
+        &LeafSpec::new("client", "agent-1", Usage::Client).validity(Validity::Until(not_after)),
+    );
+    let credentials = pki.credentials();
+    let mut server = EchoServer::stream_only(&credentials).await;
+    let client = pki.client_config();
+
+    let first = round(&mut server, &client).await;
+    assert_eq!(first, (Some(HandshakeKind::Full), Some("agent-1".into())));
+    // While the certificate is valid a ticket resumes, which proves the ticket is usable...
+    let second = round(&mut server, &client).await;
+    assert_eq!(second.0, Some(HandshakeKind::Resumed));
+
+    // ...and once it expired, the same client's ticket no longer lets it in.
+    while OffsetDateTime::now_utc() <= not_after + time::Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut stream = connect_to(server.addr, &client).await.expect("connect");
+    assert_eq!(
+        kind(&stream),
+        Some(HandshakeKind::Resumed),
+        "the client offered its ticket"
+    );
+    let refused = server.next().await;
+    assert!(
+        matches!(
+            refused,
+            Err(streamproxy_tls::AcceptError::CertificateNotValidNow)
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        echo(&mut stream, b"hello").await.is_err(),
+        "the connection was closed"
+    );
+}

@@ -123,7 +123,8 @@ impl StreamHandler {
             let _ = stream.shutdown().await;
             return Ok(Served::HealthCheck);
         }
-        let mut destination = match dial_tcp(&request, &inner.dialer).await {
+        let mut destination = match dial_tcp(&request, &inner.dialer, Some(client.addr.ip())).await
+        {
             Ok(d) => d,
             Err(e) => {
                 if e.is_refusal() {

@@ -82,7 +82,7 @@ impl UdpServer {
                         port: create.port,
                         flags: Flags::NONE,
                     };
-                    let socket = dial_udp(&request, &dialer).await?;
+                    let socket = dial_udp(&request, &dialer, Some(create.client.ip())).await?;
                     Ok(Arc::new(Destination {
                         socket: std::sync::Mutex::new(Some(socket)),
                         stop: CancellationToken::new(),

@@ -71,6 +71,7 @@ fn leaf(
     cn: &str,
     server: bool,
     ca: &CertifiedIssuer<'static, KeyPair>,
+    not_after: Option<time::OffsetDateTime>,
 ) {
     let sans = if server {
         vec![cn.to_owned()]
@@ -83,6 +84,10 @@ fn leaf(
         .distinguished_name
         .push(DnType::OrganizationName, "streamproxy tests");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if let Some(end) = not_after {
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.not_after = end;
+    }
     params.extended_key_usages = vec![if server {
         ExtendedKeyUsagePurpose::ServerAuth
     } else {
@@ -96,20 +101,33 @@ fn leaf(
 
 /// Generates the PKI into a fresh temporary directory.
 pub fn pki() -> Pki {
+    pki_with_client_until(None)
+}
+
+/// The PKI, with a client certificate that expires at `not_after`.
+pub fn pki_with_client_until(not_after: Option<time::OffsetDateTime>) -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let ca = issuer("streamproxy test CA");
     let other = issuer("some other CA");
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), other.pem()).unwrap();
-    leaf(dir.path(), "server", proto::DEFAULT_SERVER_NAME, true, &ca);
-    leaf(dir.path(), "client", "agent-client", false, &ca);
-    leaf(dir.path(), "other-client", "intruder", false, &other);
+    leaf(
+        dir.path(),
+        "server",
+        proto::DEFAULT_SERVER_NAME,
+        true,
+        &ca,
+        None,
+    );
+    leaf(dir.path(), "client", "agent-client", false, &ca, not_after);
+    leaf(dir.path(), "other-client", "intruder", false, &other, None);
     leaf(
         dir.path(),
         "other-server",
         proto::DEFAULT_SERVER_NAME,
         true,
         &other,
+        None,
     );
     Pki { dir }
 }
