@@ -483,7 +483,13 @@ mod tests {
         let sizes: Vec<usize> = taken.iter().map(|b| b.bytes.len()).collect();
         assert_eq!(
             sizes,
-            [64 << 10, 64 << 10, 64 << 10, SMALL_RELAY_BUFFER, SMALL_RELAY_BUFFER]
+            [
+                64 << 10,
+                64 << 10,
+                64 << 10,
+                SMALL_RELAY_BUFFER,
+                SMALL_RELAY_BUFFER
+            ]
         );
         assert_eq!(POOL.lent(), 3, "past the bound, small buffers not counted");
         for buf in taken {
@@ -533,7 +539,11 @@ mod tests {
         assert!(poll_once(&mut d, &mut r, &mut Blocked).is_pending());
         assert_eq!(POOL.lent(), 1);
         drop(d);
-        assert_eq!((POOL.lent(), POOL.spare()), (0, 1), "given back when dropped");
+        assert_eq!(
+            (POOL.lent(), POOL.spare()),
+            (0, 1),
+            "given back when dropped"
+        );
     }
 
     #[test]
@@ -590,7 +600,11 @@ mod tests {
             }
             other => panic!("expected the read error, got {other:?}"),
         }
-        assert_eq!(w.data.len(), 300, "what was read before the error is written");
+        assert_eq!(
+            w.data.len(),
+            300,
+            "what was read before the error is written"
+        );
         assert_eq!(d.read, 300);
         assert!(d.buf.is_none());
         assert_eq!(POOL.lent(), 0);
