@@ -12,13 +12,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Size of the copy buffer a direction borrows from the pool while data moves. A read drains
 /// everything its reader has ready (several TLS records) up to this size, and a write hands
 /// all of it to the writer at once (rustls turns it into records sent with one `writev`).
-pub const RELAY_BUFFER: usize = 64 * 1024;
+pub const RELAY_BUFFER: usize = 128 * 1024;
 
 /// Size of the buffer a direction allocates when the pool has lent all it may: one TLS
 /// record's worth of plaintext.
 pub const SMALL_RELAY_BUFFER: usize = 16 * 1024;
 
-/// Bytes of large buffers the pool lends at most at once (1,024 buffers of 64 KiB): beyond
+/// Bytes of large buffers the pool lends at most at once (512 buffers of 128 KiB): beyond
 /// that, busy directions copy through small buffers, so memory stays bounded however many
 /// tunnels move data together.
 const POOL_LEND_BYTES: usize = 64 << 20;
@@ -27,13 +27,11 @@ const POOL_LEND_BYTES: usize = 64 << 20;
 const POOL_SPARE_BYTES: usize = 2 << 20;
 
 /// The process's relay buffers.
-static POOL: std::sync::LazyLock<BufferPool> = std::sync::LazyLock::new(|| {
-    let size = std::env::var("STREAMPROXY_RELAY_BUFFER_KIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(RELAY_BUFFER, |kib| kib.clamp(16, 1024) << 10);
-    BufferPool::new(size, POOL_SPARE_BYTES / size, POOL_LEND_BYTES / size)
-});
+static POOL: BufferPool = BufferPool::new(
+    RELAY_BUFFER,
+    POOL_SPARE_BYTES / RELAY_BUFFER,
+    POOL_LEND_BYTES / RELAY_BUFFER,
+);
 
 /// A bounded pool of large copy buffers: it lends at most `max_lent` at once and keeps at most
 /// `max_spare` for reuse; past its lending bound it hands out small buffers it does not keep.
@@ -47,7 +45,7 @@ struct BufferPool {
 }
 
 impl BufferPool {
-    fn new(size: usize, max_spare: usize, max_lent: usize) -> BufferPool {
+    const fn new(size: usize, max_spare: usize, max_lent: usize) -> BufferPool {
         BufferPool {
             size,
             max_spare,
