@@ -104,6 +104,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Whether the process has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// The output so far, as text.
     pub(crate) fn output(&self) -> String {
         let (lock, _) = &*self.output;

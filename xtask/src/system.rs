@@ -65,11 +65,23 @@ const INTEROP: &[Need] = &[
     },
 ];
 
-const BENCH: &[Need] = &[Need {
-    what: "stunnel4 (a side-by-side benchmark contender)",
-    present: || have_program("stunnel4"),
-    package: "stunnel4",
-}];
+const BENCH: &[Need] = &[
+    Need {
+        what: "stunnel4 (a side-by-side benchmark contender)",
+        present: || have_program("stunnel4"),
+        package: "stunnel4",
+    },
+    Need {
+        what: "haproxy (a side-by-side benchmark contender)",
+        present: || have_program("haproxy"),
+        package: "haproxy",
+    },
+    Need {
+        what: "perf (system calls per MiB in the side-by-side benchmarks)",
+        present: || have_program("perf"),
+        package: "linux-perf",
+    },
+];
 
 /// Makes sure the side-by-side benchmarks' contenders are installed (the Go peer's toolchain
 /// comes with the interop dependencies).

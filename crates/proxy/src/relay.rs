@@ -4,37 +4,115 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Size of each direction's copy buffer: one TLS record's worth of plaintext.
-pub const RELAY_BUFFER: usize = 16 * 1024;
+/// Size of the copy buffer a direction borrows from the pool while data moves. A read drains
+/// everything its reader has ready (several TLS records) up to this size, and a write hands
+/// all of it to the writer at once (rustls turns it into records sent with one `writev`).
+pub const RELAY_BUFFER: usize = 128 * 1024;
 
-/// Copy buffers kept for reuse per worker thread, so that a burst after an idle spell does
-/// not go to the allocator.
-const SPARE_BUFFERS: usize = 32;
+/// Size of the buffer a direction allocates when the pool has lent all it may: one TLS
+/// record's worth of plaintext.
+pub const SMALL_RELAY_BUFFER: usize = 16 * 1024;
 
-thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Bytes of large buffers the pool lends at most at once (512 buffers of 128 KiB): beyond
+/// that, busy directions copy through small buffers, so memory stays bounded however many
+/// tunnels move data together.
+const POOL_LEND_BYTES: usize = 64 << 20;
+
+/// Bytes of large buffers the pool keeps for reuse while no direction needs them.
+const POOL_SPARE_BYTES: usize = 2 << 20;
+
+/// The process's relay buffers.
+static POOL: BufferPool = BufferPool::new(
+    RELAY_BUFFER,
+    POOL_SPARE_BYTES / RELAY_BUFFER,
+    POOL_LEND_BYTES / RELAY_BUFFER,
+);
+
+/// A bounded pool of large copy buffers: it lends at most `max_lent` at once and keeps at most
+/// `max_spare` for reuse; past its lending bound it hands out small buffers it does not keep.
+#[derive(Debug)]
+struct BufferPool {
+    size: usize,
+    max_spare: usize,
+    max_lent: usize,
+    spare: Mutex<Vec<Box<[u8]>>>,
+    lent: AtomicUsize,
 }
 
-/// A copy buffer from this thread's spares, or a new one.
-fn take_buffer() -> Box<[u8]> {
-    SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| vec![0u8; RELAY_BUFFER].into_boxed_slice())
-}
-
-/// Gives a copy buffer back to this thread's spares (or to the allocator when they are full).
-fn give_buffer(buf: Box<[u8]>) {
-    // During thread teardown the spares are gone already: the buffer is freed.
-    let _ = SPARE.try_with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
+impl BufferPool {
+    const fn new(size: usize, max_spare: usize, max_lent: usize) -> BufferPool {
+        BufferPool {
+            size,
+            max_spare,
+            max_lent,
+            spare: Mutex::new(Vec::new()),
+            lent: AtomicUsize::new(0),
         }
-    });
+    }
+
+    /// A large buffer if the pool may lend one more, a small one otherwise.
+    fn take(&self) -> Buffer {
+        let lent = self
+            .lent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_lent).then_some(n + 1)
+            });
+        if lent.is_err() {
+            return Buffer {
+                bytes: vec![0u8; SMALL_RELAY_BUFFER.min(self.size)].into_boxed_slice(),
+                pooled: false,
+            };
+        }
+        let bytes = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
+        Buffer {
+            bytes,
+            pooled: true,
+        }
+    }
+
+    /// Takes back a buffer from [`BufferPool::take`]: a large one is kept for reuse while
+    /// there is room, a small one goes to the allocator.
+    fn give(&self, buf: Buffer) {
+        if !buf.pooled {
+            return;
+        }
+        self.lent.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < self.max_spare {
+                spare.push(buf.bytes);
+            }
+        }
+    }
+
+    /// Large buffers lent and not given back yet.
+    #[cfg(test)]
+    fn lent(&self) -> usize {
+        self.lent.load(Ordering::Acquire)
+    }
+
+    /// Large buffers kept for reuse.
+    #[cfg(test)]
+    fn spare(&self) -> usize {
+        self.spare.lock().map_or(0, |s| s.len())
+    }
+}
+
+/// A copy buffer lent by a [`BufferPool`].
+#[derive(Debug)]
+struct Buffer {
+    bytes: Box<[u8]>,
+    /// Whether it counts against the pool's lending bound (and may be kept for reuse).
+    pooled: bool,
 }
 
 /// What a finished relay moved, and how it ended.
@@ -52,8 +130,11 @@ pub struct RelayOutcome {
 ///
 /// An end of stream from one side becomes a write shutdown on the other (for TLS, a
 /// close_notify) while the other direction keeps flowing. Each direction copies through one
-/// buffer of [`RELAY_BUFFER`] bytes, held only while data moves: a direction that waits for
-/// its reader with nothing left to write gives the buffer back, so an idle tunnel holds none.
+/// buffer of [`RELAY_BUFFER`] bytes from a bounded pool ([`SMALL_RELAY_BUFFER`] when the pool
+/// has lent all it may), held only while data moves: a direction that waits for its reader
+/// with nothing left to write gives the buffer back, so an idle tunnel holds none. Each read
+/// takes everything the reader has ready, up to the buffer's size, and each write offers all
+/// of it.
 /// A side that does not read slows the other down: memory per tunnel is bounded. The byte
 /// counts are exact even when the relay ends in an error.
 ///
@@ -119,11 +200,15 @@ impl Fault {
 struct Direction {
     /// Holds `buf[pos..cap]`, not yet written; `None` whenever that range is empty and the
     /// reader has nothing to give.
-    buf: Option<Box<[u8]>>,
+    buf: Option<Buffer>,
+    pool: &'static BufferPool,
     pos: usize,
     cap: usize,
     read: u64,
     eof: bool,
+    /// A read error that came after some bytes in the same fill: reported once they are
+    /// written.
+    read_error: Option<io::Error>,
     need_flush: bool,
     /// Whether the reader's end of stream shuts the writer down.
     shutdown_at_eof: bool,
@@ -131,23 +216,69 @@ struct Direction {
 
 impl Drop for Direction {
     fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            give_buffer(buf);
-        }
+        self.give_back();
     }
 }
 
 impl Direction {
     fn new() -> Direction {
+        Direction::with_pool(&POOL)
+    }
+
+    fn with_pool(pool: &'static BufferPool) -> Direction {
         Direction {
             buf: None,
+            pool,
             pos: 0,
             cap: 0,
             read: 0,
             eof: false,
+            read_error: None,
             need_flush: false,
             shutdown_at_eof: true,
         }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give(buf);
+        }
+    }
+
+    /// Reads into the empty buffer until it is full or the reader has nothing more ready:
+    /// every decrypted record rustls holds, and what the socket has, in as few calls as the
+    /// reader allows. `Pending` only when nothing at all was read.
+    fn poll_fill<R>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> Poll<Result<(), Fault>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        self.pos = 0;
+        self.cap = 0;
+        let pool = self.pool;
+        let buf = &mut self.buf.get_or_insert_with(|| pool.take()).bytes;
+        while self.cap < buf.len() {
+            let mut rb = ReadBuf::new(&mut buf[self.cap..]);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                        break;
+                    }
+                    self.cap += n;
+                    self.read += n as u64;
+                }
+                Poll::Ready(Err(e)) if self.cap == 0 => return Poll::Ready(Err(Fault::Read(e))),
+                Poll::Ready(Err(e)) => {
+                    self.read_error = Some(e);
+                    break;
+                }
+                // The reader has registered this task's waker: it is woken when more comes.
+                Poll::Pending if self.cap == 0 && !self.eof => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Copies from `reader` to `writer` until the reader's end of stream (then flushes and
@@ -164,25 +295,16 @@ impl Direction {
     {
         loop {
             if self.pos == self.cap && !self.eof {
-                let mut buf = ReadBuf::new(self.buf.get_or_insert_with(take_buffer));
-                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) => {
-                        let n = buf.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.pos = 0;
-                            self.cap = n;
-                            self.read += n as u64;
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Fault::Read(e))),
+                if let Some(e) = self.read_error.take() {
+                    return Poll::Ready(Err(Fault::Read(e)));
+                }
+                match self.poll_fill(cx, reader) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         // Nothing to write and nothing to read: the buffer goes back until
                         // the reader wakes this direction up again.
-                        if let Some(buf) = self.buf.take() {
-                            give_buffer(buf);
-                        }
+                        self.give_back();
                         // Nothing more to send for now: push out what was written.
                         if self.need_flush {
                             match Pin::new(&mut *writer).poll_flush(cx) {
@@ -196,11 +318,11 @@ impl Direction {
                 }
             }
             while self.pos < self.cap {
-                let Some(buf) = self.buf.as_deref() else {
+                let Some(buf) = self.buf.as_ref() else {
                     // Unreachable: a read fills the buffer it keeps.
                     return Poll::Ready(Err(Fault::Read(io::Error::other("relay buffer lost"))));
                 };
-                match Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]) {
+                match Pin::new(&mut *writer).poll_write(cx, &buf.bytes[self.pos..self.cap]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Fault::Write(io::ErrorKind::WriteZero.into())));
                     }
@@ -212,10 +334,12 @@ impl Direction {
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            if let Some(e) = self.read_error.take() {
+                self.give_back();
+                return Poll::Ready(Err(Fault::Read(e)));
+            }
             if self.eof {
-                if let Some(buf) = self.buf.take() {
-                    give_buffer(buf);
-                }
+                self.give_back();
                 let mut w = Pin::new(&mut *writer);
                 return match w.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) if !self.shutdown_at_eof => Poll::Ready(Ok(())),
@@ -268,6 +392,241 @@ mod tests {
         let mut rest = vec![0u8; 36];
         dest_app.read_exact(&mut rest).await.expect("read");
         assert_eq!(rest, [1u8; 36]);
+    }
+
+    /// A reader that hands out its chunks one per read, then `Pending` (or an error).
+    struct Chunks {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        then: Option<io::ErrorKind>,
+        reads: usize,
+    }
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            match self.chunks.pop_front() {
+                Some(chunk) => {
+                    let n = chunk.len().min(buf.remaining());
+                    buf.put_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.chunks.push_front(chunk[n..].to_vec());
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                None => match self.then {
+                    Some(kind) => Poll::Ready(Err(kind.into())),
+                    None => Poll::Pending,
+                },
+            }
+        }
+    }
+
+    /// A writer that records the size of every write and takes at most `limit` bytes each.
+    #[derive(Default)]
+    struct Writes {
+        sizes: Vec<usize>,
+        data: Vec<u8>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.sizes.push(n);
+            self.data.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn chunks(sizes: &[usize], then: Option<io::ErrorKind>) -> Chunks {
+        Chunks {
+            chunks: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| vec![i as u8; n])
+                .collect(),
+            then,
+            reads: 0,
+        }
+    }
+
+    fn poll_once<R, W>(d: &mut Direction, r: &mut R, w: &mut W) -> Poll<Result<(), Fault>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        d.poll_copy(&mut cx, r, w)
+    }
+
+    #[test]
+    fn the_pool_lends_a_bounded_number_of_large_buffers_and_keeps_a_bounded_number() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 2, 3));
+        let taken: Vec<Buffer> = (0..5).map(|_| POOL.take()).collect();
+        let sizes: Vec<usize> = taken.iter().map(|b| b.bytes.len()).collect();
+        assert_eq!(
+            sizes,
+            [
+                64 << 10,
+                64 << 10,
+                64 << 10,
+                SMALL_RELAY_BUFFER,
+                SMALL_RELAY_BUFFER
+            ]
+        );
+        assert_eq!(POOL.lent(), 3, "past the bound, small buffers not counted");
+        for buf in taken {
+            POOL.give(buf);
+        }
+        assert_eq!(POOL.lent(), 0);
+        assert_eq!(POOL.spare(), 2, "keeps no more than its bound");
+        // A spare is reused, and lending is possible again.
+        assert_eq!(POOL.take().bytes.len(), 64 << 10);
+        assert_eq!(POOL.spare(), 1);
+    }
+
+    #[test]
+    fn a_direction_borrows_while_data_moves_and_gives_back_when_idle() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 4, 4));
+        let mut d = Direction::with_pool(&POOL);
+        let mut r = chunks(&[1000], None);
+        // A writer that is never blocked: one poll moves everything and goes idle.
+        let mut w = Writes {
+            limit: usize::MAX,
+            ..Writes::default()
+        };
+        assert!(poll_once(&mut d, &mut r, &mut w).is_pending());
+        assert_eq!(w.data.len(), 1000);
+        assert!(d.buf.is_none(), "idle again: the buffer went back");
+        assert_eq!((POOL.lent(), POOL.spare()), (0, 1));
+
+        // A writer that blocks keeps the buffer lent until the bytes are out.
+        struct Blocked;
+        impl AsyncWrite for Blocked {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Pending
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut r = chunks(&[10], None);
+        assert!(poll_once(&mut d, &mut r, &mut Blocked).is_pending());
+        assert_eq!(POOL.lent(), 1);
+        drop(d);
+        assert_eq!(
+            (POOL.lent(), POOL.spare()),
+            (0, 1),
+            "given back when dropped"
+        );
+    }
+
+    #[test]
+    fn a_read_drains_everything_ready_and_one_write_takes_it() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        let mut d = Direction::with_pool(&POOL);
+        // Five records' worth of plaintext ready, as rustls hands them out: one per read.
+        let mut r = chunks(&[16 << 10, 16 << 10, 16 << 10, 16 << 10, 5000], None);
+        let mut w = Writes {
+            limit: usize::MAX,
+            ..Writes::default()
+        };
+        assert!(poll_once(&mut d, &mut r, &mut w).is_pending());
+        assert_eq!(w.sizes, [64 << 10, 5000], "one write per full buffer");
+        assert_eq!(d.read, (64 << 10) + 5000);
+        let expected: Vec<u8> = [0u8, 1, 2, 3]
+            .iter()
+            .flat_map(|&b| vec![b; 16 << 10])
+            .chain(vec![4u8; 5000])
+            .collect();
+        assert_eq!(w.data, expected);
+    }
+
+    #[test]
+    fn partial_writes_deliver_every_byte_in_order() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        let mut d = Direction::with_pool(&POOL);
+        let mut r = chunks(&[3000, 7000], None);
+        let mut w = Writes {
+            limit: 999,
+            ..Writes::default()
+        };
+        assert!(poll_once(&mut d, &mut r, &mut w).is_pending());
+        assert_eq!(w.data.len(), 10_000);
+        assert!(w.sizes.iter().all(|&n| n <= 999));
+        assert_eq!(&w.data[2999..3001], &[0, 1]);
+    }
+
+    #[test]
+    fn a_read_error_after_some_bytes_comes_after_those_bytes() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        let mut d = Direction::with_pool(&POOL);
+        let mut r = chunks(&[100, 200], Some(io::ErrorKind::ConnectionReset));
+        let mut w = Writes {
+            limit: usize::MAX,
+            ..Writes::default()
+        };
+        match poll_once(&mut d, &mut r, &mut w) {
+            Poll::Ready(Err(Fault::Read(e))) => {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionReset)
+            }
+            other => panic!("expected the read error, got {other:?}"),
+        }
+        assert_eq!(
+            w.data.len(),
+            300,
+            "what was read before the error is written"
+        );
+        assert_eq!(d.read, 300);
+        assert!(d.buf.is_none());
+        assert_eq!(POOL.lent(), 0);
+    }
+
+    #[test]
+    fn end_of_stream_after_some_bytes_writes_them_then_shuts_down() {
+        static POOL: std::sync::LazyLock<BufferPool> =
+            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        let mut d = Direction::with_pool(&POOL);
+        let mut r = chunks(&[100], Some(io::ErrorKind::UnexpectedEof));
+        // An empty read after the chunk: end of stream.
+        r.then = None;
+        r.chunks.push_back(Vec::new());
+        let mut w = Writes {
+            limit: usize::MAX,
+            ..Writes::default()
+        };
+        assert!(matches!(
+            poll_once(&mut d, &mut r, &mut w),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(w.data.len(), 100);
+        assert_eq!(POOL.lent(), 0);
     }
 
     #[tokio::test]

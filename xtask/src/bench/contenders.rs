@@ -5,6 +5,10 @@
 //! - Go: the Go peer's `forward` role (goroutines + io.Copy, one tunnel per connection or
 //!   UDP source) and its `server` role, crypto/tls and pion/dtls.
 //! - stunnel: stunnel4 in client mode and in server mode, mutual TLS (TCP only).
+//! - haproxy mTLS: Debian's haproxy as client side and as server side, mutual TLS, one thread
+//!   each, logging off (TCP only).
+//! - haproxy splice: the same two haproxy processes in plain `mode tcp` with kernel splicing,
+//!   no crypto: the ceiling of the three-hop topology (TCP only).
 //! - loopback: no tunnel; the load generator connects to the destination itself.
 
 use std::net::TcpStream;
@@ -24,14 +28,18 @@ pub(crate) enum Contender {
     Streamproxy,
     Go,
     Stunnel,
+    HaproxyTls,
+    HaproxySplice,
     Loopback,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 4] = [
+    pub(crate) const ALL: [Contender; 6] = [
         Contender::Streamproxy,
         Contender::Go,
         Contender::Stunnel,
+        Contender::HaproxyTls,
+        Contender::HaproxySplice,
         Contender::Loopback,
     ];
 
@@ -41,6 +49,8 @@ impl Contender {
             Contender::Streamproxy => "streamproxy",
             Contender::Go => "go",
             Contender::Stunnel => "stunnel",
+            Contender::HaproxyTls => "haproxy_tls",
+            Contender::HaproxySplice => "haproxy_splice",
             Contender::Loopback => "loopback",
         }
     }
@@ -51,6 +61,8 @@ impl Contender {
             Contender::Streamproxy => "streamproxy",
             Contender::Go => "Go peer",
             Contender::Stunnel => "stunnel",
+            Contender::HaproxyTls => "haproxy mTLS",
+            Contender::HaproxySplice => "haproxy splice",
             Contender::Loopback => "loopback",
         }
     }
@@ -79,6 +91,44 @@ impl Stack {
             total += cpu_seconds(proc.pid())?;
         }
         Ok(total)
+    }
+
+    /// Starts counting the system calls of the contender's processes (all their threads,
+    /// those started later included) with `perf stat`; `None` when there are no processes or
+    /// perf cannot count here.
+    pub(crate) fn count_syscalls(&self) -> Option<SyscallCount> {
+        if self.procs.is_empty() {
+            return None;
+        }
+        let pids: Vec<String> = self.procs.iter().map(|p| p.pid().to_string()).collect();
+        let mut cmd = Command::new("perf");
+        cmd.args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
+            .arg(pids.join(","));
+        let proc = Proc::start("perf stat", &mut cmd).ok()?;
+        // perf attaches within a few milliseconds; a call it misses is noise at these sizes.
+        std::thread::sleep(Duration::from_millis(100));
+        Some(SyscallCount { proc })
+    }
+}
+
+/// A running `perf stat` over a contender's processes.
+pub(crate) struct SyscallCount {
+    proc: Proc,
+}
+
+impl SyscallCount {
+    /// Stops counting; the number of system calls made since the start.
+    pub(crate) fn stop(self) -> Result<f64> {
+        let pid = self.proc.pid().to_string();
+        Command::new("kill").args(["-INT", &pid]).status()?;
+        let (_, output) = self.proc.finish(Duration::from_secs(10))?;
+        // CSV: "count,unit,event,..." ("<not counted>" or "<not supported>" when it failed).
+        output
+            .lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .with_context(|| format!("no count from perf stat:\n{output}"))
     }
 }
 
@@ -179,6 +229,12 @@ pub(crate) fn start(
                 procs: vec![client, server],
             })
         }
+        Contender::HaproxyTls | Contender::HaproxySplice => {
+            if transport == Transport::Udp {
+                bail!("haproxy carries TCP only");
+            }
+            start_haproxy_pair(tools, work, contender, &target_addr)
+        }
         Contender::Stunnel => {
             if transport == Transport::Udp {
                 bail!("stunnel carries TCP only");
@@ -216,20 +272,97 @@ pub(crate) fn start(
     }
 }
 
+/// haproxy's settings for both sides: one thread, no logging, room for scenario 5's 5,000
+/// idle tunnels (two descriptors each, and splice pipes, under a 20,000 descriptor limit),
+/// long timeouts.
+const HAPROXY_COMMON: &str = "global\n  nbthread 1\n  maxconn 7000\n\
+     defaults\n  mode tcp\n  timeout connect 10s\n  timeout client 1h\n  timeout server 1h\n";
+
+fn start_haproxy_pair(
+    tools: &Tools,
+    work: &Path,
+    contender: Contender,
+    target_addr: &str,
+) -> Result<Stack> {
+    let server_port = free_port()?;
+    let local = free_port()?;
+    let (server_bind, client_server, extra) = if contender == Contender::HaproxyTls {
+        // haproxy wants certificate and key in one file.
+        let mut bundles = Vec::new();
+        for who in ["server", "client"] {
+            let mut pem = std::fs::read_to_string(tools.certs.path(&format!("{who}.pem")))?;
+            pem.push_str(&std::fs::read_to_string(
+                tools.certs.path(&format!("{who}-key.pem")),
+            )?);
+            let path = work.join(format!("haproxy-{who}.pem"));
+            std::fs::write(&path, pem)?;
+            bundles.push(path);
+        }
+        let ca = tools.certs.path("ca.pem");
+        (
+            format!(
+                " ssl crt {} ca-file {} verify required",
+                bundles[0].display(),
+                ca.display()
+            ),
+            format!(
+                " ssl crt {} ca-file {} verify required sni str(godoxy.agent) verifyhost godoxy.agent",
+                bundles[1].display(),
+                ca.display()
+            ),
+            "",
+        )
+    } else {
+        (String::new(), String::new(), "  option splice-auto\n")
+    };
+    let server_conf = format!(
+        "{HAPROXY_COMMON}{extra}frontend in\n  bind 127.0.0.1:{server_port}{server_bind}\n  \
+         default_backend out\nbackend out\n  server dest {target_addr}\n"
+    );
+    let client_conf = format!(
+        "{HAPROXY_COMMON}{extra}frontend in\n  bind 127.0.0.1:{local}\n  \
+         default_backend out\nbackend out\n  server tunnel 127.0.0.1:{server_port}{client_server}\n"
+    );
+    let server = start_haproxy(work, "server", &server_conf, server_port)?;
+    let client = start_haproxy(work, "client", &client_conf, local)?;
+    Ok(Stack {
+        port: local,
+        server_pid: Some(server.pid()),
+        procs: vec![client, server],
+    })
+}
+
+fn start_haproxy(work: &Path, side: &str, conf: &str, port: u16) -> Result<Proc> {
+    let path: PathBuf = work.join(format!("haproxy-{side}.cfg"));
+    std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
+    // -db: stay in the foreground; no master process, so the pid is the one doing the work.
+    let mut proc = Proc::start(
+        &format!("haproxy ({side})"),
+        Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+    )?;
+    wait_listening(&mut proc, &format!("haproxy ({side})"), port)?;
+    Ok(proc)
+}
+
+fn wait_listening(proc: &mut Proc, what: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + READY;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || proc.exited() {
+            bail!("{what} not listening:\n{}", proc.output());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn start_stunnel(work: &Path, side: &str, conf: &str, port: u16) -> Result<Proc> {
     let path: PathBuf = work.join(format!("stunnel-{side}.conf"));
     std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
-    let proc = Proc::start(
+    let mut proc = Proc::start(
         &format!("stunnel ({side})"),
         Command::new("stunnel4").arg(&path),
     )?;
     // Ready when it accepts; stunnel logs nothing at this level when it starts.
-    let deadline = Instant::now() + READY;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("stunnel ({side}) not listening:\n{}", proc.output());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(&mut proc, &format!("stunnel ({side})"), port)?;
     Ok(proc)
 }

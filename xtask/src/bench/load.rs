@@ -101,9 +101,10 @@ fn connect(port: u16) -> Result<TcpStream> {
     Ok(conn)
 }
 
-/// Sends `len` bytes into the sink through `conn` and waits for its acknowledgement.
-fn send_to_sink(conn: &mut TcpStream, len: u64) -> Result<()> {
-    let buf = vec![0x5au8; CHUNK];
+/// Sends `len` bytes into the sink through `conn` in writes of `write` bytes, and waits for
+/// its acknowledgement.
+fn send_to_sink(conn: &mut TcpStream, len: u64, write: usize) -> Result<()> {
+    let buf = vec![0x5au8; write.max(1)];
     conn.write_all(&len.to_be_bytes())?;
     let mut left = len;
     while left > 0 {
@@ -119,7 +120,7 @@ fn send_to_sink(conn: &mut TcpStream, len: u64) -> Result<()> {
 
 /// One byte through a first tunnel: whatever a contender sets up lazily is not measured.
 fn warm_up_sink(port: u16) -> Result<()> {
-    send_to_sink(&mut connect(port)?, 1).context("warming up")
+    send_to_sink(&mut connect(port)?, 1, 1).context("warming up")
 }
 
 /// Megabytes (10^6 bytes) per second.
@@ -127,13 +128,13 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / 1e6
 }
 
-/// Scenario 1: one connection, `len` bytes one way into the sink; MB/s from the first byte
-/// written to the sink's acknowledgement.
-pub(crate) fn bulk(port: u16, len: u64) -> Result<f64> {
+/// Scenario 1: one connection, `len` bytes one way into the sink in application writes of
+/// `write` bytes; MB/s from the first byte written to the sink's acknowledgement.
+pub(crate) fn bulk(port: u16, len: u64, write: usize) -> Result<f64> {
     warm_up_sink(port)?;
     let mut conn = connect(port)?;
     let started = Instant::now();
-    send_to_sink(&mut conn, len)?;
+    send_to_sink(&mut conn, len, write)?;
     Ok(mb_per_s(len, started.elapsed()))
 }
 
@@ -148,7 +149,7 @@ pub(crate) fn parallel(port: u16, streams: usize, len: u64) -> Result<f64> {
         let barrier = Arc::clone(&barrier);
         threads.push(thread::spawn(move || {
             barrier.wait();
-            send_to_sink(&mut conn, len)
+            send_to_sink(&mut conn, len, CHUNK)
         }));
     }
     barrier.wait();

@@ -21,8 +21,7 @@ use crate::interop::Tools;
 pub(crate) struct Sizes {
     pub(crate) runs: usize,
     bulk: u64,
-    parallel_streams: usize,
-    parallel_each: u64,
+    parallel: [(usize, u64); 2],
     setup_clients: usize,
     setup_time: Duration,
     round_trips: usize,
@@ -38,8 +37,7 @@ impl Sizes {
             Sizes {
                 runs: 1,
                 bulk: 16 << 20,
-                parallel_streams: 32,
-                parallel_each: 512 << 10,
+                parallel: [(8, 2 << 20), (32, 512 << 10)],
                 setup_clients: 8,
                 setup_time: Duration::from_millis(300),
                 round_trips: 300,
@@ -52,8 +50,7 @@ impl Sizes {
             Sizes {
                 runs: 3,
                 bulk: 1 << 30,
-                parallel_streams: 32,
-                parallel_each: 64 << 20,
+                parallel: [(8, 128 << 20), (32, 32 << 20)],
                 setup_clients: 8,
                 setup_time: Duration::from_secs(3),
                 round_trips: 20_000,
@@ -70,9 +67,59 @@ const TCP: &[Contender] = &[
     Contender::Streamproxy,
     Contender::Go,
     Contender::Stunnel,
+    Contender::HaproxyTls,
+    Contender::HaproxySplice,
     Contender::Loopback,
 ];
-const TUNNELS: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Stunnel];
+/// The TCP contenders that run processes of their own (CPU and system calls are theirs).
+const TCP_PROCS: &[Contender] = &[
+    Contender::Streamproxy,
+    Contender::Go,
+    Contender::Stunnel,
+    Contender::HaproxyTls,
+    Contender::HaproxySplice,
+];
+/// The TCP contenders that terminate mutual TLS.
+const TUNNELS: &[Contender] = &[
+    Contender::Streamproxy,
+    Contender::Go,
+    Contender::Stunnel,
+    Contender::HaproxyTls,
+];
+
+/// Application write sizes of the bulk scenarios, with their metric ids (rate, CPU, calls).
+const BULK_WRITES: [(usize, [&str; 3]); 3] = [
+    (
+        16 << 10,
+        ["tcp_bulk_16k", "tcp_bulk_16k_cpu", "tcp_bulk_16k_syscalls"],
+    ),
+    (
+        64 << 10,
+        ["tcp_bulk_64k", "tcp_bulk_64k_cpu", "tcp_bulk_64k_syscalls"],
+    ),
+    (
+        256 << 10,
+        [
+            "tcp_bulk_256k",
+            "tcp_bulk_256k_cpu",
+            "tcp_bulk_256k_syscalls",
+        ],
+    ),
+];
+
+/// Metric ids of the parallel scenarios, in the order of [`Sizes::parallel`].
+const PARALLEL_IDS: [[&str; 3]; 2] = [
+    [
+        "tcp_parallel_8",
+        "tcp_parallel_8_cpu",
+        "tcp_parallel_8_syscalls",
+    ],
+    [
+        "tcp_parallel_32",
+        "tcp_parallel_32_cpu",
+        "tcp_parallel_32_syscalls",
+    ],
+];
 const UDP: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Loopback];
 const DTLS: &[Contender] = &[Contender::Streamproxy, Contender::Go];
 
@@ -89,129 +136,168 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
         }
     };
     let more = Target::Ratio;
-    vec![
-        Metric::new(
-            "tcp_bulk",
-            format!("1. TCP bulk, {} one way (MB/s)", size(s.bulk)),
-            TCP,
-        )
-        .target(Target::RatioAndStunnel(1.5)),
-        Metric::new(
-            "tcp_bulk_cpu",
-            "1. TCP bulk, CPU per GB, client + server side (s)",
-            TUNNELS,
-        )
-        .lower(),
-        Metric::new(
-            "tcp_parallel",
-            format!(
-                "2. TCP parallel, {} × {} (aggregate MB/s)",
-                s.parallel_streams,
-                size(s.parallel_each)
-            ),
-            TCP,
-        )
-        .target(Target::RatioAndStunnel(1.5)),
-        Metric::new(
-            "tcp_setup_rate",
-            format!("3. TCP setup, {} clients (tunnels/s)", s.setup_clients),
-            TCP,
-        )
-        .target(more(2.0)),
-        Metric::new(
-            "tcp_setup_cpu",
-            "3. TCP setup, CPU per tunnel, client + server side (ms)",
-            TUNNELS,
-        )
-        .lower(),
-        Metric::new(
-            "tcp_setup_p50",
-            "3. TCP setup, time to first byte p50 (ms)",
-            TCP,
-        )
-        .lower(),
-        Metric::new(
-            "tcp_setup_p99",
-            "3. TCP setup, time to first byte p99 (ms)",
-            TCP,
-        )
-        .lower(),
-        Metric::new(
-            "tcp_rtt_p50",
-            "4. TCP latency, 64 B round trip p50 (µs)",
-            TCP,
-        )
-        .lower()
-        .target(Target::NoWorse),
-        Metric::new(
-            "tcp_rtt_p99",
-            "4. TCP latency, 64 B round trip p99 (µs)",
-            TCP,
-        )
-        .lower()
-        .target(Target::NoWorse),
-        Metric::new(
-            "memory_per_tunnel",
-            format!(
-                "5. Server memory per idle tunnel, {} open (KiB)",
-                s.idle_tunnels
-            ),
-            TUNNELS,
-        )
-        .lower()
-        .target(Target::RatioAtMost(1.0 / 3.0)),
-        Metric::new("udp_64_rate", "6. UDP 64 B, 1 session (datagrams/s)", UDP).target(more(3.0)),
-        Metric::new("udp_64_loss", "6. UDP 64 B, 1 session, loss (%)", UDP).loss(),
-        Metric::new(
-            "udp_1200_rate",
-            "6. UDP 1200 B, 1 session (datagrams/s)",
-            UDP,
-        )
-        .target(more(3.0)),
-        Metric::new("udp_1200_loss", "6. UDP 1200 B, 1 session, loss (%)", UDP).loss(),
-        Metric::new(
-            "udp_sessions_rate",
-            format!(
-                "6. UDP 1200 B, {} sessions (aggregate datagrams/s)",
-                s.udp_sessions
-            ),
-            UDP,
-        )
-        .target(more(3.0)),
-        Metric::new(
-            "udp_sessions_loss",
-            format!("6. UDP 1200 B, {} sessions, loss (%)", s.udp_sessions),
-            UDP,
-        )
-        .loss(),
-        Metric::new(
-            "dtls_handshake_rate",
-            format!(
-                "7. DTLS handshakes, {} clients (sessions/s)",
-                s.setup_clients
-            ),
-            UDP,
-        )
-        .target(more(2.0)),
-        Metric::new(
-            "dtls_handshake_cpu",
-            "7. DTLS sessions, CPU per session, client + server side (ms)",
-            DTLS,
-        )
-        .lower(),
-        Metric::new(
-            "dtls_handshake_p50",
-            "7. DTLS session, time to first echo p50 (ms)",
-            UDP,
-        )
-        .lower(),
-        Metric::new(
-            "dtls_handshake_p99",
-            "7. DTLS session, time to first echo p99 (ms)",
-            UDP,
-        )
-        .lower(),
-    ]
+    [].into_iter()
+        .chain(BULK_WRITES.iter().flat_map(|&(write, [rate, cpu, calls])| {
+            let shape = format!("{} one way in {} KiB writes", size(s.bulk), write >> 10);
+            [
+                Metric::new(rate, format!("1. TCP bulk, {shape} (MB/s)"), TCP)
+                    .target(Target::RatioAndHaproxy(1.5, 1.2)),
+                Metric::new(
+                    cpu,
+                    format!(
+                        "1. TCP bulk, {} KiB writes, CPU per GiB, both sides (s)",
+                        write >> 10
+                    ),
+                    TCP_PROCS,
+                )
+                .lower()
+                .optional(),
+                Metric::new(
+                    calls,
+                    format!(
+                        "1. TCP bulk, {} KiB writes, system calls per MiB, both sides",
+                        write >> 10
+                    ),
+                    TCP_PROCS,
+                )
+                .lower()
+                .optional(),
+            ]
+        }))
+        .chain(s.parallel.iter().zip(PARALLEL_IDS).flat_map(
+            |(&(streams, each), [rate, cpu, calls])| {
+                [
+                    Metric::new(
+                        rate,
+                        format!(
+                            "2. TCP parallel, {streams} × {} (aggregate MB/s)",
+                            size(each)
+                        ),
+                        TCP,
+                    )
+                    .target(Target::RatioAndHaproxy(1.5, 1.2)),
+                    Metric::new(
+                        cpu,
+                        format!("2. TCP parallel, {streams} tunnels, CPU per GiB, both sides (s)"),
+                        TCP_PROCS,
+                    )
+                    .lower()
+                    .optional(),
+                    Metric::new(
+                        calls,
+                        format!(
+                            "2. TCP parallel, {streams} tunnels, system calls per MiB, both sides"
+                        ),
+                        TCP_PROCS,
+                    )
+                    .lower()
+                    .optional(),
+                ]
+            },
+        ))
+        .chain([
+            Metric::new(
+                "tcp_setup_rate",
+                format!("3. TCP setup, {} clients (tunnels/s)", s.setup_clients),
+                TCP,
+            )
+            .target(more(2.0)),
+            Metric::new(
+                "tcp_setup_cpu",
+                "3. TCP setup, CPU per tunnel, client + server side (ms)",
+                TUNNELS,
+            )
+            .lower(),
+            Metric::new(
+                "tcp_setup_p50",
+                "3. TCP setup, time to first byte p50 (ms)",
+                TCP,
+            )
+            .lower(),
+            Metric::new(
+                "tcp_setup_p99",
+                "3. TCP setup, time to first byte p99 (ms)",
+                TCP,
+            )
+            .lower(),
+            Metric::new(
+                "tcp_rtt_p50",
+                "4. TCP latency, 64 B round trip p50 (µs)",
+                TCP,
+            )
+            .lower()
+            .target(Target::NoWorse),
+            Metric::new(
+                "tcp_rtt_p99",
+                "4. TCP latency, 64 B round trip p99 (µs)",
+                TCP,
+            )
+            .lower()
+            .target(Target::NoWorse),
+            Metric::new(
+                "memory_per_tunnel",
+                format!(
+                    "5. Server memory per idle tunnel, {} open (KiB)",
+                    s.idle_tunnels
+                ),
+                TUNNELS,
+            )
+            .lower()
+            .target(Target::RatioAtMost(1.0 / 3.0)),
+            Metric::new("udp_64_rate", "6. UDP 64 B, 1 session (datagrams/s)", UDP)
+                .target(more(3.0)),
+            Metric::new("udp_64_loss", "6. UDP 64 B, 1 session, loss (%)", UDP).loss(),
+            Metric::new(
+                "udp_1200_rate",
+                "6. UDP 1200 B, 1 session (datagrams/s)",
+                UDP,
+            )
+            .target(more(3.0)),
+            Metric::new("udp_1200_loss", "6. UDP 1200 B, 1 session, loss (%)", UDP).loss(),
+            Metric::new(
+                "udp_sessions_rate",
+                format!(
+                    "6. UDP 1200 B, {} sessions (aggregate datagrams/s)",
+                    s.udp_sessions
+                ),
+                UDP,
+            )
+            .target(more(3.0)),
+            Metric::new(
+                "udp_sessions_loss",
+                format!("6. UDP 1200 B, {} sessions, loss (%)", s.udp_sessions),
+                UDP,
+            )
+            .loss(),
+            Metric::new(
+                "dtls_handshake_rate",
+                format!(
+                    "7. DTLS handshakes, {} clients (sessions/s)",
+                    s.setup_clients
+                ),
+                UDP,
+            )
+            .target(more(2.0)),
+            Metric::new(
+                "dtls_handshake_cpu",
+                "7. DTLS sessions, CPU per session, client + server side (ms)",
+                DTLS,
+            )
+            .lower(),
+            Metric::new(
+                "dtls_handshake_p50",
+                "7. DTLS session, time to first echo p50 (ms)",
+                UDP,
+            )
+            .lower(),
+            Metric::new(
+                "dtls_handshake_p99",
+                "7. DTLS session, time to first echo p99 (ms)",
+                UDP,
+            )
+            .lower(),
+        ])
+        .collect()
 }
 
 /// Samples per metric and contender, and what failed.
@@ -303,6 +389,50 @@ fn start(
     }
 }
 
+/// CPU time and system calls of a contender's processes over one measurement.
+struct Counted {
+    cpu: Option<f64>,
+    calls: Option<contenders::SyscallCount>,
+}
+
+impl Counted {
+    fn start(st: &Stack) -> Result<Counted> {
+        if st.server_pid.is_none() {
+            return Ok(Counted {
+                cpu: None,
+                calls: None,
+            });
+        }
+        let calls = st.count_syscalls();
+        Ok(Counted {
+            cpu: Some(st.cpu_seconds()?),
+            calls,
+        })
+    }
+
+    /// Adds CPU seconds per GiB and system calls per MiB moved (when they were counted).
+    fn finish(
+        self,
+        st: &Stack,
+        bytes: u64,
+        cpu_id: &'static str,
+        calls_id: &'static str,
+        values: &mut Vec<(&'static str, f64)>,
+    ) -> Result<()> {
+        if let Some(before) = self.cpu {
+            let gib = bytes as f64 / (1u64 << 30) as f64;
+            values.push((cpu_id, (st.cpu_seconds()? - before) / gib));
+        }
+        if let Some(calls) = self.calls {
+            match calls.stop() {
+                Ok(n) => values.push((calls_id, n / (bytes as f64 / (1u64 << 20) as f64))),
+                Err(e) => eprintln!("bench: no system call count: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+}
+
 fn ms(us: f64) -> f64 {
     us / 1000.0
 }
@@ -328,19 +458,26 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
     };
     let s = &sizes;
 
-    bench.scenario("TCP bulk", TCP, Transport::Tcp, dest.tcp_sink, |st| {
-        let cpu = st.cpu_seconds()?;
-        let mut values = vec![("tcp_bulk", load::bulk(st.port, s.bulk)?)];
-        if st.server_pid.is_some() {
-            let gb = s.bulk as f64 / 1e9;
-            values.push(("tcp_bulk_cpu", (st.cpu_seconds()? - cpu) / gb));
-        }
-        Ok(values)
-    });
-    bench.scenario("TCP parallel", TCP, Transport::Tcp, dest.tcp_sink, |st| {
-        let v = load::parallel(st.port, s.parallel_streams, s.parallel_each)?;
-        Ok(vec![("tcp_parallel", v)])
-    });
+    for &(write, [rate, cpu, calls]) in &BULK_WRITES {
+        let name = format!("TCP bulk {} KiB", write >> 10);
+        bench.scenario(&name, TCP, Transport::Tcp, dest.tcp_sink, |st| {
+            let counted = Counted::start(st)?;
+            let mb = load::bulk(st.port, s.bulk, write)?;
+            let mut values = vec![(rate, mb)];
+            counted.finish(st, s.bulk, cpu, calls, &mut values)?;
+            Ok(values)
+        });
+    }
+    for (&(streams, each), [rate, cpu, calls]) in s.parallel.iter().zip(PARALLEL_IDS) {
+        let name = format!("TCP parallel {streams}");
+        bench.scenario(&name, TCP, Transport::Tcp, dest.tcp_sink, |st| {
+            let counted = Counted::start(st)?;
+            let mb = load::parallel(st.port, streams, each)?;
+            let mut values = vec![(rate, mb)];
+            counted.finish(st, each * streams as u64, cpu, calls, &mut values)?;
+            Ok(values)
+        });
+    }
     bench.scenario("TCP setup", TCP, Transport::Tcp, dest.tcp_echo, |st| {
         let cpu = st.cpu_seconds()?;
         let r = load::setup(st.port, s.setup_clients, s.setup_time)?;
