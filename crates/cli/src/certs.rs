@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -174,10 +174,11 @@ pub(crate) fn write(dir: &Path, bundle: &Bundle, force: bool) -> anyhow::Result<
         ("client-key.pem", &bundle.client_key, true),
     ];
     if !force {
+        // `symlink_metadata`: a link, even a dangling one, is an existing file.
         let existing: Vec<&str> = files
             .iter()
             .map(|(name, _, _)| *name)
-            .filter(|name| dir.join(name).exists())
+            .filter(|name| fs::symlink_metadata(dir.join(name)).is_ok())
             .collect();
         if !existing.is_empty() {
             bail!(
@@ -189,19 +190,24 @@ pub(crate) fn write(dir: &Path, bundle: &Bundle, force: bool) -> anyhow::Result<
     }
     for (name, contents, secret) in files {
         let path = dir.join(name);
-        let mode = if secret { 0o600 } else { 0o644 };
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
+        // A new file (created exclusively, mode 0600, never through a link), renamed over the
+        // name: with --force a link there is replaced itself, its target never written.
+        let mut file = tempfile::Builder::new()
+            .prefix(".streamproxy-certs-")
+            .tempfile_in(dir)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        // An existing file keeps its mode on open: set it.
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+        let mode = if secret { 0o600 } else { 0o644 };
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", path.display()))?;
         file.write_all(contents.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
+        let persisted = if force {
+            file.persist(&path).map(drop)
+        } else {
+            file.persist_noclobber(&path).map(drop)
+        };
+        persisted.with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(Paths::in_dir(dir))
 }

@@ -175,8 +175,20 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     Ok(s.tcp_keepalive(file.keepalive().settings()?))
 }
 
+/// Warns when the server's private key can be read by its group or by others.
+fn warn_if_key_readable(key: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %key.display(), mode = %format!("{mode:04o}"), "the private key is readable by its group or by others; chmod 600 it");
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let plan = plan(args)?;
+    warn_if_key_readable(&plan.certs.key);
     // Registered before binding, so that a signal right after the ready line is not missed.
     let mut stop = Stop::register()?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
