@@ -188,7 +188,6 @@ fn warn_if_key_readable(key: &std::path::Path) {
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let plan = plan(args)?;
-    warn_if_key_readable(&plan.certs.key);
     // Registered before binding, so that a signal right after the ready line is not missed.
     let mut stop = Stop::register()?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -199,6 +198,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .api(plan.api)
         .bind(plan.listen)
         .await?;
+    // After the material loaded: a file that holds no key gets its error alone.
+    warn_if_key_readable(&plan.certs.key);
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
