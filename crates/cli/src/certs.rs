@@ -360,26 +360,43 @@ pub(crate) fn generate(extra_names: &[String], days: u32) -> anyhow::Result<Bund
 /// Writes the bundle: the leaves and `ca.pem` into `dir`, the CA (`ca.pem`, `ca-key.pem`) into
 /// `dir/ca`, from where `certs server` and `certs client --ca-dir DIR/ca` issue more.
 pub(crate) fn write(dir: &Path, bundle: &Bundle, force: bool) -> anyhow::Result<Paths> {
-    write_files(
-        &dir.join("ca"),
-        &[
-            ("ca.pem", &bundle.ca, false),
-            ("ca-key.pem", &bundle.ca_key, true),
-        ],
-        force,
-    )?;
-    write_files(
-        dir,
-        &[
-            ("ca.pem", &bundle.ca, false),
-            ("server.pem", &bundle.server, false),
-            ("server-key.pem", &bundle.server_key, true),
-            ("client.pem", &bundle.client, false),
-            ("client-key.pem", &bundle.client_key, true),
-        ],
-        force,
-    )?;
+    let ca_dir = dir.join("ca");
+    let ca: [File<'_>; 2] = [
+        ("ca.pem", &bundle.ca, false),
+        ("ca-key.pem", &bundle.ca_key, true),
+    ];
+    let leaves: [File<'_>; 5] = [
+        ("ca.pem", &bundle.ca, false),
+        ("server.pem", &bundle.server, false),
+        ("server-key.pem", &bundle.server_key, true),
+        ("client.pem", &bundle.client, false),
+        ("client-key.pem", &bundle.client_key, true),
+    ];
+    // Both directories are checked before either is written: a refusal writes nothing.
+    if !force {
+        refuse_existing(&ca_dir, &ca)?;
+        refuse_existing(dir, &leaves)?;
+    }
+    write_files(&ca_dir, &ca, force)?;
+    write_files(dir, &leaves, force)?;
     Ok(Paths::in_dir(dir))
+}
+
+/// Fails naming the files of `files` that already exist in `dir` (links too, even dangling).
+fn refuse_existing(dir: &Path, files: &[File<'_>]) -> anyhow::Result<()> {
+    let existing: Vec<&str> = files
+        .iter()
+        .map(|(name, _, _)| *name)
+        .filter(|name| fs::symlink_metadata(dir.join(name)).is_ok())
+        .collect();
+    if !existing.is_empty() {
+        bail!(
+            "{} already holds {}; pass --force to replace them",
+            dir.display(),
+            existing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Writes `files` into `dir` (created if missing, mode 0700 when new). Refuses to replace an
@@ -394,18 +411,7 @@ fn write_files(dir: &Path, files: &[File<'_>], force: bool) -> anyhow::Result<()
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if !force {
-        let existing: Vec<&str> = files
-            .iter()
-            .map(|(name, _, _)| *name)
-            .filter(|name| fs::symlink_metadata(dir.join(name)).is_ok())
-            .collect();
-        if !existing.is_empty() {
-            bail!(
-                "{} already holds {}; pass --force to replace them",
-                dir.display(),
-                existing.join(", ")
-            );
-        }
+        refuse_existing(dir, files)?;
     }
     for (name, contents, secret) in files {
         let path = dir.join(name);

@@ -53,11 +53,7 @@ fn main() -> ExitCode {
 /// The multi-threaded runtime, with the scheduler knobs under measurement taken from the
 /// environment (`STREAMPROXY_RT_*`; unset means tokio's defaults).
 fn runtime_builder() -> tokio::runtime::Builder {
-    let knob = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-    };
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = knob("STREAMPROXY_RT_GLOBAL_QUEUE_INTERVAL") {

@@ -376,6 +376,17 @@ fn secs(d: std::time::Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// Warns when the server's private key can be read by its group or by others.
+fn warn_if_key_readable(key: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %key.display(), mode = %format!("{mode:04o}"), "the private key is readable by its group or by others; chmod 600 it");
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let check_only = args.check;
     let plan = plan(args)?;
@@ -399,6 +410,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await?;
     // After binding, so that a user error (a port in use) stays the only line.
     raise_open_files_limit(&plan);
+    // After the material loaded: a file that holds no key gets its error alone.
+    warn_if_key_readable(&plan.certs.key);
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {

@@ -352,3 +352,102 @@ fn an_ip_address_as_server_name_means_the_same_on_both_transports() {
         }
     }
 }
+
+#[test]
+fn peer_controlled_text_cannot_break_or_forge_a_log_line() {
+    let dir = tmp();
+    certs(dir.path());
+    let mut server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let host = "evil\u{2028}x\" forged=1 \u{85}y\u{2029}";
+    let (_client, locals) = forwards(dir.path(), server.tcp, &[format!("{host}:80")]);
+    let mut conn = TcpStream::connect(locals[0]).expect("connect forward");
+    conn.write_all(b"hello").expect("write");
+    let line = server.proc.wait_for("tunnel refused");
+    for raw in ['\u{2028}', '\u{2029}', '\u{85}'] {
+        assert!(!line.contains(raw), "raw {raw:?} in {line:?}");
+    }
+    assert!(line.contains("\\u{2028}"), "{line}");
+    // The host is one quoted value: `forged=1` is inside the quotes, not a field of its own.
+    assert!(
+        line.contains("destination=\"evil\\u{2028}x\\\" forged=1"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_server_warns_about_a_key_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    certs(dir.path());
+    let key = dir.path().join("server-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--allow-all"];
+    let (ca, cert) = (dir.path().join("ca.pem"), dir.path().join("server.pem"));
+    args.extend(["--ca", s(&ca), "--cert", s(&cert), "--key", s(&key)]);
+    let mut proc = Proc::spawn(&args);
+    let line = proc.wait_for("readable");
+    assert!(line.contains(s(&key)), "{line}");
+    proc.wait_for("listening");
+
+    // With mode 0600 there is no warning before the ready line.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let proc = Proc::spawn(&args);
+    let mut before_ready = Vec::new();
+    loop {
+        let line = proc.lines.recv_timeout(WAIT).expect("a ready line");
+        if line.contains("listening") {
+            break;
+        }
+        before_ready.push(line);
+    }
+    assert!(
+        before_ready.iter().all(|l| !l.contains("readable")),
+        "{before_ready:#?}"
+    );
+}
+
+#[test]
+fn certs_never_write_through_a_symbolic_link() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tmp();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    let elsewhere = dir.path().join("elsewhere");
+    // A dangling link where a key goes: refused without --force, nothing created at its target.
+    symlink(&elsewhere, out.join("server-key.pem")).expect("symlink");
+    let run = streamproxy(&["certs", "--out", s(&out)]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("server-key.pem"));
+    assert!(!elsewhere.exists(), "written through a dangling link");
+
+    // With --force the link itself is replaced; the file it points to is untouched.
+    std::fs::write(&elsewhere, "precious").expect("write");
+    std::fs::create_dir(out.join("ca")).expect("mkdir ca");
+    symlink(&elsewhere, out.join("ca").join("ca-key.pem")).expect("symlink");
+    let run = streamproxy(&["certs", "--out", s(&out), "--force"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere).expect("read"),
+        "precious"
+    );
+    for name in ["ca/ca-key.pem", "server-key.pem", "client-key.pem"] {
+        let meta = std::fs::symlink_metadata(out.join(name)).expect("meta");
+        assert!(meta.file_type().is_file(), "{name} is still a link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    // ca.pem, the two leaves and their keys, and the CA's directory.
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(
+        std::fs::read_dir(out.join("ca")).expect("ca dir").count(),
+        2
+    );
+}

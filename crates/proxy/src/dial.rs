@@ -25,7 +25,7 @@ pub enum DialError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The name did not resolve.
-    #[error("cannot resolve {host}: {source}")]
+    #[error("cannot resolve {host:?}: {source}")]
     Resolve {
         /// The name.
         host: String,
@@ -34,13 +34,13 @@ pub enum DialError {
         source: io::Error,
     },
     /// The name resolved to no address.
-    #[error("{host} resolves to no address")]
+    #[error("{host:?} resolves to no address")]
     NoAddress {
         /// The name.
         host: String,
     },
     /// Every address refused the connection or failed.
-    #[error("cannot connect to {destination}: {source}")]
+    #[error("cannot connect to {destination:?}: {source}")]
     Connect {
         /// `host:port`.
         destination: String,
@@ -49,7 +49,7 @@ pub enum DialError {
         source: io::Error,
     },
     /// Resolution and connection did not finish within the dial timeout.
-    #[error("connecting to {destination} timed out after {after:?}")]
+    #[error("connecting to {destination:?} timed out after {after:?}")]
     Timeout {
         /// `host:port`.
         destination: String,

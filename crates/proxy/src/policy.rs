@@ -90,7 +90,7 @@ pub enum PolicyError {
 #[non_exhaustive]
 pub enum Refusal {
     /// A deny rule matches the destination's name or one of its addresses.
-    #[error("destination {host}:{port} is denied by rule `{rule}`")]
+    #[error("destination {host:?} port {port} is denied by rule `{rule}`")]
     Denied {
         /// The destination host.
         host: String,
@@ -102,7 +102,7 @@ pub enum Refusal {
     /// The destination is, or resolves to, the unspecified address (`0.0.0.0` or `::`), which
     /// Linux dials as this host itself, and no allow rule names that address explicitly.
     #[error(
-        "destination {host}:{port} is the unspecified address {addr} (this host); refused unless a rule names {addr} itself"
+        "destination {host:?} port {port} is the unspecified address {addr} (this host); refused unless a rule names {addr} itself"
     )]
     Unspecified {
         /// The destination host.
@@ -113,7 +113,7 @@ pub enum Refusal {
         addr: IpAddr,
     },
     /// No allow rule matches the destination's name, nor all of its addresses.
-    #[error("destination {host}:{port} is not allowed by any rule")]
+    #[error("destination {host:?} port {port} is not allowed by any rule")]
     NotAllowed {
         /// The destination host.
         host: String,

@@ -57,7 +57,7 @@ impl<'m> Tunnel<'m> {
             transport = %transport,
             peer = %client.addr,
             subject = client.subject.as_deref().unwrap_or("-"),
-            destination = %destination,
+            destination = ?destination,
             "tunnel open"
         );
         Tunnel {
@@ -86,7 +86,7 @@ impl<'m> Tunnel<'m> {
             transport = %self.transport,
             peer = %self.client.addr,
             subject = self.client.subject.as_deref().unwrap_or("-"),
-            destination = %self.destination,
+            destination = ?self.destination,
             bytes_up = upstream,
             bytes_down = downstream,
             duration_ms = self.opened.elapsed().as_millis() as u64,

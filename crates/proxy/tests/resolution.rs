@@ -200,3 +200,86 @@ async fn many_hostile_clients_together_stay_within_the_global_bound() {
     }
     assert_eq!(dialer.lookups.in_flight(), 0);
 }
+
+/// The same through the server's stream handler: the share is counted per client address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_handler_counts_lookups_against_the_clients_address() {
+    use streamproxy_proxy::ServerContext;
+    use streamproxy_proxy::settings::Settings;
+    use streamproxy_proxy::tcp::StreamHandler;
+    use streamproxy_proxy::tunnel::Client;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dns = name_server().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let settings = Settings::default()
+        .dial_timeout(Duration::from_secs(3))
+        .lookup_timeout(Duration::from_millis(1500))
+        .max_lookups(64, 4);
+    let ctx = ServerContext::new(Policy::allow_all([]), settings).with_resolver(
+        DnsResolver::with_name_servers(&[dns], Duration::from_millis(1500)),
+    );
+    let lookups = Arc::clone(&ctx.dialer.lookups);
+    let handler = StreamHandler::new(ctx);
+    let open = |host: String, from: IpAddr| {
+        let handler = handler.clone();
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let _ = handler
+                .serve(theirs, Client::from_addr(SocketAddr::new(from, 40000)))
+                .await;
+        });
+        async move {
+            let header = proto::Header::with_port(&host, port).expect("header");
+            ours.write_all(&header.to_bytes().expect("encode"))
+                .await
+                .expect("send header");
+            (ours, server)
+        }
+    };
+
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        flood.push(open(format!("s{i}.slow.test"), HOSTILE).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lookups.in_flight() < 4 {
+        assert!(Instant::now() < deadline, "the flood never started");
+        tokio::task::yield_now().await;
+    }
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        for host in ["localhost".to_owned(), format!("h{i}.good.test")] {
+            let start = Instant::now();
+            let (mut stream, _server) = open(host.clone(), GOOD).await;
+            stream.write_all(b"ping").await.expect("write");
+            let mut back = [0u8; 4];
+            stream
+                .read_exact(&mut back)
+                .await
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            worst = worst.max(start.elapsed());
+        }
+    }
+    assert_eq!(
+        lookups.in_flight(),
+        4,
+        "the hostile client holds only its share"
+    );
+    eprintln!("good client's slowest tunnel during the flood: {worst:?}");
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    for (stream, server) in flood {
+        drop(stream);
+        server.await.expect("join");
+    }
+    assert_eq!(lookups.in_flight(), 0);
+}

@@ -132,7 +132,7 @@ impl StreamHandler {
                 } else {
                     metrics.dial_failed(Transport::Tcp);
                 }
-                tracing::warn!(transport = "tcp", peer = %client, destination = %request.destination(), error = %crate::explain::ErrorChain(&e), "tunnel refused");
+                tracing::warn!(transport = "tcp", peer = %client, destination = ?request.destination(), error = %crate::explain::ErrorChain(&e), "tunnel refused");
                 let _ = stream.shutdown().await;
                 return Err(e.into());
             }

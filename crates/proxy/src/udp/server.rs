@@ -284,7 +284,7 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
                 }
                 other => other.to_string(),
             };
-            tracing::warn!(transport = "udp", peer = %client, destination = %request.destination(), error = %error, "tunnel refused");
+            tracing::warn!(transport = "udp", peer = %client, destination = ?request.destination(), error = %error, "tunnel refused");
             let _ = send.shutdown().await;
             return;
         }
@@ -298,7 +298,7 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
         .take();
     let Some(socket) = taken else {
         // Another session from the same address holds it (a race of two restarts).
-        tracing::warn!(transport = "udp", peer = %client, destination = %request.destination(), "destination socket already in use; session closed");
+        tracing::warn!(transport = "udp", peer = %client, destination = ?request.destination(), "destination socket already in use; session closed");
         let _ = send.shutdown().await;
         return;
     };
