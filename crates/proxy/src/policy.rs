@@ -303,7 +303,7 @@ fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// An IP literal as a header may carry it, in its [canonical](canonical) form: IPv6 with or
+/// An IP literal as a header may carry it, in its [canonical] form: IPv6 with or
 /// without brackets, and IPv4 in every spelling the C library's `inet_aton` accepts (`0`,
 /// `127.1`, `0x7f.0.0.1`, `017700000001`, ...), so that such a host is decided, and dialed,
 /// as the address it denotes and never handed to a resolver.
@@ -432,7 +432,7 @@ impl Policy {
     }
 
     /// Checks a destination with the addresses it resolved to (the addresses that will be
-    /// dialed, in [canonical](canonical) form). Refused if a deny rule matches the name or any
+    /// dialed, in [canonical] form). Refused if a deny rule matches the name or any
     /// address, or if an address is unspecified (`0.0.0.0`, `::`: this host) and no allow rule
     /// names that address exactly; otherwise allowed if an allow rule matches the name, or
     /// every address is matched by some allow rule.
