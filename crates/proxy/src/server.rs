@@ -168,6 +168,7 @@ impl ServerBuilder {
                 )
                 .handshake_timeout(self.settings.handshake_timeout)
                 .max_half_open(self.settings.max_handshakes)
+                .max_half_open_per_source(self.settings.max_handshakes_per_source)
                 .resumption(self.settings.resumption),
             )
         } else {

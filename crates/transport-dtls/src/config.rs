@@ -435,6 +435,7 @@ impl ClientConfig {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) max_half_open: usize,
+    pub(crate) max_half_open_per_source: usize,
     pub(crate) peer_queue: usize,
     pub(crate) accept_backlog: usize,
     pub(crate) cookie_rotation: Duration,
@@ -460,6 +461,7 @@ impl ServerConfig {
             common: Common::default(),
             limits: Limits {
                 max_half_open: 256,
+                max_half_open_per_source: 32,
                 peer_queue: 256,
                 accept_backlog: 64,
                 cookie_rotation: Duration::from_secs(60),
@@ -500,6 +502,17 @@ impl ServerConfig {
     /// is held by a finished handshake waiting for [`accept`](crate::DtlsListener::accept).
     pub fn max_half_open(mut self, n: usize) -> Self {
         self.limits.max_half_open = n.max(1);
+        self
+    }
+
+    /// Handshakes in progress one source (an IPv4 address, or an IPv6 /64) may hold while every
+    /// half-open slot is taken (at least 1; default 32). At the limit a verified ClientHello
+    /// from a source that holds this many evicts that source's own oldest handshake, and from
+    /// any other source it evicts the oldest handshake of the source holding the most: peers
+    /// that prove their address and then go silent, all from one place, push out only each
+    /// other, never a client elsewhere whose second flight is one round trip away.
+    pub fn max_half_open_per_source(mut self, n: usize) -> Self {
+        self.limits.max_half_open_per_source = n.max(1);
         self
     }
 

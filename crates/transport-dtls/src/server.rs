@@ -287,6 +287,41 @@ impl DtlsListener {
 }
 
 /// A handshake task in the start-order queue.
+/// Where a handshake comes from, for the per-source share: an IPv4 address, or the /64 of an
+/// IPv6 address; IPv4-mapped IPv6 counts as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKey {
+    V4(u32),
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    fn of(addr: SocketAddr) -> SourceKey {
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(u32::from(v4)),
+                None => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Which source gives way when every half-open slot is taken (`in_progress`: the sources of
+/// the handshakes in progress, oldest first): the newcomer's own when it already holds
+/// `per_source`, else the one holding the most. `None` when there is none.
+fn giving_way(
+    in_progress: &[SourceKey],
+    newcomer: SourceKey,
+    per_source: usize,
+) -> Option<SourceKey> {
+    let held = |s: SourceKey| in_progress.iter().filter(|k| **k == s).count();
+    if held(newcomer) >= per_source {
+        return Some(newcomer);
+    }
+    in_progress.iter().copied().max_by_key(|s| held(*s))
+}
+
 struct InFlight {
     source: SocketAddr,
     link: Weak<PeerLink>,
@@ -372,6 +407,27 @@ impl Driver {
         self.publish_peers();
     }
 
+    /// Makes room for a verified ClientHello from `newcomer` at the half-open limit: evicts the
+    /// oldest handshake in progress of the source that gives way ([`giving_way`]), or the
+    /// oldest of anyone when that finds none. False when nothing can be evicted.
+    fn evict_for(&mut self, newcomer: SocketAddr) -> bool {
+        self.handshakes.retain(InFlight::in_progress);
+        let sources: Vec<SourceKey> = self
+            .handshakes
+            .iter()
+            .map(|h| SourceKey::of(h.source))
+            .collect();
+        let per_source = self.config.limits.max_half_open_per_source;
+        if let Some(victim) = giving_way(&sources, SourceKey::of(newcomer), per_source) {
+            if let Some(position) = sources.iter().position(|s| *s == victim) {
+                if let Some(entry) = self.handshakes.remove(position) {
+                    self.handshakes.push_front(entry);
+                }
+            }
+        }
+        self.evict_oldest()
+    }
+
     /// Ends the oldest handshake still in progress and frees its half-open slot at once: its
     /// task is cancelled (dropping its OpenSSL state and queue), its address forgotten. False
     /// when there is none (every slot is held by a finished handshake waiting for `accept`).
@@ -449,7 +505,7 @@ impl Driver {
                 cookie,
                 first_hello,
             } => {
-                if evict_oldest && !self.evict_oldest() {
+                if evict_oldest && !self.evict_for(source) {
                     bump(&self.shared.counters.client_hellos_dropped);
                     return;
                 }
@@ -691,4 +747,30 @@ pub(crate) fn format_name(name: &X509NameRef) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str) -> SourceKey {
+        SourceKey::of(SocketAddr::new(ip.parse().expect("ip"), 4000))
+    }
+
+    #[test]
+    fn the_largest_source_gives_way_and_a_source_at_its_share_gives_way_to_itself() {
+        let (flood, a, b) = (key("127.0.0.2"), key("127.0.0.3"), key("127.0.0.4"));
+        let slots = [a, flood, flood, flood];
+        assert_eq!(giving_way(&slots, b, 8), Some(flood));
+        assert_eq!(giving_way(&slots, flood, 3), Some(flood));
+        assert_eq!(giving_way(&[a, b], a, 1), Some(a));
+        assert_eq!(giving_way(&[], a, 1), None);
+    }
+
+    #[test]
+    fn ipv6_sources_share_their_64() {
+        assert_eq!(key("2001:db8::1"), key("2001:db8::ffff:1"));
+        assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+    }
 }
