@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     let _ = streamproxy::tls::crypto_provider()
         .secure_random
         .fill(&mut [0u8; 1]);
-    let runtime = match runtime_builder().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("streamproxy: error: cannot start the runtime: {e}");
@@ -48,34 +51,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The multi-threaded runtime, with the scheduler knobs under measurement taken from the
-/// environment (`STREAMPROXY_RT_*`; unset means tokio's defaults).
-fn runtime_builder() -> tokio::runtime::Builder {
-    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = knob("STREAMPROXY_RT_GLOBAL_QUEUE_INTERVAL") {
-        builder.global_queue_interval(n.max(1));
-    }
-    if let Some(n) = knob("STREAMPROXY_RT_EVENT_INTERVAL") {
-        builder.event_interval(n.max(1));
-    }
-    if let Some(n) = knob("STREAMPROXY_RT_WORKERS") {
-        builder.worker_threads(n.max(1) as usize);
-    }
-    if let Some(us) = knob("STREAMPROXY_RT_SPIN_US") {
-        // Stay on the CPU a moment before parking: a vCPU that halts wakes slowly.
-        let spin = std::time::Duration::from_micros(u64::from(us));
-        builder.on_thread_park(move || {
-            let until = std::time::Instant::now() + spin;
-            while std::time::Instant::now() < until {
-                std::hint::spin_loop();
-            }
-        });
-    }
-    builder
 }
 
 /// An error and its causes on one line, leaving out causes whose text an outer message
