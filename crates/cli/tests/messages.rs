@@ -118,7 +118,7 @@ fn a_client_certificate_the_server_does_not_accept() {
     certs(dir.path());
     let other = dir.path().join("other");
     certs(&other);
-    let server = server(dir.path(), &["--allow", "127.0.0.1"]);
+    let mut server = server(dir.path(), &["--allow", "127.0.0.1"]);
     let (mut client, tcp, udp) = start_client(
         dir.path(),
         server.tcp,
@@ -131,6 +131,11 @@ fn a_client_certificate_the_server_does_not_accept() {
         udp,
         &["the server rejected our client certificate (not signed by the server's CA)"],
     );
+    // The server says so too, at the same level on both transports.
+    for needle in ["WARN handshake failed", "WARN DTLS handshake failed"] {
+        let line = server.proc.wait_for(needle);
+        assert!(line.contains("peer="), "{line}");
+    }
 }
 
 #[test]

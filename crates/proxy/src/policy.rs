@@ -70,6 +70,19 @@ pub enum PolicyError {
         /// The host part.
         host: String,
     },
+    /// An IPv6 rule without brackets whose last group reads as a port (`::1:443`): it would
+    /// mean the address `::1:443` on every port, most likely not what was meant.
+    #[error(
+        "rule `{rule}`: ambiguous IPv6 rule; write `[{address}]:{port}` for port {port} of {address}, or `[{rule}]` for the address {rule} on every port"
+    )]
+    AmbiguousIpv6 {
+        /// The rule as given.
+        rule: String,
+        /// The address before the last group.
+        address: String,
+        /// The last group, read as a port.
+        port: String,
+    },
     /// The rule's port part is not `*`, a port or a range.
     #[error(
         "rule `{rule}`: `{ports}` is not `*` or a list of ports and ranges like `80,8000-8999`"
@@ -201,6 +214,7 @@ impl FromStr for Rule {
 
     fn from_str(rule: &str) -> Result<Self, Self::Err> {
         let text = rule.trim();
+        refuse_ambiguous_ipv6(text)?;
         let (host, ports) = split_rule(text);
         let host_pattern = parse_host(text, host)?;
         let ports = match ports {
@@ -213,6 +227,31 @@ impl FromStr for Rule {
             ports,
         })
     }
+}
+
+/// Refuses an unbracketed IPv6 rule whose last group could be a port: `::1:443` and
+/// `2001:db8::1:22` would read as the addresses `::1:443` and `2001:db8::1:22` on every port,
+/// though `[::1]:443` was most likely meant. `::1`, `fe80::1` and full eight-group addresses
+/// are not ambiguous: without their last group they are not an address.
+fn refuse_ambiguous_ipv6(text: &str) -> Result<(), PolicyError> {
+    if text.starts_with('[') || text.matches(':').count() < 2 || text.contains('/') {
+        return Ok(());
+    }
+    let Some((address, last)) = text.rsplit_once(':') else {
+        return Ok(());
+    };
+    let port_like = !last.is_empty()
+        && last.len() <= 5
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && last.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if port_like && !address.ends_with(':') && address.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(PolicyError::AmbiguousIpv6 {
+            rule: text.into(),
+            address: address.into(),
+            port: last.into(),
+        });
+    }
+    Ok(())
 }
 
 /// Splits `HOST[:PORTS]`, with IPv6 hosts either bracketed or without ports.
@@ -692,5 +731,29 @@ mod tests {
         assert!(p.check("a", 23, &[ip("192.0.2.1")]).is_ok());
         assert!(p.check("fd00::1", 443, &[ip("fd00::1")]).is_err());
         assert!(p.check("fd00::1", 444, &[ip("fd00::1")]).is_ok());
+    }
+
+    #[test]
+    fn an_unbracketed_ipv6_rule_ending_in_a_port_like_group_is_refused() {
+        for ambiguous in ["::1:443", "2001:db8::1:22", "fe80::2:8080"] {
+            let e = ambiguous.parse::<Rule>().expect_err(ambiguous);
+            assert!(
+                matches!(e, PolicyError::AmbiguousIpv6 { .. }),
+                "{ambiguous}: {e}"
+            );
+            assert!(e.to_string().contains('['), "{e}");
+        }
+        for fine in [
+            "::1",
+            "fe80::1",
+            "2001:db8::5",
+            "[::1]:443",
+            "[::1:443]",
+            "2001:db8:0:0:0:0:0:22",
+            "::/0",
+            "fd00::/8",
+        ] {
+            assert!(fine.parse::<Rule>().is_ok(), "{fine}");
+        }
     }
 }

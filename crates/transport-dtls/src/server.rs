@@ -111,6 +111,53 @@ struct Shared {
     ctx: RwLock<SslContext>,
     config: Mutex<ServerConfig>,
     counters: Counters,
+    failure_log: FailureLog,
+}
+
+/// Lets at most `FailureLog::PER_WINDOW` handshake-failure lines through per
+/// `FailureLog::WINDOW`: a flood of failing handshakes must not flood the log. The first line
+/// after a quieter spell says how many were held back.
+#[derive(Debug, Default)]
+struct FailureLog {
+    window: Mutex<(Option<Instant>, u64, u64)>,
+}
+
+impl FailureLog {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const PER_WINDOW: u64 = 10;
+
+    /// `Some(held back so far)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let (start, written, held) = &mut *w;
+        if start.is_none_or(|s| now.saturating_duration_since(s) >= Self::WINDOW) {
+            *start = Some(now);
+            *written = 0;
+        }
+        if *written < Self::PER_WINDOW {
+            *written += 1;
+            Some(std::mem::take(held))
+        } else {
+            *held += 1;
+            None
+        }
+    }
+}
+
+/// An error and its causes on one line (this crate's errors keep their cause in `source()`).
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// A cloneable handle for metrics and certificate reloads, usable while the listener accepts.
@@ -237,6 +284,7 @@ impl DtlsListener {
             ctx: RwLock::new(ctx),
             config: Mutex::new(config.clone()),
             counters: Counters::default(),
+            failure_log: FailureLog::default(),
         });
         let driver = Driver {
             socket: Arc::new(socket),
@@ -689,7 +737,13 @@ impl Handshake {
             if matches!(e, HandshakeError::TimedOut(_)) {
                 bump(&counters.handshakes_timed_out);
             }
-            tracing::debug!(peer = %self.source, error = %e, "DTLS handshake failed");
+            // As on TCP: a warning, within a budget. A timeout is a peer that went away (or a
+            // flood's silent handshake), not worth a warning each.
+            if matches!(e, HandshakeError::TimedOut(_)) {
+                tracing::debug!(peer = %self.source, error = %Chain(&e), "DTLS handshake failed");
+            } else if let Some(held_back) = self.shared.failure_log.admit() {
+                tracing::warn!(transport = "udp", peer = %self.source, held_back, error = %Chain(&e), "DTLS handshake failed");
+            }
             return;
         }
         if !self.link.set_established() {
