@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Size of the copy buffer a direction borrows from the pool while data moves. A read drains
 /// everything its reader has ready (several TLS records) up to this size, and a write hands
-/// all of it to the writer at once (rustls turns it into records sent with one `writev`).
+/// all of it to the writer at once (rustls seals it into records and sends them with one
+/// `writev` per 64 KiB, the limit of its outgoing buffer).
 pub const RELAY_BUFFER: usize = 128 * 1024;
 
 /// Size of the buffer a direction allocates when the pool has lent all it may: one TLS
