@@ -126,6 +126,7 @@ fn good_clients_with_a_real_rtt_are_served_during_a_handshake_flood() {
     // Without a flood, a probe through the relay takes a few round trips.
     let (ok, baseline) = probe_through(dir.path(), relay);
     assert!(ok, "the relay path works");
+    let (fds_before, rss_before) = (proc.open_fds(), proc.rss_kib());
 
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicUsize::new(0));
@@ -175,6 +176,23 @@ fn good_clients_with_a_real_rtt_are_served_during_a_handshake_flood() {
         "only {served} of 10 good clients served: {results:?}"
     );
     assert!(log_lines < 20, "{log_lines} log lines during the flood");
+    // The flood's connections are gone (the flooder closed them): so are the server's.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proc.open_fds() > fds_before + 4 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (fds_after, rss_after) = (proc.open_fds(), proc.rss_kib());
+    eprintln!(
+        "figures tcp flood: server fds {fds_before} -> {fds_after}, rss {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "descriptors left: {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory grew {rss_before} -> {rss_after} KiB"
+    );
 }
 
 /// The first ClientHello a DTLS client sends (without a cookie), captured from our own

@@ -42,6 +42,7 @@ impl ServerContext {
                     settings.max_lookups_per_client,
                     lookup_timeout,
                 )),
+                udp_buffers: Some(settings.udp_buffers),
             },
             settings,
             metrics: Arc::new(Metrics::new()),

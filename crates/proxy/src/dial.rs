@@ -293,6 +293,9 @@ pub struct Dialer {
     pub keepalive: Option<crate::keepalive::Keepalive>,
     /// Bounds on name lookups in flight, globally and per client.
     pub lookups: std::sync::Arc<LookupLimits>,
+    /// Buffers of UDP destination sockets (a burst of replies must fit); `None` keeps the
+    /// system's default.
+    pub udp_buffers: Option<dtls::UdpBuffers>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -422,6 +425,9 @@ pub async fn dial_udp(
                     continue;
                 }
             };
+            if let Some(buffers) = dialer.udp_buffers {
+                buffers.apply(&socket);
+            }
             match socket.connect(addr).await {
                 Ok(()) => return Ok(socket),
                 Err(e) => last = Some(e),
@@ -457,6 +463,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             keepalive,
             lookups: Arc::new(LookupLimits::new(8, 2, Duration::from_secs(5))),
+            udp_buffers: None,
         }
     }
 

@@ -102,6 +102,7 @@ async fn a_client_flooding_slow_names_costs_only_its_own_share() {
         timeout: Duration::from_secs(3),
         keepalive: None,
         lookups: Arc::new(LookupLimits::new(64, 8, lookup_timeout)),
+        udp_buffers: None,
     };
     let before = good_latency(&dialer, port, 10, "before").await;
 
@@ -171,6 +172,7 @@ async fn many_hostile_clients_together_stay_within_the_global_bound() {
         timeout: Duration::from_secs(1),
         keepalive: None,
         lookups: Arc::new(LookupLimits::new(20, 4, lookup_timeout)),
+        udp_buffers: None,
     };
     let flood: Vec<_> = (0..200u32)
         .map(|i| {
