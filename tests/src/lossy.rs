@@ -26,6 +26,9 @@ pub struct Faults {
     /// If set, only this many datagrams from the server reach each client; the rest are
     /// dropped (a handshake that stalls half-way).
     pub backward_pass_first: Option<u64>,
+    /// Drop the first DTLS application-data record toward the server, once for the whole
+    /// relay: the header of the first session, lost on the path.
+    pub drop_first_record: bool,
 }
 
 impl Faults {
@@ -37,6 +40,7 @@ impl Faults {
             reorder: 0.0,
             seed,
             backward_pass_first: None,
+            drop_first_record: false,
         }
     }
 }
@@ -52,6 +56,8 @@ pub struct RelayStats {
     pub duplicated: AtomicU64,
     /// Datagrams held back behind a later one.
     pub reordered: AtomicU64,
+    /// Whether the one record `drop_first_record` drops has gone.
+    first_record_dropped: AtomicBool,
 }
 
 /// A running relay; its sockets close when it is dropped.
@@ -189,6 +195,17 @@ impl Mangler {
     /// The datagrams to send now for one received datagram.
     fn pass(&mut self, datagram: &[u8]) -> Vec<Vec<u8>> {
         self.stats.seen.fetch_add(1, Ordering::Relaxed);
+        // Content type 23: application data, after the handshake.
+        if self.faults.drop_first_record
+            && datagram.first() == Some(&23)
+            && !self
+                .stats
+                .first_record_dropped
+                .swap(true, Ordering::Relaxed)
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
         if self.rng.chance(self.faults.drop) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Vec::new();

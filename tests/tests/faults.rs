@@ -575,6 +575,7 @@ async fn dtls_through_a_lossy_relay_completes_handshakes_delivers_intact_and_lea
             reorder: 0.10,
             seed: 0x10557,
             backward_pass_first: None,
+            drop_first_record: false,
         },
     )
     .await;
@@ -641,4 +642,86 @@ async fn dtls_through_a_lossy_relay_completes_handshakes_delivers_intact_and_lea
     );
     drop(relay);
     settled(&server, Transport::Udp, base, "after the lossy relay").await;
+}
+
+/// A DTLS session's header is its first record, a datagram the path may lose. The server then
+/// reads a data record as the header: it refuses the session with the reason "first record is
+/// not a header" (counted apart from malformed headers), and the forwarder opens a new session
+/// at the source's next datagram, which carries a header again. The source's flow recovers at
+/// once and no header is ever sent twice on an accepted session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_header_costs_one_session_not_the_flow() {
+    let _serial = fixture::serial().await;
+    let pki = Pki::new();
+    let echo = fixture::udp_echo().await;
+    let server = fixture::start(pki.builder(allow_all(), settings())).await;
+    let relay = lossy::start(
+        server.udp,
+        Faults {
+            drop_first_record: true,
+            ..Faults::none(7)
+        },
+    )
+    .await;
+    let target = format!("127.0.0.1:{}", echo.port())
+        .parse()
+        .expect("target");
+    let forwarder = streamproxy::proxy::forward::UdpForwarder::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        relay.addr,
+        pki.dtls_client(),
+        target,
+    )
+    .await
+    .expect("bind");
+    let local = forwarder.local_addr();
+    let stop = shutdown_trigger();
+    let forwarding = tokio::spawn(forwarder.run(stop.1));
+    let source = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    source.connect(local).await.expect("connect");
+    let started = Instant::now();
+    let mut echoed = 0;
+    let mut buf = [0u8; 64];
+    while echoed < 10 && started.elapsed() < Duration::from_secs(10) {
+        source.send(b"ping").await.expect("send");
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(50), source.recv(&mut buf)).await
+        {
+            assert_eq!(&buf[..n], b"ping");
+            echoed += 1;
+        }
+    }
+    let recovered_after = started.elapsed();
+    eprintln!("figures lost header: flow recovered, 10 echoes after {recovered_after:?}");
+    assert_eq!(echoed, 10, "the flow did not recover");
+    assert!(
+        recovered_after < Duration::from_secs(3),
+        "{recovered_after:?}"
+    );
+    assert_eq!(relay.stats.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        fixture::metric(
+            &server.metrics,
+            "streamproxy_header_errors",
+            &["kind=\"first_record_not_header\""]
+        ),
+        1
+    );
+    // The second session carried its header and was the only tunnel.
+    assert_eq!(server.metrics.total_tunnels(Transport::Udp), 1);
+    let _ = stop.0.send(());
+    let _ = forwarding.await;
+}
+
+/// A shutdown future and its trigger.
+fn shutdown_trigger() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
 }

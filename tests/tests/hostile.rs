@@ -624,6 +624,7 @@ async fn a_dtls_client_hello_flood_from_many_ports_leaves_a_good_client_served()
             reorder: 0.0,
             seed: 9,
             backward_pass_first: Some(1),
+            drop_first_record: false,
         },
     )
     .await;

@@ -642,6 +642,7 @@ fn dtls_through_a_lossy_path_completes_delivers_intact_and_leaks_nothing() {
             reorder: 0.1,
             seed: 11,
             backward_pass_first: None,
+            drop_first_record: false,
         },
     ));
     // The client's DTLS goes through the relay; its TCP side is not used.

@@ -227,7 +227,8 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
                 // session lost its header on the path (a datagram, not retransmitted): the
                 // client's next session recovers. Counted and said apart from a malformed
                 // header, so that loss can be told from a broken client.
-                if matches!(e, proto::HeaderError::UnknownVersion { .. }) {
+                // (too short for a version, or not starting with one).
+                if proto::Version::detect(&buf[..n]).is_err() {
                     metrics.header_error(Transport::Udp, "first_record_not_header");
                     tracing::warn!(transport = "udp", peer = %client, reason = "first record is not a header", bytes = n, error = %e, "rejected session (its header was lost, or the client is not speaking the protocol)");
                 } else {
