@@ -374,7 +374,12 @@ async fn a_header_in_single_bytes_is_accepted_just_under_the_timeout() {
 async fn a_header_in_single_bytes_is_closed_just_over_the_timeout() {
     let served = header_in_single_bytes(HEADER_TIMEOUT + Duration::from_millis(20)).await;
     assert!(
-        matches!(served, Err(StreamError::HeaderTimeout(_))),
+        matches!(
+            served,
+            Err(StreamError::Refused(
+                streamproxy::proxy::Refusal::HeaderTimeout(_)
+            ))
+        ),
         "{served:?}"
     );
 }

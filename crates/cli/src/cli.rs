@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use streamproxy::proxy::forward::Target;
+use streamproxy::proxy::Destination;
 use streamproxy::proxy::policy::Rule;
 
 /// Authenticated TCP-over-TLS and UDP-over-DTLS tunnels (GoDoxy's stream proxy protocol).
@@ -241,7 +241,7 @@ pub(crate) struct ServerArgs {
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
     pub(crate) local: SocketAddr,
-    pub(crate) target: Target,
+    pub(crate) target: Destination,
 }
 
 impl FromStr for Forward {

@@ -224,7 +224,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 .settings(&settings)
                 .header_version(version);
         metrics.add("tcp", forwarder.local_addr(), forwarder.stats());
-        tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
+        tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
     for f in udp {
@@ -235,7 +235,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 .settings(&settings)
                 .header_version(version);
         metrics.add("udp", forwarder.local_addr(), forwarder.stats());
-        tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, target = %forwarder.target(), version = %version, "forwarding");
+        tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
         tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
     }
     let status_stop = CancellationToken::new();

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::destination::Destination;
 use crate::policy::{Policy, Refusal, canonical, parse_ip_literal};
-use crate::request::Request;
 
 /// Why a destination could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum DialError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The name did not resolve.
-    #[error("cannot resolve {host:?}: {source}")]
+    #[error("cannot resolve {host:?}")]
     Resolve {
         /// The name.
         host: String,
@@ -40,19 +40,19 @@ pub enum DialError {
         host: String,
     },
     /// Every address refused the connection or failed.
-    #[error("cannot connect to {destination:?}: {source}")]
+    #[error("cannot connect to {destination}")]
     Connect {
-        /// `host:port`.
-        destination: String,
+        /// The destination.
+        destination: Destination,
         /// The error of the last address tried.
         #[source]
         source: io::Error,
     },
     /// Resolution and connection did not finish within the dial timeout.
-    #[error("connecting to {destination:?} timed out after {after:?}")]
+    #[error("connecting to {destination} timed out after {after:?}")]
     Timeout {
-        /// `host:port`.
-        destination: String,
+        /// The destination.
+        destination: Destination,
         /// The dial timeout.
         after: Duration,
     },
@@ -309,57 +309,58 @@ impl std::fmt::Debug for Dialer {
 
 /// Resolves the request's destination and checks it against the policy.
 pub async fn resolve_checked(
-    req: &Request,
+    destination: &Destination,
     policy: &Policy,
     resolver: &dyn Resolve,
 ) -> Result<Vec<SocketAddr>, DialError> {
     let unbounded = LookupLimits::new(usize::MAX >> 4, usize::MAX >> 4, Duration::MAX);
-    resolve_bounded(req, policy, resolver, &unbounded, None).await
+    resolve_bounded(destination, policy, resolver, &unbounded, None).await
 }
 
 /// [`resolve_checked`] with the lookup bounded by `limits`, counted against `client`.
 async fn resolve_bounded(
-    req: &Request,
+    destination: &Destination,
     policy: &Policy,
     resolver: &dyn Resolve,
     limits: &LookupLimits,
     client: Option<IpAddr>,
 ) -> Result<Vec<SocketAddr>, DialError> {
-    policy.check_name(&req.host, req.port)?;
-    let addrs: Vec<SocketAddr> = match parse_ip_literal(&req.host) {
-        Some(ip) => vec![SocketAddr::new(ip, req.port)],
+    policy.check_name(destination)?;
+    let (host, port) = (destination.host(), destination.port());
+    let addrs: Vec<SocketAddr> = match parse_ip_literal(host) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
         None => limits
-            .lookup(resolver, &req.host, client)
+            .lookup(resolver, host, client)
             .await
             .map_err(|source| DialError::Resolve {
-                host: req.host.clone(),
+                host: host.to_owned(),
                 source,
             })?
             .into_iter()
-            .map(|ip| SocketAddr::new(canonical(ip), req.port))
+            .map(|ip| SocketAddr::new(canonical(ip), port))
             .collect(),
     };
     if addrs.is_empty() {
         return Err(DialError::NoAddress {
-            host: req.host.clone(),
+            host: host.to_owned(),
         });
     }
     let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-    policy.check(&req.host, req.port, &ips)?;
+    policy.check(destination, &ips)?;
     Ok(addrs)
 }
 
 /// Connects to the request's destination over TCP, with `TCP_NODELAY` set, and keepalive
 /// when the dialer has it. A name lookup counts against `client`'s share of lookups.
 pub async fn dial_tcp(
-    req: &Request,
+    destination: &Destination,
     dialer: &Dialer,
     client: Option<IpAddr>,
 ) -> Result<TcpStream, DialError> {
     let timeout = dialer.timeout;
     let attempt = async {
         let addrs = resolve_bounded(
-            req,
+            destination,
             &dialer.policy,
             &*dialer.resolver,
             &dialer.lookups,
@@ -381,7 +382,7 @@ pub async fn dial_tcp(
             }
         }
         Err(DialError::Connect {
-            destination: req.destination(),
+            destination: destination.clone(),
             source: last.unwrap_or_else(|| io::Error::other("no address to connect to")),
         })
     };
@@ -389,7 +390,7 @@ pub async fn dial_tcp(
         .await
         .unwrap_or_else(|_| {
             Err(DialError::Timeout {
-                destination: req.destination(),
+                destination: destination.clone(),
                 after: timeout,
             })
         })
@@ -398,14 +399,14 @@ pub async fn dial_tcp(
 /// Opens a UDP socket connected to the request's destination (the first allowed address).
 /// A name lookup counts against `client`'s share of lookups.
 pub async fn dial_udp(
-    req: &Request,
+    destination: &Destination,
     dialer: &Dialer,
     client: Option<IpAddr>,
 ) -> Result<UdpSocket, DialError> {
     let timeout = dialer.timeout;
     let attempt = async {
         let addrs = resolve_bounded(
-            req,
+            destination,
             &dialer.policy,
             &*dialer.resolver,
             &dialer.lookups,
@@ -434,7 +435,7 @@ pub async fn dial_udp(
             }
         }
         Err(DialError::Connect {
-            destination: req.destination(),
+            destination: destination.clone(),
             source: last.unwrap_or_else(|| io::Error::other("no address to connect to")),
         })
     };
@@ -442,7 +443,7 @@ pub async fn dial_udp(
         .await
         .unwrap_or_else(|_| {
             Err(DialError::Timeout {
-                destination: req.destination(),
+                destination: destination.clone(),
                 after: timeout,
             })
         })
@@ -467,13 +468,8 @@ mod tests {
         }
     }
 
-    fn request(port: u16) -> Request {
-        Request {
-            version: proto::Version::V0_1_0,
-            host: "127.0.0.1".into(),
-            port,
-            flags: proto::Flags::NONE,
-        }
+    fn request(port: u16) -> Destination {
+        Destination::unchecked("127.0.0.1", port)
     }
 
     #[tokio::test]
@@ -608,7 +604,7 @@ mod tests {
                 Policy::allow_all(deny.clone()),
             ] {
                 let decide = |host: &str| {
-                    let req = Request { host: host.into(), ..request(port) };
+                    let req = Destination::unchecked(host, port);
                     outcome(rt.block_on(resolve_checked(&req, &policy, &resolver)))
                 };
                 let want = decide(&canonical_host);
@@ -629,20 +625,14 @@ mod tests {
             .with("mapped.test", ["::ffff:192.0.2.7".parse().unwrap()]);
         let policy = Policy::allow_all(["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
         for name in ["zero4.test", "zero6.test", "zero-mapped.test"] {
-            let req = Request {
-                host: name.into(),
-                ..request(80)
-            };
+            let req = Destination::unchecked(name, 80);
             let got = resolve_checked(&req, &policy, &resolver).await;
             assert!(
                 matches!(got, Err(DialError::Refused(Refusal::Unspecified { .. }))),
                 "{name}: {got:?}"
             );
         }
-        let req = Request {
-            host: "mapped.test".into(),
-            ..request(80)
-        };
+        let req = Destination::unchecked("mapped.test", 80);
         let addrs = resolve_checked(&req, &policy, &resolver).await.unwrap();
         assert_eq!(addrs, vec!["192.0.2.7:80".parse::<SocketAddr>().unwrap()]);
     }

@@ -50,9 +50,11 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admission;
 pub mod api;
 pub mod client;
 mod context;
+pub mod destination;
 pub mod dial;
 pub mod explain;
 pub mod forward;
@@ -69,4 +71,6 @@ pub mod tcp;
 pub mod tunnel;
 pub mod udp;
 
+pub use admission::Refusal;
 pub use context::ServerContext;
+pub use destination::{Destination, DestinationError};

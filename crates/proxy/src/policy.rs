@@ -40,9 +40,9 @@
 //!     ["10.0.0.0/8:22,443".parse::<Rule>()?, "*.svc.internal".parse()?],
 //!     ["10.0.0.1".parse()?],
 //! )?;
-//! assert!(policy.check("10.2.3.4", 443, &["10.2.3.4".parse()?]).is_ok());
-//! assert!(policy.check("10.0.0.1", 443, &["10.0.0.1".parse()?]).is_err());
-//! assert!(policy.check("10.2.3.4", 80, &["10.2.3.4".parse()?]).is_err());
+//! assert!(policy.check(&"10.2.3.4:443".parse()?, &["10.2.3.4".parse()?]).is_ok());
+//! assert!(policy.check(&"10.0.0.1:443".parse()?, &["10.0.0.1".parse()?]).is_err());
+//! assert!(policy.check(&"10.2.3.4:80".parse()?, &["10.2.3.4".parse()?]).is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -51,6 +51,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+
+use crate::destination::Destination;
 
 /// Why a rule could not be parsed or a policy built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -459,7 +461,8 @@ impl Policy {
 
     /// Checks a destination by name only, before resolving it: refuses names and IP literals
     /// that a deny rule matches, so that denied names are never even resolved.
-    pub fn check_name(&self, host: &str, port: u16) -> Result<(), Refusal> {
+    pub fn check_name(&self, destination: &Destination) -> Result<(), Refusal> {
+        let (host, port) = (destination.host(), destination.port());
         match self.deny.iter().find(|r| r.matches_name(host, port)) {
             Some(rule) => Err(Refusal::Denied {
                 host: host.into(),
@@ -475,8 +478,9 @@ impl Policy {
     /// address, or if an address is unspecified (`0.0.0.0`, `::`: this host) and no allow rule
     /// names that address exactly; otherwise allowed if an allow rule matches the name, or
     /// every address is matched by some allow rule.
-    pub fn check(&self, host: &str, port: u16, addrs: &[IpAddr]) -> Result<(), Refusal> {
-        self.check_name(host, port)?;
+    pub fn check(&self, destination: &Destination, addrs: &[IpAddr]) -> Result<(), Refusal> {
+        self.check_name(destination)?;
+        let (host, port) = (destination.host(), destination.port());
         let addrs: Vec<IpAddr> = addrs.iter().map(|&a| canonical(a)).collect();
         if let Some(rule) = self
             .deny
@@ -519,6 +523,10 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn d(host: &str, port: u16) -> Destination {
+        Destination::unchecked(host, port)
+    }
 
     fn rule(s: &str) -> Rule {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -586,13 +594,19 @@ mod tests {
     #[test]
     fn names_match_exactly_or_by_suffix() {
         let p = Policy::new([rule("db.local:5432"), rule("*.svc.internal")], []).expect("rules");
-        assert!(p.check("db.local", 5432, &[ip("192.0.2.1")]).is_ok());
-        assert!(p.check("DB.Local.", 5432, &[ip("192.0.2.1")]).is_ok());
-        assert!(p.check("db.local", 5433, &[ip("192.0.2.1")]).is_err());
-        assert!(p.check("a.svc.internal", 1, &[ip("192.0.2.1")]).is_ok());
-        assert!(p.check("a.b.svc.internal", 1, &[ip("192.0.2.1")]).is_ok());
-        assert!(p.check("svc.internal", 1, &[ip("192.0.2.1")]).is_err());
-        assert!(p.check("evilsvc.internal", 1, &[ip("192.0.2.1")]).is_err());
+        assert!(p.check(&d("db.local", 5432), &[ip("192.0.2.1")]).is_ok());
+        assert!(p.check(&d("DB.Local.", 5432), &[ip("192.0.2.1")]).is_ok());
+        assert!(p.check(&d("db.local", 5433), &[ip("192.0.2.1")]).is_err());
+        assert!(p.check(&d("a.svc.internal", 1), &[ip("192.0.2.1")]).is_ok());
+        assert!(
+            p.check(&d("a.b.svc.internal", 1), &[ip("192.0.2.1")])
+                .is_ok()
+        );
+        assert!(p.check(&d("svc.internal", 1), &[ip("192.0.2.1")]).is_err());
+        assert!(
+            p.check(&d("evilsvc.internal", 1), &[ip("192.0.2.1")])
+                .is_err()
+        );
     }
 
     #[test]
@@ -600,20 +614,19 @@ mod tests {
         let p = Policy::allow_all([rule("127.0.0.0/8"), rule("169.254.0.0/16")]);
         assert!(matches!(
             p.check(
-                "innocent.example",
-                80,
+                &d("innocent.example", 80),
                 &[ip("93.184.216.34"), ip("127.0.0.1")]
             ),
             Err(Refusal::Denied { .. })
         ));
         assert!(
-            p.check("innocent.example", 80, &[ip("93.184.216.34")])
+            p.check(&d("innocent.example", 80), &[ip("93.184.216.34")])
                 .is_ok()
         );
         // IPv4-mapped IPv6 is the IPv4 address it maps.
-        assert!(p.check("x", 80, &[ip("::ffff:127.0.0.1")]).is_err());
-        assert!(p.check("[::ffff:127.0.0.1]", 80, &[]).is_err());
-        assert!(p.check_name("127.0.0.5", 80).is_err());
+        assert!(p.check(&d("x", 80), &[ip("::ffff:127.0.0.1")]).is_err());
+        assert!(p.check(&d("[::ffff:127.0.0.1]", 80), &[]).is_err());
+        assert!(p.check_name(&d("127.0.0.5", 80)).is_err());
     }
 
     #[test]
@@ -679,24 +692,30 @@ mod tests {
             let addr = parse_ip_literal(host).expect("a literal");
             for p in [&open, &star] {
                 assert!(
-                    matches!(p.check(host, 80, &[addr]), Err(Refusal::Unspecified { .. })),
+                    matches!(
+                        p.check(&d(host, 80), &[addr]),
+                        Err(Refusal::Unspecified { .. })
+                    ),
                     "{host}"
                 );
             }
         }
         // A name resolving to it, among other addresses, is refused just the same.
         assert!(matches!(
-            open.check("zero.example", 80, &[ip("192.0.2.1"), ip("::ffff:0.0.0.0")]),
+            open.check(
+                &d("zero.example", 80),
+                &[ip("192.0.2.1"), ip("::ffff:0.0.0.0")]
+            ),
             Err(Refusal::Unspecified { .. })
         ));
         let named = Policy::new([rule("0.0.0.0:80"), rule("[::]:80")], []).expect("rules");
-        assert!(named.check("0", 80, &[ip("0.0.0.0")]).is_ok());
-        assert!(named.check("::", 80, &[ip("::")]).is_ok());
-        assert!(named.check("0", 81, &[ip("0.0.0.0")]).is_err());
+        assert!(named.check(&d("0", 80), &[ip("0.0.0.0")]).is_ok());
+        assert!(named.check(&d("::", 80), &[ip("::")]).is_ok());
+        assert!(named.check(&d("0", 81), &[ip("0.0.0.0")]).is_err());
         // A deny rule covering it still wins.
         let denied = Policy::new([rule("0.0.0.0")], [rule("0.0.0.0/8")]).expect("rules");
         assert!(matches!(
-            denied.check("0", 80, &[ip("0.0.0.0")]),
+            denied.check(&d("0", 80), &[ip("0.0.0.0")]),
             Err(Refusal::Denied { .. })
         ));
     }
@@ -704,11 +723,11 @@ mod tests {
     #[test]
     fn rules_in_mapped_or_legacy_form_are_normalised() {
         let p = Policy::allow_all([rule("::ffff:127.0.0.0/104"), rule("[::ffff:10.0.0.1]:22")]);
-        assert!(p.check("127.0.0.1", 80, &[ip("127.0.0.1")]).is_err());
-        assert!(p.check("127.9.9.9", 80, &[ip("127.9.9.9")]).is_err());
-        assert!(p.check("10.0.0.1", 22, &[ip("10.0.0.1")]).is_err());
-        assert!(p.check("10.0.0.1", 23, &[ip("10.0.0.1")]).is_ok());
-        assert!(p.check("128.0.0.1", 80, &[ip("128.0.0.1")]).is_ok());
+        assert!(p.check(&d("127.0.0.1", 80), &[ip("127.0.0.1")]).is_err());
+        assert!(p.check(&d("127.9.9.9", 80), &[ip("127.9.9.9")]).is_err());
+        assert!(p.check(&d("10.0.0.1", 22), &[ip("10.0.0.1")]).is_err());
+        assert!(p.check(&d("10.0.0.1", 23), &[ip("10.0.0.1")]).is_ok());
+        assert!(p.check(&d("128.0.0.1", 80), &[ip("128.0.0.1")]).is_ok());
         assert_eq!(rule("::ffff:127.0.0.0/104").host, rule("127.0.0.0/8").host);
         assert_eq!(rule("::ffff:0:0/96").host, rule("0.0.0.0/0").host);
         assert_eq!(rule("0x7f.1").host, rule("127.0.0.1").host);
@@ -718,19 +737,25 @@ mod tests {
     #[test]
     fn addresses_are_allowed_only_when_every_one_is() {
         let p = Policy::new([rule("10.0.0.0/8")], []).expect("rules");
-        assert!(p.check("n", 80, &[ip("10.1.1.1"), ip("10.2.2.2")]).is_ok());
-        assert!(p.check("n", 80, &[ip("10.1.1.1"), ip("11.0.0.1")]).is_err());
-        assert!(p.check("n", 80, &[]).is_err());
-        assert!(p.check("10.9.9.9", 80, &[ip("10.9.9.9")]).is_ok());
+        assert!(
+            p.check(&d("n", 80), &[ip("10.1.1.1"), ip("10.2.2.2")])
+                .is_ok()
+        );
+        assert!(
+            p.check(&d("n", 80), &[ip("10.1.1.1"), ip("11.0.0.1")])
+                .is_err()
+        );
+        assert!(p.check(&d("n", 80), &[]).is_err());
+        assert!(p.check(&d("10.9.9.9", 80), &[ip("10.9.9.9")]).is_ok());
     }
 
     #[test]
     fn deny_wins_over_allow_and_ports_narrow_rules() {
         let p = Policy::new([rule("*")], [rule("*:22"), rule("[fd00::/8]:443")]).expect("rules");
-        assert!(p.check("a", 22, &[ip("192.0.2.1")]).is_err());
-        assert!(p.check("a", 23, &[ip("192.0.2.1")]).is_ok());
-        assert!(p.check("fd00::1", 443, &[ip("fd00::1")]).is_err());
-        assert!(p.check("fd00::1", 444, &[ip("fd00::1")]).is_ok());
+        assert!(p.check(&d("a", 22), &[ip("192.0.2.1")]).is_err());
+        assert!(p.check(&d("a", 23), &[ip("192.0.2.1")]).is_ok());
+        assert!(p.check(&d("fd00::1", 443), &[ip("fd00::1")]).is_err());
+        assert!(p.check(&d("fd00::1", 444), &[ip("fd00::1")]).is_ok());
     }
 
     #[test]

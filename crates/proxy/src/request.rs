@@ -3,43 +3,33 @@
 use std::io;
 
 use proto::{Flags, Header, HeaderError, MAX_HEADER_LEN, VERSION_LEN, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// A validated request: the destination a client asked for, owned.
+use crate::destination::Destination;
+
+/// A validated request: what a client asked for, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The header version the client spoke.
     pub version: Version,
-    /// The destination host: a name or an IP literal. Empty for a health check.
-    pub host: String,
-    /// The destination port; `0` for a health check.
-    pub port: u16,
     /// The header's flags.
     pub flags: Flags,
+    /// Where the client wants to go; `None` for a health check.
+    pub destination: Option<Destination>,
 }
 
 impl Request {
     /// Whether the client asked for a health check (close without dialing).
     pub fn is_health_check(&self) -> bool {
-        self.flags.contains(Flags::CLOSE_IMMEDIATELY)
+        self.flags.contains(Flags::CLOSE_IMMEDIATELY) || self.destination.is_none()
     }
 
     /// The owned form of a decoded header.
     pub fn from_header(header: &Header<'_>) -> Request {
         Request {
             version: header.version(),
-            host: header.host().to_owned(),
-            port: header.port(),
             flags: header.flags(),
-        }
-    }
-
-    /// The destination as `host:port`, IPv6 hosts in brackets.
-    pub fn destination(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+            destination: Destination::from_header(header),
         }
     }
 }
@@ -121,18 +111,6 @@ async fn read_exact<S: AsyncRead + Unpin + ?Sized>(
     Ok(())
 }
 
-/// Writes one encoded header to `stream` and flushes it.
-pub async fn write_header<S: AsyncWrite + Unpin + ?Sized>(
-    stream: &mut S,
-    header: &Header<'_>,
-) -> io::Result<()> {
-    let bytes = header
-        .to_bytes()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    stream.write_all(&bytes).await?;
-    stream.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +124,8 @@ mod tests {
         bytes.extend_from_slice(b"payload");
         a.write_all(&bytes).await.expect("write");
         let req = read_header(&mut b).await.expect("header");
-        assert_eq!((req.host.as_str(), req.port), ("example.com", 80));
+        let d = req.destination.expect("a destination");
+        assert_eq!((d.host(), d.port()), ("example.com", 80));
         let mut rest = [0u8; 7];
         b.read_exact(&mut rest).await.expect("payload");
         assert_eq!(&rest, b"payload");
@@ -190,16 +169,5 @@ mod tests {
         a.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
         let err = read_header(&mut b).await.expect_err("not a header");
         assert_eq!(err.kind(), "unknown_version");
-    }
-
-    #[test]
-    fn destination_brackets_ipv6() {
-        let req = Request {
-            version: Version::V0_1_0_0,
-            host: "::1".into(),
-            port: 53,
-            flags: Flags::NONE,
-        };
-        assert_eq!(req.destination(), "[::1]:53");
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::destination::Destination;
 use crate::metrics::{Metrics, Transport};
 
 /// Who is on the client side of a tunnel.
@@ -40,7 +41,7 @@ pub(crate) struct Tunnel<'m> {
     metrics: &'m Metrics,
     transport: Transport,
     client: Client,
-    destination: String,
+    destination: Destination,
     opened: Instant,
     closed: bool,
 }
@@ -50,7 +51,7 @@ impl<'m> Tunnel<'m> {
         metrics: &'m Metrics,
         transport: Transport,
         client: &Client,
-        destination: String,
+        destination: Destination,
     ) -> Tunnel<'m> {
         metrics.tunnel_opened(transport);
         tracing::info!(

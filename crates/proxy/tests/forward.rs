@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use streamproxy_proxy::dial::{BoxFuture, Resolve};
 use streamproxy_proxy::forward::{
-    ForwardCounts, ForwardStats, ServerAddr, Target, TcpForwarder, UdpForwarder,
+    ForwardCounts, ForwardStats, ServerAddr, TcpForwarder, UdpForwarder,
 };
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
@@ -239,7 +239,7 @@ async fn udp_forwarder_gives_every_source_its_own_tunnel_and_answers_it() {
     let echo = udp_echo().await;
     let udp = server.udp.expect("udp served");
     for version in proto::Version::ALL {
-        let target: Target = echo.to_string().parse().expect("target");
+        let target: streamproxy_proxy::Destination = echo.to_string().parse().expect("target");
         let forwarder =
             UdpForwarder::bind(LOCAL.parse().expect("addr"), udp, pki.dtls_client(), target)
                 .await

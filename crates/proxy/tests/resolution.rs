@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, MessageType};
 use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata::A};
+use streamproxy_proxy::Destination;
 use streamproxy_proxy::dial::{DialError, Dialer, DnsResolver, LookupLimits, dial_tcp};
 use streamproxy_proxy::policy::Policy;
-use streamproxy_proxy::request::Request;
 use tokio::net::{TcpListener, UdpSocket};
 
 /// A name server on loopback: names under `good.test` are 127.0.0.1 at once; every other
@@ -64,13 +64,8 @@ async fn echo() -> u16 {
     port
 }
 
-fn request(host: &str, port: u16) -> Request {
-    Request {
-        version: Default::default(),
-        host: host.into(),
-        port,
-        flags: Default::default(),
-    }
+fn request(host: &str, port: u16) -> Destination {
+    Destination::new(host, port).expect("a valid destination")
 }
 
 const HOSTILE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66));

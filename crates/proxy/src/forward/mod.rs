@@ -2,7 +2,7 @@
 //! streamproxy server.
 //!
 //! A [`TcpForwarder`] listens on a local TCP address; every accepted connection gets its own
-//! TLS tunnel to a fixed [`Target`], and bytes are relayed with [`relay`](crate::relay::relay).
+//! TLS tunnel to a fixed [`Destination`](crate::Destination), and bytes are relayed with [`relay`](crate::relay::relay).
 //! A [`UdpForwarder`] reads one local UDP socket; every source address gets its own DTLS
 //! tunnel, kept in a [`ConnectionManager`](connmgr::ConnectionManager) (created once even when
 //! datagrams race, freed after an idle timeout), and the destination's replies go back to
@@ -40,10 +40,8 @@ mod settings;
 mod tcp;
 mod udp;
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,103 +52,6 @@ pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
 pub use settings::ForwardSettings;
 pub use tcp::TcpForwarder;
 pub use udp::UdpForwarder;
-
-/// The destination a forwarder asks the server for: a host and a port, sent in the header as
-/// written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    host: String,
-    port_text: String,
-    port: u16,
-}
-
-/// Why a target could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TargetError {
-    /// No `:port` after the host.
-    #[error("target `{target}`: expected HOST:PORT")]
-    MissingPort {
-        /// The target as given.
-        target: String,
-    },
-    /// The host or the port cannot be carried by a header.
-    #[error("target `{target}`")]
-    Invalid {
-        /// The target as given.
-        target: String,
-        /// Why the header refuses it.
-        #[source]
-        source: proto::EncodeError,
-    },
-}
-
-impl Target {
-    /// A target for `host` and the decimal port text `port`.
-    pub fn new(host: &str, port: &str) -> Result<Target, TargetError> {
-        let header = proto::Header::new(host, port).map_err(|source| TargetError::Invalid {
-            target: format!("{host}:{port}"),
-            source,
-        })?;
-        Ok(Target {
-            host: host.to_owned(),
-            port_text: port.to_owned(),
-            port: header.port(),
-        })
-    }
-
-    /// The host, as it goes into the header.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The request header for this target in `version`.
-    pub fn header(&self, version: proto::Version) -> proto::Header<'_> {
-        // Validated in `new`: the same host and port text always encode.
-        proto::Header::new(&self.host, &self.port_text)
-            .unwrap_or_else(|_| proto::Header::health_check())
-            .with_version(version)
-    }
-}
-
-impl FromStr for Target {
-    type Err = TargetError;
-
-    /// `host:port`, `192.0.2.7:53` or `[2001:db8::7]:53` (the brackets are not sent).
-    fn from_str(s: &str) -> Result<Target, TargetError> {
-        let missing = || TargetError::MissingPort {
-            target: s.to_owned(),
-        };
-        let (host, port) = s.rsplit_once(':').ok_or_else(missing)?;
-        let host = match host.strip_prefix('[') {
-            Some(inner) => inner.strip_suffix(']').ok_or_else(missing)?,
-            None if host.contains(':') => return Err(missing()),
-            None => host,
-        };
-        Target::new(host, port).map_err(|e| match e {
-            TargetError::Invalid { source, .. } => TargetError::Invalid {
-                target: s.to_owned(),
-                source,
-            },
-            other => other,
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port_text)
-        } else {
-            write!(f, "{}:{}", self.host, self.port_text)
-        }
-    }
-}
 
 /// A local socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -257,40 +158,5 @@ impl<T: std::fmt::Display> std::fmt::Display for DisplayOpt<T> {
             Some(v) => v.fmt(f),
             None => f.write_str("-"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_names_addresses_and_bracketed_ipv6() {
-        let t: Target = "echo.internal:7".parse().expect("name");
-        assert_eq!((t.host(), t.port()), ("echo.internal", 7));
-        let t: Target = "[2001:db8::7]:53".parse().expect("ipv6");
-        assert_eq!((t.host(), t.port()), ("2001:db8::7", 53));
-        assert_eq!(t.to_string(), "[2001:db8::7]:53");
-        assert_eq!(t.header(proto::Version::V0_1_0).host(), "2001:db8::7");
-    }
-
-    #[test]
-    fn rejects_targets_a_header_cannot_carry() {
-        assert!(matches!(
-            "example.com".parse::<Target>(),
-            Err(TargetError::MissingPort { .. })
-        ));
-        assert!(matches!(
-            "2001:db8::7:53".parse::<Target>(),
-            Err(TargetError::MissingPort { .. })
-        ));
-        assert!(matches!(
-            "example.com:99999".parse::<Target>(),
-            Err(TargetError::Invalid { .. })
-        ));
-        assert!(matches!(
-            ":80".parse::<Target>(),
-            Err(TargetError::Invalid { .. })
-        ));
     }
 }

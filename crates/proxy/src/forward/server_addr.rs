@@ -116,7 +116,10 @@ impl FromStr for ServerAddr {
                 _ => Ok(ServerAddr(Repr::Addr(addr))),
             };
         }
-        let (host, port) = s.rsplit_once(':').ok_or_else(invalid)?;
+        // Brackets are for IPv6 literals, which parsed above.
+        let (host, port) = crate::destination::split_host_port(s)
+            .filter(|_| !s.starts_with('['))
+            .ok_or_else(invalid)?;
         let port = match port.parse::<u16>() {
             Ok(0) | Err(_) => return Err(invalid()),
             Ok(port) => port,

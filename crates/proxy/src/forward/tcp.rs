@@ -12,9 +12,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
-    Target,
 };
 use crate::client::ClientError;
+use crate::destination::Destination;
 use crate::dial::{Resolve, SystemResolver};
 use crate::explain::ErrorChain;
 use crate::keepalive::Keepalive;
@@ -25,7 +25,7 @@ pub struct TcpForwarder {
     server: ServerAddr,
     resolver: Arc<dyn Resolve>,
     config: LiveConfig<tls::ClientConfig>,
-    target: Target,
+    destination: Destination,
     version: proto::Version,
     connect_timeout: Duration,
     drain_period: Duration,
@@ -39,26 +39,26 @@ impl std::fmt::Debug for TcpForwarder {
         f.debug_struct("TcpForwarder")
             .field("local", &self.listener.local_addr().ok())
             .field("server", &self.server)
-            .field("target", &self.target)
+            .field("destination", &self.destination)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
 
 impl TcpForwarder {
-    /// Binds `local` and forwards its connections through `server` to `target`.
+    /// Binds `local` and forwards its connections through `server` to `destination`.
     pub async fn bind(
         local: SocketAddr,
         server: impl Into<ServerAddr>,
         config: tls::ClientConfig,
-        target: Target,
+        destination: Destination,
     ) -> Result<TcpForwarder, BindError> {
         let listener = TcpListener::bind(local).await.map_err(|source| BindError {
             transport: "tcp",
             addr: local,
             source,
         })?;
-        Ok(TcpForwarder::new(listener, server, config, target))
+        Ok(TcpForwarder::new(listener, server, config, destination))
     }
 
     /// Forwards the connections of an already-bound `listener`.
@@ -66,7 +66,7 @@ impl TcpForwarder {
         listener: TcpListener,
         server: impl Into<ServerAddr>,
         config: tls::ClientConfig,
-        target: Target,
+        destination: Destination,
     ) -> TcpForwarder {
         let defaults = ForwardSettings::default();
         TcpForwarder {
@@ -74,7 +74,7 @@ impl TcpForwarder {
             server: server.into(),
             resolver: Arc::new(SystemResolver),
             config: LiveConfig::new(config),
-            target,
+            destination,
             version: proto::Version::default(),
             connect_timeout: defaults.connect_timeout,
             drain_period: defaults.drain_period,
@@ -141,9 +141,9 @@ impl TcpForwarder {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The target every tunnel asks for.
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// The destination every tunnel asks for.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
     }
 
     /// The forwarder's counters.
@@ -172,7 +172,7 @@ impl TcpForwarder {
             server,
             resolver,
             config,
-            target,
+            destination,
             version,
             connect_timeout,
             drain_period,
@@ -182,7 +182,7 @@ impl TcpForwarder {
         } = self;
         let local = listener.local_addr().ok();
         let lookup = Arc::new(ServerLookup::new(server, resolver));
-        let target = Arc::new(target);
+        let destination = Arc::new(destination);
         let limit = Arc::new(Semaphore::new(max_tunnels));
         let tasks = TaskTracker::new();
         let hard_stop = CancellationToken::new();
@@ -210,7 +210,7 @@ impl TcpForwarder {
                 lookup: Arc::clone(&lookup),
                 keepalive,
                 config: config.clone(),
-                target: Arc::clone(&target),
+                destination: Arc::clone(&destination),
                 version,
                 connect_timeout,
                 stats: stats.clone(),
@@ -220,7 +220,7 @@ impl TcpForwarder {
                 tokio::select! {
                     () = tunnel.serve(conn, peer) => {}
                     () = stop.cancelled() => {
-                        tracing::info!(transport = "tcp", peer = %peer, destination = %tunnel.target, "tunnel closed: still open after the drain period");
+                        tracing::info!(transport = "tcp", peer = %peer, destination = %tunnel.destination, "tunnel closed: still open after the drain period");
                     }
                 }
                 drop(permit);
@@ -246,7 +246,7 @@ struct Tunnel {
     lookup: Arc<ServerLookup>,
     keepalive: Option<Keepalive>,
     config: LiveConfig<tls::ClientConfig>,
-    target: Arc<Target>,
+    destination: Arc<Destination>,
     version: proto::Version,
     connect_timeout: Duration,
     stats: ForwardStats,
@@ -256,9 +256,9 @@ impl Tunnel {
     async fn serve(&self, mut conn: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
         let _ = conn.set_nodelay(true);
-        let header = self.target.header(self.version);
         let config = self.config.current();
         let connected = tokio::time::timeout(self.connect_timeout, async {
+            let header = self.destination.header()?.with_version(self.version);
             let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
             crate::tcp::connect(&addrs[..], &config, &header).await
         })
@@ -268,12 +268,12 @@ impl Tunnel {
             Ok(Err(e)) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
                 let reason = crate::explain::reason(&e);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.target, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.destination, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
                 return;
             }
             Err(_) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.target, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
+                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.destination, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
                 return;
             }
         };
@@ -281,7 +281,7 @@ impl Tunnel {
             keepalive.apply(stream.get_ref().0, "server");
         }
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
-        tracing::debug!(transport = "tcp", peer = %peer, destination = %self.target, "tunnel open");
+        tracing::debug!(transport = "tcp", peer = %peer, destination = %self.destination, "tunnel open");
         let outcome = crate::relay::relay(&mut conn, &mut stream).await;
         ForwardStats::add(&self.stats.0.bytes_up, outcome.client_to_destination);
         ForwardStats::add(&self.stats.0.bytes_down, outcome.destination_to_client);
@@ -294,7 +294,7 @@ impl Tunnel {
                 tracing::info!(
                     transport = "tcp",
                     peer = %peer,
-                    destination = %self.target,
+                    destination = %self.destination,
                     bytes_up = outcome.client_to_destination,
                     bytes_down = 0,
                     duration_ms = duration.as_millis() as u64,
@@ -305,7 +305,7 @@ impl Tunnel {
             Ok(()) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
-                destination = %self.target,
+                destination = %self.destination,
                 bytes_up = outcome.client_to_destination,
                 bytes_down = outcome.destination_to_client,
                 duration_ms = duration.as_millis() as u64,
@@ -332,7 +332,7 @@ impl Tunnel {
                 tracing::warn!(
                     transport = "tcp",
                     peer = %peer,
-                    destination = %self.target,
+                    destination = %self.destination,
                     bytes_up = outcome.client_to_destination,
                     bytes_down = 0,
                     duration_ms = duration.as_millis() as u64,
@@ -344,7 +344,7 @@ impl Tunnel {
             Err(e) => tracing::info!(
                 transport = "tcp",
                 peer = %peer,
-                destination = %self.target,
+                destination = %self.destination,
                 bytes_up = outcome.client_to_destination,
                 bytes_down = outcome.destination_to_client,
                 duration_ms = duration.as_millis() as u64,

@@ -27,9 +27,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
-    Target,
 };
 use crate::client::ClientError;
+use crate::destination::Destination;
 use crate::dial::{Resolve, SystemResolver};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
@@ -112,7 +112,7 @@ pub struct UdpForwarder {
     server: ServerAddr,
     resolver: Arc<dyn Resolve>,
     config: LiveConfig<dtls::ClientConfig>,
-    target: Target,
+    destination: Destination,
     version: proto::Version,
     idle_timeout: Duration,
     reply_timeout: Duration,
@@ -127,26 +127,26 @@ impl std::fmt::Debug for UdpForwarder {
         f.debug_struct("UdpForwarder")
             .field("local", &self.socket.local_addr().ok())
             .field("server", &self.server)
-            .field("target", &self.target)
+            .field("destination", &self.destination)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
 
 impl UdpForwarder {
-    /// Binds `local` and forwards its datagrams through `server` to `target`.
+    /// Binds `local` and forwards its datagrams through `server` to `destination`.
     pub async fn bind(
         local: SocketAddr,
         server: impl Into<ServerAddr>,
         config: dtls::ClientConfig,
-        target: Target,
+        destination: Destination,
     ) -> Result<UdpForwarder, BindError> {
         let socket = UdpSocket::bind(local).await.map_err(|source| BindError {
             transport: "udp",
             addr: local,
             source,
         })?;
-        Ok(UdpForwarder::new(socket, server, config, target))
+        Ok(UdpForwarder::new(socket, server, config, destination))
     }
 
     /// Forwards the datagrams of an already-bound `socket`.
@@ -154,7 +154,7 @@ impl UdpForwarder {
         socket: UdpSocket,
         server: impl Into<ServerAddr>,
         config: dtls::ClientConfig,
-        target: Target,
+        destination: Destination,
     ) -> UdpForwarder {
         let defaults = ForwardSettings::default();
         UdpForwarder {
@@ -162,7 +162,7 @@ impl UdpForwarder {
             server: server.into(),
             resolver: Arc::new(SystemResolver),
             config: LiveConfig::new(config),
-            target,
+            destination,
             version: proto::Version::default(),
             idle_timeout: defaults.udp_idle_timeout,
             reply_timeout: defaults.udp_reply_timeout,
@@ -231,9 +231,9 @@ impl UdpForwarder {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The target every tunnel asks for.
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// The destination every tunnel asks for.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
     }
 
     /// The forwarder's counters.
@@ -262,7 +262,7 @@ impl UdpForwarder {
             server,
             resolver,
             config,
-            target,
+            destination,
             version,
             idle_timeout,
             reply_timeout,
@@ -287,7 +287,7 @@ impl UdpForwarder {
             stats.0.socket_inode.store(inode, Ordering::Relaxed);
         }
         let local = socket.local_addr().ok();
-        let target = Arc::new(target);
+        let destination = Arc::new(destination);
         let tasks = TaskTracker::new();
         let stopping = CancellationToken::new();
         let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
@@ -295,7 +295,7 @@ impl UdpForwarder {
                 lookup: ServerLookup::new(server, resolver),
                 connector: std::sync::Mutex::new(None),
                 config,
-                target: Arc::clone(&target),
+                destination: Arc::clone(&destination),
                 version,
                 socket: Arc::clone(&socket),
                 tunnels: weak.clone(),
@@ -342,7 +342,7 @@ impl UdpForwarder {
                                 .reason
                                 .set("no reply from the server within the reply timeout");
                             ForwardStats::add(&counters.tunnels_unanswered, 1);
-                            tracing::info!(transport = "udp", peer = %source, destination = %target, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
+                            tracing::info!(transport = "udp", peer = %source, destination = %destination, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
                         }
                         tunnels.remove_if_same(&source, &dead).await;
                     }
@@ -359,12 +359,12 @@ impl UdpForwarder {
                     };
                     let datagram = buf[..n].to_vec();
                     let tunnels = Arc::clone(&tunnels);
-                    let target = Arc::clone(&target);
+                    let destination = Arc::clone(&destination);
                     let stats = stats.clone();
                     let stopping = stopping.clone();
                     tasks.spawn(async move {
                         let created = tokio::select! {
-                            created = tunnels.get_or_create(source, target.host(), target.port(), Instant::now()) => created,
+                            created = tunnels.get_or_create(source, destination.host(), destination.port(), Instant::now()) => created,
                             () = stopping.cancelled() => return,
                         };
                         match created {
@@ -429,7 +429,7 @@ struct Opener {
     /// again when the configuration is replaced.
     connector: std::sync::Mutex<Option<(Arc<dtls::ClientConfig>, Arc<dtls::DtlsConnector>)>>,
     config: LiveConfig<dtls::ClientConfig>,
-    target: Arc<Target>,
+    destination: Arc<Destination>,
     version: proto::Version,
     socket: Arc<UdpSocket>,
     tunnels: Weak<Tunnels>,
@@ -484,16 +484,19 @@ impl Opener {
     }
 
     async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
-        let header = self.target.header(self.version);
-        let connected = match self.lookup.addrs().await {
-            Ok(addrs) => self.connect_any(&addrs, &header).await,
-            Err(e) => Err(ClientError::from(e)),
+        let connected = match (self.destination.header(), self.lookup.addrs().await) {
+            (Ok(header), Ok(addrs)) => {
+                self.connect_any(&addrs, &header.with_version(self.version))
+                    .await
+            }
+            (Err(e), _) => Err(ClientError::from(e)),
+            (_, Err(e)) => Err(ClientError::from(e)),
         };
         let session = match connected {
             Ok(session) => session,
             Err(e) => {
                 ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "udp", peer = %source, server = %self.lookup.server(), destination = %self.target, reason = %crate::explain::reason(&e), error = %crate::explain::ErrorChain(&e), "tunnel failed; dropping the datagram");
+                tracing::warn!(transport = "udp", peer = %source, server = %self.lookup.server(), destination = %self.destination, reason = %crate::explain::reason(&e), error = %crate::explain::ErrorChain(&e), "tunnel failed; dropping the datagram");
                 return Err(e);
             }
         };
@@ -510,14 +513,14 @@ impl Opener {
             answered: AtomicBool::new(false),
             unanswered_since: AtomicU64::new(0),
         });
-        tracing::debug!(transport = "udp", peer = %source, destination = %self.target, "tunnel open");
+        tracing::debug!(transport = "udp", peer = %source, destination = %self.destination, "tunnel open");
         self.tasks.spawn(replies(
             recv,
             Arc::clone(&tunnel),
             source,
             Arc::clone(&self.socket),
             self.tunnels.clone(),
-            Arc::clone(&self.target),
+            Arc::clone(&self.destination),
             self.stats.clone(),
         ));
         Ok(tunnel)
@@ -551,7 +554,7 @@ async fn replies(
     source: SocketAddr,
     socket: Arc<UdpSocket>,
     tunnels: Weak<Tunnels>,
-    target: Arc<Target>,
+    destination: Arc<Destination>,
     stats: ForwardStats,
 ) {
     let started = Instant::now();
@@ -605,7 +608,7 @@ async fn replies(
         Some(diagnosis) => tracing::warn!(
             transport = "udp",
             peer = %source,
-            destination = %target,
+            destination = %destination,
             bytes_up = tunnel.up.load(Ordering::Relaxed),
             bytes_down = down,
             duration_ms = started.elapsed().as_millis() as u64,
@@ -616,7 +619,7 @@ async fn replies(
         None => tracing::info!(
             transport = "udp",
             peer = %source,
-            destination = %target,
+            destination = %destination,
             bytes_up = tunnel.up.load(Ordering::Relaxed),
             bytes_down = down,
             duration_ms = started.elapsed().as_millis() as u64,

@@ -2,15 +2,15 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::admission::{Admission, Asked, Refusal};
 use crate::context::ServerContext;
-use crate::dial::{DialError, dial_tcp};
+use crate::dial::dial_tcp;
 use crate::metrics::{Metrics, Transport};
 use crate::relay::relay;
-use crate::request::{ReadHeaderError, Request, read_header};
+use crate::request::{Request, read_header};
 use crate::settings::Settings;
 use crate::tunnel::{Client, Tunnel};
 
@@ -18,15 +18,9 @@ use crate::tunnel::{Client, Tunnel};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StreamError {
-    /// The client did not send a whole header within the header timeout.
-    #[error("no complete header within {0:?}")]
-    HeaderTimeout(Duration),
-    /// The header could not be read or is invalid.
+    /// The client got no tunnel: no header in time, a bad header, or a refused destination.
     #[error(transparent)]
-    Header(#[from] ReadHeaderError),
-    /// The destination was refused or could not be reached.
-    #[error(transparent)]
-    Dial(#[from] DialError),
+    Refused(#[from] Refusal),
     /// The relay failed after the tunnel was up.
     #[error("relay failed")]
     Relay(#[source] io::Error),
@@ -102,43 +96,25 @@ impl StreamHandler {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let inner = &*self.inner;
-        let metrics: &Metrics = &inner.metrics;
-        let timeout = inner.settings.header_timeout;
-        let request = match tokio::time::timeout(timeout, read_header(&mut stream)).await {
-            Ok(Ok(request)) => request,
-            Ok(Err(e)) => {
-                metrics.header_error(Transport::Tcp, e.kind());
-                tracing::warn!(transport = "tcp", peer = %client, error = %crate::explain::ErrorChain(&e), "rejected header");
-                return Err(e.into());
-            }
-            Err(_) => {
-                metrics.header_error(Transport::Tcp, "timeout");
-                tracing::warn!(transport = "tcp", peer = %client, timeout = ?timeout, "no header in time");
-                return Err(StreamError::HeaderTimeout(timeout));
-            }
-        };
-        if request.is_health_check() {
-            metrics.health_check(Transport::Tcp);
-            tracing::debug!(transport = "tcp", peer = %client, "health check");
-            let _ = stream.shutdown().await;
-            return Ok(Served::HealthCheck);
-        }
-        let mut destination = match dial_tcp(&request, &inner.dialer, Some(client.addr.ip())).await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                if e.is_refusal() {
-                    metrics.policy_refused(Transport::Tcp);
-                } else {
-                    metrics.dial_failed(Transport::Tcp);
-                }
-                tracing::warn!(transport = "tcp", peer = %client, destination = ?request.destination(), error = %crate::explain::ErrorChain(&e), "tunnel refused");
+        let admission = Admission::new(inner, Transport::Tcp, &client);
+        let read = async { read_header(&mut stream).await.map_err(Refusal::from) };
+        let (request, destination) = match admission.request(read).await? {
+            Asked::Tunnel(request, destination) => (request, destination),
+            Asked::HealthCheck => {
                 let _ = stream.shutdown().await;
-                return Err(e.into());
+                return Ok(Served::HealthCheck);
             }
         };
-        let tunnel = Tunnel::open(metrics, Transport::Tcp, &client, request.destination());
-        let outcome = relay(&mut stream, &mut destination).await;
+        let dial = dial_tcp(&destination, &inner.dialer, Some(client.addr.ip()));
+        let mut outbound = match admission.dial(&destination, dial).await {
+            Ok(outbound) => outbound,
+            Err(refusal) => {
+                let _ = stream.shutdown().await;
+                return Err(refusal.into());
+            }
+        };
+        let tunnel = Tunnel::open(&inner.metrics, Transport::Tcp, &client, destination);
+        let outcome = relay(&mut stream, &mut outbound).await;
         let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);
         match outcome.result {
             Ok(()) => {

@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 
 use connmgr::{Close, ConnectionManager, CreateRequest, GetError};
 use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
-use proto::{Flags, Header};
+use proto::Header;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Asked, Refusal};
 use crate::context::ServerContext;
+use crate::destination::Destination;
 use crate::dial::{DialError, dial_udp};
 use crate::metrics::{Metrics, Transport};
-use crate::request::Request;
+use crate::request::{ReadHeaderError, Request};
 use crate::shutdown::Tasks;
 use crate::tunnel::{Client, Tunnel};
 
@@ -27,27 +29,27 @@ use crate::tunnel::{Client, Tunnel};
 /// The session's task takes the socket out when it starts and owns it, so the socket is closed
 /// when the session ends. The registry frees removed entries later, in batches (epoch-based
 /// reclamation); a socket left in the entry would stay open until then.
-pub(crate) struct Destination {
+pub(crate) struct Outbound {
     socket: std::sync::Mutex<Option<UdpSocket>>,
     stop: CancellationToken,
     /// Why the session was stopped from outside, for the close log.
     reason: std::sync::OnceLock<&'static str>,
 }
 
-impl Destination {
+impl Outbound {
     fn stop(&self, reason: &'static str) {
         let _ = self.reason.set(reason);
         self.stop.cancel();
     }
 }
 
-impl Close for Destination {
+impl Close for Outbound {
     async fn close(self: Arc<Self>) {
         self.stop("closed by the server");
     }
 }
 
-type Sessions = ConnectionManager<Destination, DialError>;
+type Sessions = ConnectionManager<Outbound, DialError>;
 
 /// A UDP-over-DTLS server on an already-bound [`DtlsListener`].
 pub struct UdpServer {
@@ -76,14 +78,14 @@ impl UdpServer {
             move |create: CreateRequest| {
                 let dialer = dialer.clone();
                 async move {
-                    let request = Request {
-                        version: proto::Version::default(),
-                        host: create.host,
-                        port: create.port,
-                        flags: Flags::NONE,
-                    };
-                    let socket = dial_udp(&request, &dialer, Some(create.client.ip())).await?;
-                    Ok(Arc::new(Destination {
+                    let destination = Destination::new(&create.host, create.port).map_err(|e| {
+                        DialError::Connect {
+                            destination: Destination::new("invalid", 1).expect("valid"),
+                            source: std::io::Error::other(e),
+                        }
+                    })?;
+                    let socket = dial_udp(&destination, &dialer, Some(create.client.ip())).await?;
+                    Ok(Arc::new(Outbound {
                         socket: std::sync::Mutex::new(Some(socket)),
                         stop: CancellationToken::new(),
                         reason: std::sync::OnceLock::new(),
@@ -212,105 +214,33 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
         addr: session.peer_addr(),
         subject: session.peer_subject().map(str::to_owned),
     };
-    let metrics = &*ctx.metrics;
     let max_payload = session.max_payload();
     let (send, mut recv) = session.into_split();
     let mut buf = vec![0u8; max_payload.max(proto::MAX_HEADER_LEN)];
-
-    // The header: one record, exactly one header long.
-    let timeout = ctx.settings.header_timeout;
-    let request = match tokio::time::timeout(timeout, recv.recv(&mut buf)).await {
-        Ok(Ok(Some(n))) => match Header::decode(&buf[..n]) {
-            Ok(h) => Request::from_header(&h),
-            Err(e) => {
-                // A datagram that does not even start like a header is most often data whose
-                // session lost its header on the path (a datagram, not retransmitted): the
-                // client's next session recovers. Counted and said apart from a malformed
-                // header, so that loss can be told from a broken client.
-                // (too short for a version, or not starting with one).
-                if proto::Version::detect(&buf[..n]).is_err() {
-                    metrics.header_error(Transport::Udp, "first_record_not_header");
-                    tracing::warn!(transport = "udp", peer = %client, reason = "first record is not a header", bytes = n, error = %e, "rejected session (its header was lost, or the client is not speaking the protocol)");
-                } else {
-                    metrics.header_error(Transport::Udp, e.kind());
-                    tracing::warn!(transport = "udp", peer = %client, error = %e, "rejected header");
-                }
-                let _ = send.shutdown().await;
-                return;
-            }
-        },
-        Ok(Ok(None)) => {
-            metrics.header_error(Transport::Udp, "truncated");
-            tracing::warn!(transport = "udp", peer = %client, "session closed before a header");
-            return;
-        }
-        Ok(Err(e)) => {
-            metrics.header_error(Transport::Udp, "io");
-            tracing::warn!(transport = "udp", peer = %client, error = %e, "reading the header failed");
-            let _ = send.shutdown().await;
-            return;
-        }
-        Err(_) => {
-            metrics.header_error(Transport::Udp, "timeout");
-            tracing::warn!(transport = "udp", peer = %client, timeout = ?timeout, "no header in time");
+    let admission = Admission::new(ctx, Transport::Udp, &client);
+    let asked = admission.request(first_record(&mut recv, &mut buf)).await;
+    let destination = match asked {
+        Ok(Asked::Tunnel(_, destination)) => destination,
+        Ok(Asked::HealthCheck) | Err(_) => {
             let _ = send.shutdown().await;
             return;
         }
     };
-    if request.is_health_check() {
-        metrics.health_check(Transport::Udp);
-        tracing::debug!(transport = "udp", peer = %client, "health check");
-        let _ = send.shutdown().await;
-        return;
-    }
-
     // A session from an address that still has one (a restarted client) replaces it.
     if sessions.contains(&client.addr) {
         sessions.remove(&client.addr).await;
     }
-    let destination = match sessions
-        .get_or_create(client.addr, &request.host, request.port, Instant::now())
-        .await
-    {
-        Ok(d) => d,
-        Err(e) => {
-            let error = match &e {
-                GetError::Create(dial) => {
-                    if dial.is_refusal() {
-                        metrics.policy_refused(Transport::Udp);
-                    } else {
-                        metrics.dial_failed(Transport::Udp);
-                    }
-                    dial.to_string()
-                }
-                other => other.to_string(),
-            };
-            tracing::warn!(transport = "udp", peer = %client, destination = ?request.destination(), error = %error, "tunnel refused");
-            let _ = send.shutdown().await;
-            return;
-        }
-    };
-    // Owned by this task from here on: closed when the session ends, whenever the registry
-    // frees its entry.
-    let taken = destination
-        .socket
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    let Some(socket) = taken else {
-        // Another session from the same address holds it (a race of two restarts).
-        tracing::warn!(transport = "udp", peer = %client, destination = ?request.destination(), "destination socket already in use; session closed");
+    let Some((outbound, socket)) = open(&admission, sessions, &client, &destination).await else {
         let _ = send.shutdown().await;
         return;
     };
-
-    let tunnel = Tunnel::open(metrics, Transport::Udp, &client, request.destination());
+    let tunnel = Tunnel::open(&ctx.metrics, Transport::Udp, &client, destination);
     let counters = Counters::default();
     let silence = ctx.settings.udp_client_silence_timeout;
     let end = tokio::select! {
         end = client_to_destination(&mut recv, &mut buf, &socket, sessions, &client.addr, &counters) => end,
-        end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, metrics, &counters) => end,
-        () = destination.stop.cancelled() => End::Stopped(destination.reason.get().copied().unwrap_or("closed by the server")),
+        end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
+        () = outbound.stop.cancelled() => End::Stopped(outbound.reason.get().copied().unwrap_or("closed by the server")),
         () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
     };
     if !matches!(end, End::ClientClosed | End::Replaced) {
@@ -318,12 +248,82 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
     }
     drop(socket);
     // Remove our own entry only: a replacing session may already have its own.
-    sessions.remove_if_same(&client.addr, &destination).await;
+    sessions.remove_if_same(&client.addr, &outbound).await;
     tunnel.close(
         counters.up.load(Ordering::Relaxed),
         counters.down.load(Ordering::Relaxed),
         &end,
     );
+}
+
+/// The session's first record, which must be exactly one header.
+async fn first_record(recv: &mut RecvHalf, buf: &mut [u8]) -> Result<Request, Refusal> {
+    let n = match recv.recv(buf).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(ReadHeaderError::Truncated {
+                received: 0,
+                expected: proto::VERSION_LEN,
+            }
+            .into());
+        }
+        Err(e) => return Err(ReadHeaderError::Io(std::io::Error::other(e)).into()),
+    };
+    let record = &buf[..n];
+    match Header::decode(record) {
+        Ok(header) => Ok(Request::from_header(&header)),
+        // Data whose session lost its header on the path is told apart from a bad header.
+        Err(error) if proto::Version::detect(record).is_err() => {
+            Err(Refusal::NotAHeader { bytes: n, error })
+        }
+        Err(error) => Err(ReadHeaderError::Invalid(error).into()),
+    }
+}
+
+/// The destination socket for this session, dialed through the registry, owned by the
+/// session's task from here on (closed when the session ends, whenever the registry frees
+/// its entry).
+async fn open(
+    admission: &Admission<'_>,
+    sessions: &Sessions,
+    client: &Client,
+    destination: &Destination,
+) -> Option<(Arc<Outbound>, UdpSocket)> {
+    let created = sessions.get_or_create(
+        client.addr,
+        destination.host(),
+        destination.port(),
+        Instant::now(),
+    );
+    let dial = async {
+        created.await.map_err(|e| match e {
+            GetError::Create(dial) => dial,
+            GetError::Removed => Arc::new(DialError::Connect {
+                destination: destination.clone(),
+                source: std::io::Error::other(
+                    "the session was replaced while its destination was being dialed",
+                ),
+            }),
+            other => Arc::new(DialError::Connect {
+                destination: destination.clone(),
+                source: std::io::Error::other(other.to_string()),
+            }),
+        })
+    };
+    let outbound = admission.dial(destination, dial).await.ok()?;
+    let taken = outbound
+        .socket
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match taken {
+        Some(socket) => Some((outbound, socket)),
+        None => {
+            // Another session from the same address holds it (a race of two restarts).
+            tracing::warn!(transport = "udp", peer = %client, destination = ?destination, "destination socket already in use; session closed");
+            None
+        }
+    }
 }
 
 struct Counters {
