@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use streamproxy::proxy::api::ApiSettings;
 use streamproxy::proxy::dial::SystemResolver;
-use streamproxy::proxy::status::StatusListener;
+use streamproxy::proxy::status::{StatusAddr, StatusListener};
 
 use streamproxy::proxy::forward::{
     ForwardMetrics, ForwardSettings, LiveConfig, ServerAddr, TcpForwarder, UdpForwarder,
@@ -185,70 +185,38 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let config_path = args.config.clone();
     let file = ConfigFile::load(args.config.as_deref())?.client;
-    let version = match args.header_version {
-        Some(HeaderVersion(v)) => v,
-        None => match &file.header_version {
-            Some(text) => {
-                text.parse::<HeaderVersion>()
-                    .map_err(|e| anyhow::anyhow!("header_version in the config file: {e}"))?
-                    .0
-            }
-            None => proto::Version::default(),
-        },
-    };
+    let version = header_version(args.header_version, &file)?;
     let tcp = forwards(args.tcp, &file.tcp, "tcp")?;
-    let tcp_forwarding = !tcp.is_empty();
     let udp = forwards(args.udp, &file.udp, "udp")?;
     if tcp.is_empty() && udp.is_empty() {
         bail!(
             "nothing to forward: give --tcp LOCAL=TARGET and/or --udp LOCAL=TARGET (e.g. --tcp 127.0.0.1:2222=10.0.0.7:22)"
         );
     }
+    let tcp_forwarding = !tcp.is_empty();
     let conn_args = args.conn.clone();
     let conn = connection(args.conn, &file).await?;
-    let tls_live = LiveConfig::new(conn.tls.clone());
-    let dtls_live = LiveConfig::new(conn.dtls.clone());
+    let live = (
+        LiveConfig::new(conn.tls.clone()),
+        LiveConfig::new(conn.dtls.clone()),
+    );
     let settings = forward_settings(&file)?;
-    let drain = settings.drain_period;
     let mut stop = Stop::register()?;
     tokio::spawn(check_resolves(conn.server.clone()));
     let status = status_addr(args.status_listen, file.status_listen.as_deref())?;
     let metrics = Arc::new(ForwardMetrics::new());
     let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for f in tcp {
-        let forwarder =
-            TcpForwarder::bind(f.local, conn.server.clone(), conn.tls.clone(), f.target)
-                .await?
-                .with_live_config(tls_live.clone())
-                .settings(&settings)
-                .header_version(version);
-        metrics.add("tcp", forwarder.local_addr(), forwarder.stats());
-        tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
-        tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
-    }
-    for f in udp {
-        let forwarder =
-            UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
-                .await?
-                .with_live_config(dtls_live.clone())
-                .settings(&settings)
-                .header_version(version);
-        metrics.add("udp", forwarder.local_addr(), forwarder.stats());
-        tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
-        tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
-    }
+    let plan = Plan {
+        conn: &conn,
+        live: &live,
+        settings: &settings,
+        version,
+        metrics: &metrics,
+    };
+    let mut tasks = plan.spawn(tcp, udp, &shutdown).await?;
     let status_stop = CancellationToken::new();
     let status_task = match &status {
-        Some(addr) => {
-            let listener = StatusListener::bind(addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
-            Some(tokio::spawn(listener.run(
-                Arc::clone(&metrics),
-                ApiSettings::default(),
-                status_stop.clone().cancelled_owned(),
-            )))
-        }
+        Some(addr) => Some(start_status(addr, &metrics, &status_stop).await?),
         None => None,
     };
     tokio::spawn(check_server(
@@ -261,27 +229,11 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let name = loop {
         tokio::select! {
             name = stop.wait() => break name,
-            _ = hangup.recv() => {
-                crate::notify::reloading();
-                // The file is read again: its certificate paths may have changed too.
-                let fresh = match ConfigFile::load(config_path.as_deref()) {
-                    Ok(f) => connection(conn_args.clone(), &f.client).await,
-                    Err(e) => Err(e),
-                };
-                match fresh {
-                    Ok(fresh) => {
-                        tls_live.replace(fresh.tls);
-                        dtls_live.replace(fresh.dtls);
-                        tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA; new tunnels use them");
-                    }
-                    Err(e) => tracing::error!(signal = "SIGHUP", error = %crate::one_line(e.as_ref()), "reload failed; keeping the previous certificates"),
-                }
-                crate::notify::reloaded();
-            }
+            _ = hangup.recv() => reload(config_path.as_deref(), &conn_args, &live).await,
         }
     };
     crate::notify::stopping();
-    tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels (a second signal exits at once)");
+    tracing::info!(signal = name, drain = ?settings.drain_period, "shutting down: draining live tunnels (a second signal exits at once)");
     stop.exit_on_next();
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
@@ -291,4 +243,112 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The header version: the flag, else the file's `header_version`, else the default.
+fn header_version(
+    flag: Option<HeaderVersion>,
+    file: &ClientConfig,
+) -> anyhow::Result<proto::Version> {
+    Ok(match (flag, &file.header_version) {
+        (Some(HeaderVersion(v)), _) => v,
+        (None, Some(text)) => {
+            text.parse::<HeaderVersion>()
+                .map_err(|e| anyhow::anyhow!("header_version in the config file: {e}"))?
+                .0
+        }
+        (None, None) => proto::Version::default(),
+    })
+}
+
+/// The live client configurations of both transports, replaced on reload.
+type Live = (
+    LiveConfig<tls::ClientConfig>,
+    LiveConfig<dtls::ClientConfig>,
+);
+
+/// What every forwarder is built from.
+struct Plan<'a> {
+    conn: &'a Connection,
+    live: &'a Live,
+    settings: &'a ForwardSettings,
+    version: proto::Version,
+    metrics: &'a Arc<ForwardMetrics>,
+}
+
+impl Plan<'_> {
+    /// Binds every forward and runs it until `shutdown`.
+    async fn spawn(
+        &self,
+        tcp: Vec<Forward>,
+        udp: Vec<Forward>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinSet<()>> {
+        let (conn, version) = (self.conn, self.version);
+        let mut tasks = tokio::task::JoinSet::new();
+        for f in tcp {
+            let forwarder =
+                TcpForwarder::bind(f.local, conn.server.clone(), conn.tls.clone(), f.target)
+                    .await?
+                    .with_live_config(self.live.0.clone())
+                    .settings(self.settings)
+                    .header_version(version);
+            self.metrics
+                .add("tcp", forwarder.local_addr(), forwarder.stats());
+            tracing::info!(transport = "tcp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
+            tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
+        }
+        for f in udp {
+            let forwarder =
+                UdpForwarder::bind(f.local, conn.server.clone(), conn.dtls.clone(), f.target)
+                    .await?
+                    .with_live_config(self.live.1.clone())
+                    .settings(self.settings)
+                    .header_version(version);
+            self.metrics
+                .add("udp", forwarder.local_addr(), forwarder.stats());
+            tracing::info!(transport = "udp", local = %forwarder.local_addr(), server = %conn.server, destination = %forwarder.destination(), version = %version, "forwarding");
+            tasks.spawn(forwarder.run(shutdown.clone().cancelled_owned()));
+        }
+        Ok(tasks)
+    }
+}
+
+/// The status listener (`/health`, `/metrics`) until `stop`.
+async fn start_status(
+    addr: &StatusAddr,
+    metrics: &Arc<ForwardMetrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = StatusListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
+    Ok(tokio::spawn(listener.run(
+        Arc::clone(metrics),
+        ApiSettings::default(),
+        stop.clone().cancelled_owned(),
+    )))
+}
+
+/// SIGHUP: reads the file again (its certificate paths may have changed too) and replaces
+/// the certificates for new tunnels, or keeps the previous ones and says why.
+async fn reload(config: Option<&std::path::Path>, args: &ServerConnection, live: &Live) {
+    crate::notify::reloading();
+    let fresh = match ConfigFile::load(config) {
+        Ok(f) => connection(args.clone(), &f.client).await,
+        Err(e) => Err(e),
+    };
+    match fresh {
+        Ok(fresh) => {
+            live.0.replace(fresh.tls);
+            live.1.replace(fresh.dtls);
+            tracing::info!(
+                signal = "SIGHUP",
+                "reloaded the certificate, key and CA; new tunnels use them"
+            );
+        }
+        Err(e) => {
+            tracing::error!(signal = "SIGHUP", error = %crate::one_line(e.as_ref()), "reload failed; keeping the previous certificates")
+        }
+    }
+    crate::notify::reloaded();
 }

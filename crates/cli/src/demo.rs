@@ -43,119 +43,15 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
         .prefix("streamproxy-demo-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let bundle = certs::generate(&[], 1)?;
-    let paths = certs::write(dir.path(), &bundle, false)?;
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-
-    // The destinations may only be on loopback.
-    let policy = Policy::new(["127.0.0.1".parse()?], [])?;
-    let server = Server::builder(
-        policy,
-        CertPaths::new(&paths.server, &paths.server_key, &paths.ca),
-    )
-    .settings(Settings::default().drain_period(Duration::from_secs(2)))
-    .bind(loopback)
-    .await
-    .context("starting the server")?;
-    let server_tcp = server.tcp_addr();
-    let server_udp = server.udp_addr().context("the server serves no UDP")?;
-    let stop = CancellationToken::new();
-    let server_task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
-    let echo_tcp = tcp_echo(loopback).await?;
-    let echo_udp = udp_echo(loopback).await?;
-
-    let tls_config = tls::ClientConfig::builder(
-        &tls::CaBundle::from_pem_file(&paths.ca)?,
-        &tls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
-    )
-    .build()?;
-    let dtls_config = dtls::ClientConfig::new(
-        dtls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
-        dtls::CaCerts::from_pem_file(&paths.ca)?,
-    );
-
-    println!("streamproxy demo: everything on loopback, throwaway certificates");
-    println!(
-        "  server       {server_tcp} TLS, {server_udp} DTLS (mutual authentication, policy: allow 127.0.0.1)"
-    );
-    println!("  destinations {echo_tcp} TCP echo, {echo_udp} UDP echo");
-
-    let mut failures = Vec::new();
-    let mut forwarders = Vec::new();
+    let mut demo = Demo::start(dir.path()).await?;
     for version in Version::ALL {
-        let name = format!("tcp {:<7}", version.as_str());
-        let forwarder = TcpForwarder::bind(
-            loopback,
-            server_tcp,
-            tls_config.clone(),
-            echo_tcp.to_string().parse()?,
-        )
-        .await?
-        .header_version(version);
-        let local = forwarder.local_addr();
-        forwarders.push(tokio::spawn(forwarder.run(stop.clone().cancelled_owned())));
-        match tcp_check(local).await {
-            Ok(o) => println!(
-                "  {name} {local} -> {echo_tcp}: {} each way, every byte checked, {:.0} MiB/s, round trip {}",
-                mib(o.bytes),
-                o.bytes as f64 * 2.0 / 1_048_576.0 / o.elapsed.as_secs_f64(),
-                ms(o.rtt)
-            ),
-            Err(e) => {
-                println!("  {name} FAILED: {e:#}");
-                failures.push(format!("{name}: {e:#}"));
-            }
-        }
+        demo.tcp(version).await?;
     }
     for version in Version::ALL {
-        let name = format!("udp {:<7}", version.as_str());
-        let forwarder = UdpForwarder::bind(
-            loopback,
-            server_udp,
-            dtls_config.clone(),
-            echo_udp.to_string().parse()?,
-        )
-        .await?
-        .header_version(version);
-        let local = forwarder.local_addr();
-        forwarders.push(tokio::spawn(forwarder.run(stop.clone().cancelled_owned())));
-        match udp_check(local).await {
-            Ok(o) => println!(
-                "  {name} {local} -> {echo_udp}: {DATAGRAMS} datagrams ({}) each way, every byte checked, {:.0} MiB/s, round trip {}",
-                mib(o.bytes),
-                o.bytes as f64 * 2.0 / 1_048_576.0 / o.elapsed.as_secs_f64(),
-                ms(o.rtt)
-            ),
-            Err(e) => {
-                println!("  {name} FAILED: {e:#}");
-                failures.push(format!("{name}: {e:#}"));
-            }
-        }
+        demo.udp(version).await?;
     }
-    for (name, result) in [
-        (
-            "probe tcp  ",
-            proxy::tcp::health_check(server_tcp, &tls_config, STEP).await,
-        ),
-        (
-            "probe udp  ",
-            proxy::udp::health_check(server_udp, &dtls_config, STEP).await,
-        ),
-    ] {
-        match result {
-            Ok(()) => println!("  {name} healthy"),
-            Err(e) => {
-                println!("  {name} FAILED: {e}");
-                failures.push(format!("{}: {e}", name.trim_end()));
-            }
-        }
-    }
-
-    stop.cancel();
-    for f in forwarders {
-        let _ = f.await;
-    }
-    let _ = server_task.await;
+    demo.probes().await;
+    let failures = demo.stop().await;
     if failures.is_empty() {
         println!(
             "all {} checks passed in {:.1} s",
@@ -165,6 +61,163 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         bail!("demo failed: {}", failures.join("; "))
+    }
+}
+
+/// A server, two echo destinations and client configurations, all on loopback.
+struct Demo {
+    loopback: SocketAddr,
+    server_tcp: SocketAddr,
+    server_udp: SocketAddr,
+    echo_tcp: SocketAddr,
+    echo_udp: SocketAddr,
+    tls_config: tls::ClientConfig,
+    dtls_config: dtls::ClientConfig,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    failures: Vec<String>,
+}
+
+impl Demo {
+    /// Throwaway certificates in `dir`, a server allowing only 127.0.0.1, and the echoes.
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Demo> {
+        let bundle = certs::generate(&[], 1)?;
+        let paths = certs::write(dir, &bundle, false)?;
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let policy = Policy::new(["127.0.0.1".parse()?], [])?;
+        let server = Server::builder(
+            policy,
+            CertPaths::new(&paths.server, &paths.server_key, &paths.ca),
+        )
+        .settings(Settings::default().drain_period(Duration::from_secs(2)))
+        .bind(loopback)
+        .await
+        .context("starting the server")?;
+        let (server_tcp, server_udp) = (server.tcp_addr(), server.udp_addr());
+        let server_udp = server_udp.context("the server serves no UDP")?;
+        let stop = CancellationToken::new();
+        let tasks = vec![tokio::spawn(server.run(stop.clone().cancelled_owned()))];
+        let tls_config = tls::ClientConfig::builder(
+            &tls::CaBundle::from_pem_file(&paths.ca)?,
+            &tls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
+        )
+        .build()?;
+        let dtls_config = dtls::ClientConfig::new(
+            dtls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
+            dtls::CaCerts::from_pem_file(&paths.ca)?,
+        );
+        let demo = Demo {
+            loopback,
+            server_tcp,
+            server_udp,
+            echo_tcp: tcp_echo(loopback).await?,
+            echo_udp: udp_echo(loopback).await?,
+            tls_config,
+            dtls_config,
+            stop,
+            tasks,
+            failures: Vec::new(),
+        };
+        println!("streamproxy demo: everything on loopback, throwaway certificates");
+        println!(
+            "  server       {server_tcp} TLS, {server_udp} DTLS (mutual authentication, policy: allow 127.0.0.1)"
+        );
+        println!(
+            "  destinations {} TCP echo, {} UDP echo",
+            demo.echo_tcp, demo.echo_udp
+        );
+        Ok(demo)
+    }
+
+    /// A TCP forwarder speaking `version`, and bytes through it both ways.
+    async fn tcp(&mut self, version: Version) -> anyhow::Result<()> {
+        let name = format!("tcp {:<7}", version.as_str());
+        let destination = self.echo_tcp.to_string().parse()?;
+        let forwarder = TcpForwarder::bind(
+            self.loopback,
+            self.server_tcp,
+            self.tls_config.clone(),
+            destination,
+        )
+        .await?
+        .header_version(version);
+        let local = forwarder.local_addr();
+        self.tasks.push(tokio::spawn(
+            forwarder.run(self.stop.clone().cancelled_owned()),
+        ));
+        let echo = self.echo_tcp;
+        let result = tcp_check(local).await.map(|o| {
+            format!(
+                "{local} -> {echo}: {} each way, every byte checked, {:.0} MiB/s, round trip {}",
+                mib(o.bytes),
+                o.bytes as f64 * 2.0 / 1_048_576.0 / o.elapsed.as_secs_f64(),
+                ms(o.rtt)
+            )
+        });
+        self.report(&name, result);
+        Ok(())
+    }
+
+    /// A UDP forwarder speaking `version`, and datagrams through it both ways.
+    async fn udp(&mut self, version: Version) -> anyhow::Result<()> {
+        let name = format!("udp {:<7}", version.as_str());
+        let destination = self.echo_udp.to_string().parse()?;
+        let forwarder = UdpForwarder::bind(
+            self.loopback,
+            self.server_udp,
+            self.dtls_config.clone(),
+            destination,
+        )
+        .await?
+        .header_version(version);
+        let local = forwarder.local_addr();
+        self.tasks.push(tokio::spawn(
+            forwarder.run(self.stop.clone().cancelled_owned()),
+        ));
+        let echo = self.echo_udp;
+        let result = udp_check(local).await.map(|o| {
+            format!(
+                "{local} -> {echo}: {DATAGRAMS} datagrams ({}) each way, every byte checked, {:.0} MiB/s, round trip {}",
+                mib(o.bytes),
+                o.bytes as f64 * 2.0 / 1_048_576.0 / o.elapsed.as_secs_f64(),
+                ms(o.rtt)
+            )
+        });
+        self.report(&name, result);
+        Ok(())
+    }
+
+    /// The health checks of both transports.
+    async fn probes(&mut self) {
+        let tcp = proxy::tcp::health_check(self.server_tcp, &self.tls_config, STEP).await;
+        self.report(
+            "probe tcp  ",
+            tcp.map(|()| "healthy".into()).map_err(Into::into),
+        );
+        let udp = proxy::udp::health_check(self.server_udp, &self.dtls_config, STEP).await;
+        self.report(
+            "probe udp  ",
+            udp.map(|()| "healthy".into()).map_err(Into::into),
+        );
+    }
+
+    fn report(&mut self, name: &str, result: anyhow::Result<String>) {
+        match result {
+            Ok(line) => println!("  {name} {line}"),
+            Err(e) => {
+                println!("  {name} FAILED: {e:#}");
+                self.failures.push(format!("{}: {e:#}", name.trim_end()));
+            }
+        }
+    }
+
+    /// Stops the forwarders and the server; the failures seen.
+    async fn stop(self) -> Vec<String> {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.failures
     }
 }
 

@@ -1,10 +1,12 @@
 //! The TCP forwarder: one TLS tunnel per accepted local connection.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tls::ClientTlsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -227,17 +229,24 @@ impl TcpForwarder {
             });
         }
         drop(listener);
-        tasks.close();
-        if !tasks.is_empty() {
-            tracing::info!(transport = "tcp", local = %DisplayOpt(local), open = tasks.len(), drain = ?drain_period, "draining tunnels");
-        }
-        if tokio::time::timeout(drain_period, tasks.wait())
-            .await
-            .is_err()
-        {
-            hard_stop.cancel();
-            tasks.wait().await;
-        }
+        drain(&tasks, drain_period, &hard_stop, local).await;
+    }
+}
+
+/// Lets live tunnels go on for `period`, then stops the rest through `hard_stop`.
+async fn drain(
+    tasks: &TaskTracker,
+    period: Duration,
+    hard_stop: &CancellationToken,
+    local: Option<SocketAddr>,
+) {
+    tasks.close();
+    if !tasks.is_empty() {
+        tracing::info!(transport = "tcp", local = %DisplayOpt(local), open = tasks.len(), drain = ?period, "draining tunnels");
+    }
+    if tokio::time::timeout(period, tasks.wait()).await.is_err() {
+        hard_stop.cancel();
+        tasks.wait().await;
     }
 }
 
@@ -256,26 +265,9 @@ impl Tunnel {
     async fn serve(&self, mut conn: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
         let _ = conn.set_nodelay(true);
-        let config = self.config.current();
-        let connected = tokio::time::timeout(self.connect_timeout, async {
-            let header = self.destination.header()?.with_version(self.version);
-            let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
-            crate::tcp::connect(&addrs[..], &config, &header).await
-        })
-        .await;
-        let mut stream = match connected {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                let reason = crate::explain::reason(&e);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.destination, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
-                return;
-            }
-            Err(_) => {
-                ForwardStats::add(&self.stats.0.tunnels_failed, 1);
-                tracing::warn!(transport = "tcp", peer = %peer, server = %self.lookup.server(), destination = %self.destination, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
-                return;
-            }
+        let Some(mut stream) = self.open(peer).await else {
+            ForwardStats::add(&self.stats.0.tunnels_failed, 1);
+            return;
         };
         if let Some(keepalive) = &self.keepalive {
             keepalive.apply(stream.get_ref().0, "server");
@@ -283,75 +275,80 @@ impl Tunnel {
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
         tracing::debug!(transport = "tcp", peer = %peer, destination = %self.destination, "tunnel open");
         let outcome = crate::relay::relay(&mut conn, &mut stream).await;
-        ForwardStats::add(&self.stats.0.bytes_up, outcome.client_to_destination);
-        ForwardStats::add(&self.stats.0.bytes_down, outcome.destination_to_client);
+        let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);
+        ForwardStats::add(&self.stats.0.bytes_up, up);
+        ForwardStats::add(&self.stats.0.bytes_down, down);
         ForwardStats::add(&self.stats.0.tunnels_closed, 1);
-        let duration = started.elapsed();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let log = |reason: &dyn std::fmt::Display, error: Option<&io::Error>, message: &str| {
+            let error = DisplayOpt(error.map(|e| ErrorChain(e)));
+            tracing::info!(transport = "tcp", peer = %peer, destination = %self.destination, bytes_up = up, bytes_down = down, duration_ms, reason = %reason, error = %error, "{message}");
+        };
         match outcome.result {
             // The local side sent something and the server ended the tunnel without a byte
             // back: most often a refusal (policy, limits, an unreachable destination).
-            Ok(()) if outcome.destination_to_client == 0 && outcome.client_to_destination > 0 => {
-                tracing::info!(
-                    transport = "tcp",
-                    peer = %peer,
-                    destination = %self.destination,
-                    bytes_up = outcome.client_to_destination,
-                    bytes_down = 0,
-                    duration_ms = duration.as_millis() as u64,
-                    reason = %crate::explain::Diagnosis::ClosedBeforeAnswering,
-                    "tunnel closed without any answer"
-                )
-            }
-            Ok(()) => tracing::info!(
-                transport = "tcp",
-                peer = %peer,
-                destination = %self.destination,
-                bytes_up = outcome.client_to_destination,
-                bytes_down = outcome.destination_to_client,
-                duration_ms = duration.as_millis() as u64,
-                "tunnel closed"
+            Ok(()) if down == 0 && up > 0 => log(
+                &crate::explain::Diagnosis::ClosedBeforeAnswering,
+                None,
+                "tunnel closed without any answer",
             ),
+            Ok(()) => log(&"end of stream", None, "tunnel closed"),
             // Nothing came back before the connection broke: say why, in words.
-            Err(e) if outcome.destination_to_client == 0 => {
-                use crate::explain::{Diagnosis, explain};
-                let specific = |d: &Option<Diagnosis>| {
-                    d.as_ref()
-                        .is_some_and(|d| *d != Diagnosis::ClosedBeforeAnswering)
-                };
-                let mut diagnosis = explain(&e);
-                if !specific(&diagnosis) {
-                    let last = last_word(&mut stream).await;
-                    if specific(&last) || diagnosis.is_none() {
-                        diagnosis = last;
-                    }
-                }
-                let reason = match diagnosis {
-                    Some(d) => d.to_string(),
-                    None => ErrorChain(&e).to_string(),
-                };
-                tracing::warn!(
-                    transport = "tcp",
-                    peer = %peer,
-                    destination = %self.destination,
-                    bytes_up = outcome.client_to_destination,
-                    bytes_down = 0,
-                    duration_ms = duration.as_millis() as u64,
-                    reason = %reason,
-                    error = %ErrorChain(&e),
-                    "tunnel closed with an error before any answer"
-                )
+            Err(e) if down == 0 => {
+                let reason = failure_reason(&e, &mut stream).await;
+                tracing::warn!(transport = "tcp", peer = %peer, destination = %self.destination, bytes_up = up, bytes_down = 0, duration_ms, reason = %reason, error = %ErrorChain(&e), "tunnel closed with an error before any answer");
             }
-            Err(e) => tracing::info!(
-                transport = "tcp",
-                peer = %peer,
-                destination = %self.destination,
-                bytes_up = outcome.client_to_destination,
-                bytes_down = outcome.destination_to_client,
-                duration_ms = duration.as_millis() as u64,
-                error = %ErrorChain(&e),
-                "tunnel closed with an error"
-            ),
+            Err(e) => log(&"error", Some(&e), "tunnel closed with an error"),
         }
+    }
+
+    /// A tunnel to the server for `peer`'s connection: handshake and header within the
+    /// connect timeout. `None` when it failed (logged).
+    async fn open(&self, peer: SocketAddr) -> Option<ClientTlsStream<TcpStream>> {
+        let config = self.config.current();
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let header = self.destination.header()?.with_version(self.version);
+            let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
+            crate::tcp::connect(&addrs[..], &config, &header).await
+        })
+        .await;
+        let server = self.lookup.server();
+        match connected {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                let reason = crate::explain::reason(&e);
+                tracing::warn!(transport = "tcp", peer = %peer, server = %server, destination = %self.destination, reason = %reason, error = %ErrorChain(&e), "tunnel failed; closing the local connection");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(transport = "tcp", peer = %peer, server = %server, destination = %self.destination, timeout = ?self.connect_timeout, "tunnel failed: no connection in time; closing the local connection");
+                None
+            }
+        }
+    }
+}
+
+/// Why a tunnel broke before any answer, in words: the error's own diagnosis if it is
+/// specific, else what the server said last.
+async fn failure_reason<S>(e: &io::Error, stream: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use crate::explain::{Diagnosis, explain};
+    let specific = |d: &Option<Diagnosis>| {
+        d.as_ref()
+            .is_some_and(|d| *d != Diagnosis::ClosedBeforeAnswering)
+    };
+    let mut diagnosis = explain(e);
+    if !specific(&diagnosis) {
+        let last = last_word(stream).await;
+        if specific(&last) || diagnosis.is_none() {
+            diagnosis = last;
+        }
+    }
+    match diagnosis {
+        Some(d) => d.to_string(),
+        None => ErrorChain(e).to_string(),
     }
 }
 

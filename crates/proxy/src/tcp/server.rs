@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tls::AppProtocol;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, Transport};
 use crate::settings::Settings;
 use crate::shutdown::Tasks;
 use crate::tcp::StreamHandler;
-use crate::tcp::handshakes::{HandshakeSlots, LogBudget, Reason, SUMMARY_EVERY, Summary};
+use crate::tcp::handshakes::{HandshakeSlots, LogBudget, Reason, SUMMARY_EVERY, Slot, Summary};
 use crate::tunnel::Client;
 
 /// A TLS server on an already-bound TCP listener.
@@ -83,24 +83,15 @@ impl TcpServer {
             api,
         } = self;
         let settings = handler.settings().clone();
-        let metrics = Arc::clone(handler.metrics());
         let slots =
             HandshakeSlots::new(settings.max_handshakes, settings.max_handshakes_per_source);
-        let summary = Arc::new(Summary::new(SUMMARY_EVERY));
-        // At most 10 handshake-failure lines per 10 s; the next one says how many were held.
-        let failures = Arc::new(LogBudget::new(SUMMARY_EVERY, 10));
-        let tunnels = Arc::new(Semaphore::new(settings.max_tcp_tunnels));
-        let api = api.map(|s| {
-            let connections = Arc::new(Semaphore::new(s.max_connections));
-            (Arc::new(s), connections)
-        });
-        let stopping = CancellationToken::new();
+        let shared = Arc::new(Shared::new(acceptor, handler, api));
         let tasks = Tasks::new();
         tokio::pin!(shutdown);
         loop {
             let (tcp, addr) = tokio::select! {
                 () = &mut shutdown => {
-                    stopping.cancel();
+                    shared.stopping.cancel();
                     break;
                 }
                 accepted = listener.accept() => match accepted {
@@ -116,12 +107,12 @@ impl TcpServer {
             let slot = match slots.admit(addr.ip()) {
                 Ok((slot, evicted)) => {
                     if let Some(reason) = evicted {
-                        refused(&metrics, &summary, reason, &settings);
+                        shared.refused(reason);
                     }
                     slot
                 }
                 Err(reason) => {
-                    refused(&metrics, &summary, reason, &settings);
+                    shared.refused(reason);
                     continue;
                 }
             };
@@ -129,100 +120,152 @@ impl TcpServer {
             if let Some(keepalive) = &settings.tcp_keepalive {
                 keepalive.apply(&tcp, "client");
             }
-            let failures = Arc::clone(&failures);
-            let acceptor = acceptor.clone();
-            let handler = handler.clone();
-            let metrics = Arc::clone(&metrics);
-            let tunnels = Arc::clone(&tunnels);
-            let api = api.clone();
-            let stopping = stopping.clone();
-            tasks.spawn(async move {
-                let handshake = tokio::select! {
-                    accepted = async {
-                        // Its first bytes (a ClientHello) make it a connection that spoke.
-                        // `peek` waits for a byte (readiness alone can be a false positive).
-                        match tcp.peek(&mut [0u8; 1]).await {
-                            Ok(n) if n > 0 => slot.spoke(),
-                            // Closed without a byte: a port scan or a balancer's check.
-                            _ => return None,
-                        }
-                        Some(acceptor.accept(tcp, addr).await)
-                    } => accepted,
-                    () = slot.evicted() => None,
-                };
-                drop(slot);
-                let accepted = match handshake {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => {
-                        metrics.handshake_failed(Transport::Tcp);
-                        // A flood of failing handshakes must not flood the log.
-                        if let Some(held_back) = failures.admit(std::time::Instant::now()) {
-                            tracing::warn!(transport = "tcp", peer = %addr, held_back, error = %crate::explain::ErrorChain(&e), "handshake failed");
-                        }
-                        return;
-                    }
-                    None => return,
-                };
-                let client = Client {
-                    addr,
-                    subject: Some(accepted.peer.certificate.subject.clone()),
-                };
-                match (accepted.peer.alpn, api) {
-                    (Some(AppProtocol::Stream), _) => {
-                        let Ok(_permit) = tunnels.try_acquire_owned() else {
-                            metrics.limit_refused(Transport::Tcp);
-                            tracing::warn!(transport = "tcp", peer = %client, "too many tunnels; connection closed");
-                            return;
-                        };
-                        let _ = handler.serve(accepted.stream, client).await;
-                    }
-                    (_, Some((settings, connections))) => {
-                        let Ok(_permit) = connections.try_acquire_owned() else {
-                            metrics.api_refused();
-                            tracing::debug!(peer = %client, limit = settings.max_connections, "too many API connections; connection closed");
-                            return;
-                        };
-                        let end = serve_api(accepted.stream, metrics, &settings, stopping).await;
-                        if let ApiEnd::Error(e) = end {
-                            tracing::debug!(peer = %client, error = %crate::explain::ErrorChain(&e), "API connection ended with an error");
-                        }
-                    }
-                    (alpn, None) => {
-                        let alpn = alpn.map_or("none", AppProtocol::name);
-                        tracing::warn!(peer = %client, alpn, "no stream protocol negotiated and the API is disabled; connection closed");
-                    }
-                }
-            });
+            tasks.spawn(Arc::clone(&shared).serve(tcp, addr, slot));
         }
         drop(listener);
-        let open = tasks.len();
-        if open > 0 {
-            tracing::info!(transport = "tcp", open, drain = ?settings.drain_period, "draining connections");
-        }
-        let cancelled = tasks.drain(settings.drain_period).await;
-        if cancelled > 0 {
-            tracing::warn!(
-                transport = "tcp",
-                cancelled,
-                "closed connections still open after the drain period"
-            );
-        }
+        drain(&tasks, settings.drain_period).await;
     }
 }
 
-/// Counts a connection refused or evicted for a handshake slot, and logs a summary at most
-/// once per [`SUMMARY_EVERY`] (a flood would otherwise write a line per connection).
-fn refused(metrics: &Metrics, summary: &Summary, reason: Reason, settings: &Settings) {
-    metrics.limit_refused(Transport::Tcp);
-    metrics.handshake_refused(Transport::Tcp, reason.as_str());
-    if let Some(count) = summary.event(std::time::Instant::now()) {
+/// Lets open connections finish for `period`, then closes the rest.
+async fn drain(tasks: &Tasks, period: Duration) {
+    let open = tasks.len();
+    if open > 0 {
+        tracing::info!(transport = "tcp", open, drain = ?period, "draining connections");
+    }
+    let cancelled = tasks.drain(period).await;
+    if cancelled > 0 {
         tracing::warn!(
             transport = "tcp",
-            count,
-            last_reason = reason.as_str(),
-            max_handshakes = settings.max_handshakes,
-            max_handshakes_per_source = settings.max_handshakes_per_source,
-            "handshake slots full: connections closed (counted in streamproxy_handshake_refusals_total; at most one such line per 10 s)"
+            cancelled,
+            "closed connections still open after the drain period"
         );
+    }
+}
+
+/// What every connection's task shares.
+struct Shared {
+    acceptor: tls::Acceptor,
+    handler: StreamHandler,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    tunnels: Arc<Semaphore>,
+    api: Option<(ApiSettings, Arc<Semaphore>)>,
+    /// Cancelled on shutdown: API connections end their keep-alive.
+    stopping: CancellationToken,
+    /// Summarises refusals for a handshake slot in the log.
+    summary: Summary,
+    /// At most 10 handshake-failure lines per 10 s; the next one says how many were held.
+    failures: LogBudget,
+}
+
+impl Shared {
+    fn new(acceptor: tls::Acceptor, handler: StreamHandler, api: Option<ApiSettings>) -> Shared {
+        let settings = handler.settings().clone();
+        Shared {
+            acceptor,
+            metrics: Arc::clone(handler.metrics()),
+            tunnels: Arc::new(Semaphore::new(settings.max_tcp_tunnels)),
+            api: api.map(|s| {
+                let connections = Arc::new(Semaphore::new(s.max_connections));
+                (s, connections)
+            }),
+            handler,
+            settings,
+            stopping: CancellationToken::new(),
+            summary: Summary::new(SUMMARY_EVERY),
+            failures: LogBudget::new(SUMMARY_EVERY, 10),
+        }
+    }
+
+    /// One connection: the TLS handshake in its slot, then the stream handler or the API.
+    async fn serve(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr, slot: Slot) {
+        let Some(accepted) = self.handshake(tcp, addr, slot).await else {
+            return;
+        };
+        let client = Client {
+            addr,
+            subject: Some(accepted.peer.certificate.subject.clone()),
+        };
+        match (accepted.peer.alpn, &self.api) {
+            (Some(AppProtocol::Stream), _) => {
+                let Ok(_permit) = Arc::clone(&self.tunnels).try_acquire_owned() else {
+                    self.metrics.limit_refused(Transport::Tcp);
+                    tracing::warn!(transport = "tcp", peer = %client, "too many tunnels; connection closed");
+                    return;
+                };
+                let _ = self.handler.serve(accepted.stream, client).await;
+            }
+            (_, Some((settings, connections))) => {
+                let Ok(_permit) = Arc::clone(connections).try_acquire_owned() else {
+                    self.metrics.api_refused();
+                    tracing::debug!(peer = %client, limit = settings.max_connections, "too many API connections; connection closed");
+                    return;
+                };
+                let metrics = Arc::clone(&self.metrics);
+                let end =
+                    serve_api(accepted.stream, metrics, settings, self.stopping.clone()).await;
+                if let ApiEnd::Error(e) = end {
+                    tracing::debug!(peer = %client, error = %crate::explain::ErrorChain(&e), "API connection ended with an error");
+                }
+            }
+            (alpn, None) => {
+                let alpn = alpn.map_or("none", AppProtocol::name);
+                tracing::warn!(peer = %client, alpn, "no stream protocol negotiated and the API is disabled; connection closed");
+            }
+        }
+    }
+
+    /// The TLS handshake, holding `slot` until it ends; `None` when it failed (counted and
+    /// logged within the budget), the peer left without a byte, or the slot was evicted.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        slot: Slot,
+    ) -> Option<tls::Accepted<TcpStream>> {
+        let handshake = tokio::select! {
+            accepted = async {
+                // Its first bytes (a ClientHello) make it a connection that spoke.
+                // `peek` waits for a byte (readiness alone can be a false positive).
+                match tcp.peek(&mut [0u8; 1]).await {
+                    Ok(n) if n > 0 => slot.spoke(),
+                    // Closed without a byte: a port scan or a balancer's check.
+                    _ => return None,
+                }
+                Some(self.acceptor.accept(tcp, addr).await)
+            } => accepted,
+            () = slot.evicted() => None,
+        };
+        drop(slot);
+        match handshake? {
+            Ok(accepted) => Some(accepted),
+            Err(e) => {
+                self.metrics.handshake_failed(Transport::Tcp);
+                // A flood of failing handshakes must not flood the log.
+                if let Some(held_back) = self.failures.admit(std::time::Instant::now()) {
+                    tracing::warn!(transport = "tcp", peer = %addr, held_back, error = %crate::explain::ErrorChain(&e), "handshake failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Counts a connection refused or evicted for a handshake slot, and logs a summary at
+    /// most once per [`SUMMARY_EVERY`] (a flood would otherwise write a line per connection).
+    fn refused(&self, reason: Reason) {
+        let (metrics, settings) = (&self.metrics, &self.settings);
+        metrics.limit_refused(Transport::Tcp);
+        metrics.handshake_refused(Transport::Tcp, reason.as_str());
+        if let Some(count) = self.summary.event(std::time::Instant::now()) {
+            tracing::warn!(
+                transport = "tcp",
+                count,
+                last_reason = reason.as_str(),
+                max_handshakes = settings.max_handshakes,
+                max_handshakes_per_source = settings.max_handshakes_per_source,
+                "handshake slots full: connections closed (counted in streamproxy_handshake_refusals_total; at most one such line per 10 s)"
+            );
+        }
     }
 }
