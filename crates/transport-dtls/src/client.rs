@@ -4,11 +4,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssl::ssl::{Ssl, SslContext, SslSession};
+use openssl::ssl::{Ssl, SslContext};
 use tokio::net::UdpSocket;
 
-use crate::config::{ClientConfig, Common, ConfigError};
-use crate::error::{ConnectError, HandshakeError};
+use crate::buffers::{self, UdpBuffers};
+use crate::config::{ClientConfig, Common};
+use crate::error::{ConfigError, ConnectError, HandshakeError};
+use crate::ffi::{self, ResumableSession};
 use crate::io::DatagramIo;
 use crate::session::{self, DtlsSession, Stream};
 
@@ -32,9 +34,9 @@ pub struct DtlsConnector {
     ctx: SslContext,
     server_name: String,
     common: Common,
-    socket_buffers: Option<crate::UdpBuffers>,
-    /// The session to offer; always from a handshake on `ctx`.
-    session: Arc<Mutex<Option<SslSession>>>,
+    socket_buffers: Option<UdpBuffers>,
+    /// The session to offer (from a handshake on `ctx`).
+    session: Arc<Mutex<Option<Arc<ResumableSession>>>>,
 }
 
 impl std::fmt::Debug for DtlsConnector {
@@ -83,7 +85,7 @@ impl DtlsConnector {
         }
         ssl.set_mtu(self.common.mtu.get())
             .map_err(ConfigError::Context)?;
-        crate::ffi::set_retransmit_schedule(&mut ssl);
+        ffi::set_retransmit_schedule(&mut ssl);
         if let Some(session) = self
             .common
             .resumption
@@ -91,7 +93,7 @@ impl DtlsConnector {
             .flatten()
         {
             // A refused offer only means a full handshake.
-            crate::ffi::offer_session(&mut ssl, &session);
+            session.offer(&mut ssl);
         }
         ssl.set_connect_state();
         Ok(ssl)
@@ -106,7 +108,7 @@ impl DtlsConnector {
         let socket = UdpSocket::bind(local).await.map_err(ConnectError::Socket)?;
         if let Some(buffers) = self.socket_buffers {
             let granted = buffers.apply(&socket);
-            crate::buffers::warn_once_if_short(granted, buffers, "DTLS client");
+            buffers::warn_once_if_short(granted, buffers, "DTLS client");
         }
         self.connect_with(socket, server).await
     }
@@ -130,10 +132,8 @@ impl DtlsConnector {
             Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
         }
         if self.common.resumption && !stream.ssl().session_reused() {
-            // A copy: this connection's own session object is spoilt if it ends without
-            // close_notify (see `ffi::offer_session`).
-            if let Some(session) = stream.ssl().session().and_then(crate::ffi::copy_session) {
-                *self.sessions() = Some(session);
+            if let Some(session) = ResumableSession::of(stream.ssl()) {
+                *self.sessions() = Some(Arc::new(session));
             }
         }
         Ok(DtlsSession::new(
@@ -144,11 +144,11 @@ impl DtlsConnector {
         ))
     }
 
-    fn last_session(&self) -> Option<SslSession> {
+    fn last_session(&self) -> Option<Arc<ResumableSession>> {
         self.sessions().clone()
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, Option<SslSession>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Option<Arc<ResumableSession>>> {
         // The guarded value is replaced whole: a panic elsewhere cannot leave it half-written.
         self.session
             .lock()
