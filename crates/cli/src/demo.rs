@@ -65,7 +65,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
     let echo_udp = udp_echo(loopback).await?;
 
     let tls_config = tls::ClientConfig::builder(
-        &tls::CaBundle::from_pem_file(&paths.ca)?,
+        &tls::CaCerts::from_pem_file(&paths.ca)?,
         &tls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
     )
     .build()?;

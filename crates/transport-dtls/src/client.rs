@@ -1,10 +1,11 @@
 //! The client: a DTLS session over a UDP socket connected to the server.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openssl::ssl::{Ssl, SslContext};
+use rustls_pki_types::ServerName;
 use tokio::net::UdpSocket;
 
 use crate::buffers::{self, UdpBuffers};
@@ -32,7 +33,7 @@ pub async fn connect(
 #[derive(Clone)]
 pub struct DtlsConnector {
     ctx: SslContext,
-    server_name: String,
+    server_name: ServerName<'static>,
     common: Common,
     socket_buffers: Option<UdpBuffers>,
     /// The session to offer (from a handshake on `ctx`).
@@ -62,25 +63,22 @@ impl DtlsConnector {
     }
 
     fn ssl(&self) -> Result<Ssl, ConfigError> {
+        let name = self.server_name.to_str();
         let name_error = |source| ConfigError::ServerName {
-            name: self.server_name.clone(),
+            name: name.clone().into_owned(),
             source,
         };
         let mut ssl = Ssl::new(&self.ctx).map_err(ConfigError::Context)?;
         // An IP address is verified against the certificate's IP SANs and never sent as SNI
         // (RFC 6066), as rustls does for TLS; a name against its DNS SANs.
-        let bare = self
-            .server_name
-            .strip_prefix('[')
-            .and_then(|n| n.strip_suffix(']'))
-            .unwrap_or(&self.server_name);
-        match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => ssl.param_mut().set_ip(ip).map_err(name_error)?,
-            Err(_) => {
-                ssl.set_hostname(&self.server_name).map_err(name_error)?;
-                ssl.param_mut()
-                    .set_host(&self.server_name)
-                    .map_err(name_error)?;
+        match &self.server_name {
+            ServerName::IpAddress(ip) => ssl
+                .param_mut()
+                .set_ip(IpAddr::from(*ip))
+                .map_err(name_error)?,
+            _ => {
+                ssl.set_hostname(&name).map_err(name_error)?;
+                ssl.param_mut().set_host(&name).map_err(name_error)?;
             }
         }
         ssl.set_mtu(self.common.mtu.get())

@@ -13,10 +13,11 @@ use openssl::ssl::{
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
+use rustls_pki_types::{DnsName, ServerName};
 
 use crate::buffers::UdpBuffers;
 use crate::cookie;
-use crate::error::{ConfigError, PemError};
+use crate::error::{ConfigError, LoadError};
 use crate::ffi;
 
 /// Sessions a listener keeps for resumption (OpenSSL evicts the oldest beyond it). Each holds
@@ -53,7 +54,7 @@ impl Identity {
         let chain = read_certs(cert_path.as_ref())?;
         let key_path = key_path.as_ref();
         let pem = read(key_path)?;
-        let key = PKey::private_key_from_pem(&pem).map_err(|source| PemError::Parse {
+        let key = PKey::private_key_from_pem(&pem).map_err(|source| LoadError::Parse {
             path: key_path.to_owned(),
             what: "private key",
             source,
@@ -122,22 +123,22 @@ impl CaCerts {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<X509>, PemError> {
+fn read_certs(path: &Path) -> Result<Vec<X509>, LoadError> {
     let pem = read(path)?;
-    let certs = X509::stack_from_pem(&pem).map_err(|source| PemError::Parse {
+    let certs = X509::stack_from_pem(&pem).map_err(|source| LoadError::Parse {
         path: path.to_owned(),
         what: "certificate",
         source,
     })?;
     if certs.is_empty() {
-        return Err(PemError::NoCertificate {
+        return Err(LoadError::NoCertificate {
             path: path.to_owned(),
         });
     }
@@ -267,7 +268,7 @@ impl Common {
 pub struct ClientConfig {
     pub(crate) identity: Identity,
     pub(crate) ca: CaCerts,
-    pub(crate) server_name: String,
+    pub(crate) server_name: ServerName<'static>,
     pub(crate) common: Common,
     pub(crate) socket_buffers: Option<UdpBuffers>,
 }
@@ -280,7 +281,7 @@ impl ClientConfig {
         Self {
             identity,
             ca,
-            server_name: proto::DEFAULT_SERVER_NAME.to_owned(),
+            server_name: default_server_name(),
             common: Common::default(),
             socket_buffers: Some(UdpBuffers::default()),
         }
@@ -294,9 +295,11 @@ impl ClientConfig {
         self
     }
 
-    /// The name the server certificate must carry (also sent as SNI).
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = name.into();
+    /// The name the server certificate must be valid for: a DNS name (also sent as SNI) or an
+    /// IP address (checked against the certificate's IP SANs, never sent as SNI), the same type
+    /// as `streamproxy-tls` takes (`ServerName::try_from("10.0.0.2")`).
+    pub fn server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = name;
         self
     }
 
@@ -341,6 +344,14 @@ impl ClientConfig {
         self.ca.install(&mut b, false)?;
         b.set_verify(SslVerifyMode::PEER);
         Ok(b.build())
+    }
+}
+
+fn default_server_name() -> ServerName<'static> {
+    match DnsName::try_from(proto::DEFAULT_SERVER_NAME) {
+        Ok(name) => ServerName::DnsName(name),
+        // `godoxy.agent` is a valid DNS name; a unit test pins it.
+        Err(_) => unreachable!("DEFAULT_SERVER_NAME is a valid DNS name"),
     }
 }
 
@@ -516,5 +527,16 @@ impl ServerConfig {
         }
         cookie::install_callbacks(&mut b).map_err(ConfigError::Context)?;
         Ok(b.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_server_name_is_godoxy_agent() {
+        assert_eq!(
+            super::default_server_name().to_str(),
+            proto::DEFAULT_SERVER_NAME
+        );
     }
 }

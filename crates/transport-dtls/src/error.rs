@@ -7,10 +7,10 @@ use std::time::Duration;
 use openssl::error::ErrorStack;
 use openssl::x509::X509VerifyResult;
 
-/// What went wrong reading a PEM file.
+/// What went wrong reading a PEM file (the same name as in `streamproxy-tls`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PemError {
+pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read {}", path.display())]
     Read {
@@ -39,13 +39,20 @@ pub enum PemError {
     },
 }
 
+/// The former name of [`LoadError`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `LoadError`, as in `streamproxy-tls`"
+)]
+pub type PemError = LoadError;
+
 /// A configuration value or certificate set that OpenSSL refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// A PEM file could not be loaded.
     #[error(transparent)]
-    Pem(#[from] PemError),
+    Pem(#[from] LoadError),
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate")]
     KeyMismatch,

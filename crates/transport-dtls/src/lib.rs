@@ -73,8 +73,10 @@ pub use config::{
     CaCerts, ClientConfig, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity, MaxPayload,
     Mtu, ServerConfig,
 };
+#[allow(deprecated)]
+pub use error::PemError;
 pub use error::{
-    AcceptError, ConfigError, ConnectError, HandshakeError, ListenError, PemError, RecvError,
+    AcceptError, ConfigError, ConnectError, HandshakeError, ListenError, LoadError, RecvError,
     SendError,
 };
 pub use listener::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
@@ -82,3 +84,5 @@ pub use session::{DtlsSession, RecvHalf, SendHalf};
 
 /// Re-exported so callers can build identities from parsed certificates and keys.
 pub use openssl;
+/// The server name a client verifies: the same type as `streamproxy-tls` re-exports.
+pub use rustls_pki_types::ServerName;
