@@ -3,7 +3,8 @@
 //! feeds established peers' bounded queues with `try_send`, starts handshakes and, at the
 //! half-open limit, evicts one.
 //!
-//! Only this module reads the listener's socket (sessions and handshakes only send on it).
+//! Only this module reads the listener's socket, through `recv_batch` (sessions and handshakes
+//! only send on it).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -23,15 +24,15 @@ use crate::demux::{Action, Context, Demux, DropReason, PeerState};
 use crate::handshake::{Handshake, new_server_stream};
 use crate::io::DatagramIo;
 use crate::record::COOKIE_LEN;
+use crate::recv_batch::{self, RecvBatch};
 use crate::session::{DtlsSession, PeerLink};
 use crate::shared::{Shared, bump};
 
-/// Datagrams read per wake-up before the driver looks at its timers again.
-const BATCH: usize = 64;
+/// Datagrams read per wake-up before the driver looks at its timers again (two `recvmmsg`
+/// calls at most).
+const BATCH: usize = 2 * recv_batch::SLOTS;
 /// How often closed sessions are swept from the table.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Receive buffer: the largest UDP payload.
-const RECV_BUF: usize = 65536;
 /// Datagram copies are carved out of chunks of this size (amortises allocation).
 const POOL_CHUNK: usize = 256 * 1024;
 
@@ -129,7 +130,7 @@ impl Driver {
     /// Reads the socket until the listener is dropped and the last peer has gone, or the
     /// socket fails (the error goes to `accept`).
     pub(crate) async fn run(mut self) {
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut batch = RecvBatch::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -143,7 +144,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 r = self.socket.readable() => {
-                    if let Err(e) = r.and_then(|()| self.drain(&mut buf, accepting)) {
+                    if let Err(e) = r.and_then(|()| self.drain(&mut batch, accepting)) {
                         tracing::warn!(error = %e, "DTLS listener socket failed; listener stops");
                         let _ = self.accept_tx.try_send(Err(e));
                         break;
@@ -155,10 +156,18 @@ impl Driver {
         }
     }
 
-    fn drain(&mut self, buf: &mut [u8], accepting: bool) -> io::Result<()> {
-        for _ in 0..BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, source)) => self.on_datagram(source, &buf[..n], accepting),
+    /// Reads what the socket has queued, up to [`BATCH`] datagrams, with as few system calls
+    /// as the batch allows.
+    fn drain(&mut self, batch: &mut RecvBatch, accepting: bool) -> io::Result<()> {
+        for _ in 0..BATCH / recv_batch::SLOTS {
+            match batch.recv(&self.socket) {
+                Ok(n) => {
+                    for i in 0..n {
+                        if let Some((source, datagram)) = batch.get(i) {
+                            self.on_datagram(source, datagram, accepting);
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // ICMP errors reported on the socket concern one peer, not the listener.
                 Err(e)

@@ -64,6 +64,7 @@ mod handshake;
 mod io;
 mod listener;
 mod record;
+mod recv_batch;
 mod session;
 mod shared;
 
