@@ -52,7 +52,7 @@ impl Pki {
 
     /// A TLS client configuration with the client certificate.
     pub fn tls_client(&self) -> tls::ClientConfig {
-        let ca = tls::CaBundle::from_pem_file(self.ca.ca_path()).expect("ca");
+        let ca = tls::CaCerts::from_pem_file(self.ca.ca_path()).expect("ca");
         let id = tls::Identity::from_pem_files(&self.client.cert, &self.client.key)
             .expect("client identity");
         tls::ClientConfig::builder(&ca, &id)

@@ -59,16 +59,16 @@ pub(crate) async fn connection(
         anyhow::anyhow!("--server-name `{name}` is neither a DNS name nor an IP address")
     })?;
     let tls = tls::ClientConfig::builder(
-        &tls::CaBundle::from_pem_file(&ca)?,
+        &tls::CaCerts::from_pem_file(&ca)?,
         &tls::Identity::from_pem_files(&cert, &key)?,
     )
-    .server_name(server_name)
+    .server_name(server_name.clone())
     .build()?;
     let mut dtls = dtls::ClientConfig::new(
         dtls::Identity::from_pem_files(&cert, &key)?,
         dtls::CaCerts::from_pem_file(&ca)?,
     )
-    .server_name(name);
+    .server_name(server_name);
     if let Some(n) = file.udp_buffer_bytes {
         dtls = dtls.socket_buffers((n > 0).then(|| dtls::UdpBuffers::both(n)));
     }

@@ -98,7 +98,7 @@ impl Demo {
         let stop = CancellationToken::new();
         let tasks = vec![tokio::spawn(server.run(stop.clone().cancelled_owned()))];
         let tls_config = tls::ClientConfig::builder(
-            &tls::CaBundle::from_pem_file(&paths.ca)?,
+            &tls::CaCerts::from_pem_file(&paths.ca)?,
             &tls::Identity::from_pem_files(&paths.client, &paths.client_key)?,
         )
         .build()?;

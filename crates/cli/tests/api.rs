@@ -20,7 +20,7 @@ use support::{Server, certs, s, server, tcp_echo, tmp};
 /// A rustls client config with our test client certificate and the given ALPN offer (GoDoxy's
 /// HTTP client offers none). `cert = false` presents no certificate.
 fn rustls_config(dir: &Path, alpn: &[&str], cert: bool) -> Arc<rustls::ClientConfig> {
-    let ca = streamproxy::tls::CaBundle::from_pem_file(dir.join("ca.pem")).expect("ca");
+    let ca = streamproxy::tls::CaCerts::from_pem_file(dir.join("ca.pem")).expect("ca");
     let id = streamproxy::tls::Identity::from_pem_files(
         dir.join("client.pem"),
         dir.join("client-key.pem"),
@@ -96,7 +96,7 @@ fn client_configs(
     streamproxy::tls::ClientConfig,
     streamproxy::dtls::ClientConfig,
 ) {
-    let ca = streamproxy::tls::CaBundle::from_pem_file(dir.join("ca.pem")).expect("ca");
+    let ca = streamproxy::tls::CaCerts::from_pem_file(dir.join("ca.pem")).expect("ca");
     let id = streamproxy::tls::Identity::from_pem_files(
         dir.join("client.pem"),
         dir.join("client-key.pem"),

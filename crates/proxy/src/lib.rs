@@ -28,10 +28,10 @@
 //! ```no_run
 //! # use ::tls as streamproxy_tls;
 //! use streamproxy_proxy::forward::{ForwardSettings, TcpForwarder};
-//! use streamproxy_tls::{CaBundle, ClientConfig, Identity};
+//! use streamproxy_tls::{CaCerts, ClientConfig, Identity};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let ca = CaBundle::from_pem_file("ca.pem")?;
+//! let ca = CaCerts::from_pem_file("ca.pem")?;
 //! let identity = Identity::from_pem_files("client.pem", "client-key.pem")?;
 //! let config = ClientConfig::builder(&ca, &identity).build()?;
 //! let forwarder = TcpForwarder::bind(

@@ -219,7 +219,7 @@ async fn tls_accepts(dir: &Path, case: &Case) -> bool {
         acceptor.accept(tcp, peer).await.is_ok()
     });
     let client = tls::ClientConfigBuilder::new(
-        &tls::CaBundle::from_pem_file(dir.join("ca.pem")).expect("ca"),
+        &tls::CaCerts::from_pem_file(dir.join("ca.pem")).expect("ca"),
         &tls::Identity::from_pem_files(&case.cert, &case.key).expect("identity"),
     )
     .build()

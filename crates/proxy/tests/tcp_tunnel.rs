@@ -431,7 +431,7 @@ async fn a_client_certificate_from_another_ca_fails_the_handshake_and_is_counted
     let server = start(&pki, allow_all(), Settings::default()).await;
     let stranger = Pki::new();
     // The stranger trusts our server's CA but presents its own certificate.
-    let ca = tls::CaBundle::from_pem_file(pki.ca.ca_path()).expect("ca");
+    let ca = tls::CaCerts::from_pem_file(pki.ca.ca_path()).expect("ca");
     let id = tls::Identity::from_pem_files(&stranger.client.cert, &stranger.client.key)
         .expect("identity");
     let config = tls::ClientConfig::builder(&ca, &id)

@@ -47,7 +47,7 @@
 //! }));
 //!
 //! // A client: one TCP tunnel to 10.0.0.7:22.
-//! let ca = tls::CaBundle::from_pem_file("ca.pem")?;
+//! let ca = tls::CaCerts::from_pem_file("ca.pem")?;
 //! let identity = tls::Identity::from_pem_files("client.pem", "client-key.pem")?;
 //! let tls_config = tls::ClientConfig::builder(&ca, &identity).build()?; // verifies godoxy.agent
 //! let header = Header::new("10.0.0.7", "22")?.with_version(Version::V0_1_0);

@@ -1,14 +1,17 @@
 //! The client: a DTLS session over a UDP socket connected to the server.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssl::ssl::{Ssl, SslContext, SslSession};
+use openssl::ssl::{Ssl, SslContext};
+use rustls_pki_types::ServerName;
 use tokio::net::UdpSocket;
 
-use crate::config::{ClientConfig, Common, ConfigError};
-use crate::error::{ConnectError, HandshakeError};
+use crate::buffers::{self, UdpBuffers};
+use crate::config::{ClientConfig, Common};
+use crate::error::{ConfigError, ConnectError, HandshakeError};
+use crate::ffi::{self, ResumableSession};
 use crate::io::DatagramIo;
 use crate::session::{self, DtlsSession, Stream};
 
@@ -30,11 +33,11 @@ pub async fn connect(
 #[derive(Clone)]
 pub struct DtlsConnector {
     ctx: SslContext,
-    server_name: String,
+    server_name: ServerName<'static>,
     common: Common,
-    socket_buffers: Option<crate::UdpBuffers>,
-    /// The session to offer; always from a handshake on `ctx`.
-    session: Arc<Mutex<Option<SslSession>>>,
+    socket_buffers: Option<UdpBuffers>,
+    /// The session to offer (from a handshake on `ctx`).
+    session: Arc<Mutex<Option<Arc<ResumableSession>>>>,
 }
 
 impl std::fmt::Debug for DtlsConnector {
@@ -60,30 +63,27 @@ impl DtlsConnector {
     }
 
     fn ssl(&self) -> Result<Ssl, ConfigError> {
+        let name = self.server_name.to_str();
         let name_error = |source| ConfigError::ServerName {
-            name: self.server_name.clone(),
+            name: name.clone().into_owned(),
             source,
         };
         let mut ssl = Ssl::new(&self.ctx).map_err(ConfigError::Context)?;
         // An IP address is verified against the certificate's IP SANs and never sent as SNI
         // (RFC 6066), as rustls does for TLS; a name against its DNS SANs.
-        let bare = self
-            .server_name
-            .strip_prefix('[')
-            .and_then(|n| n.strip_suffix(']'))
-            .unwrap_or(&self.server_name);
-        match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => ssl.param_mut().set_ip(ip).map_err(name_error)?,
-            Err(_) => {
-                ssl.set_hostname(&self.server_name).map_err(name_error)?;
-                ssl.param_mut()
-                    .set_host(&self.server_name)
-                    .map_err(name_error)?;
+        match &self.server_name {
+            ServerName::IpAddress(ip) => ssl
+                .param_mut()
+                .set_ip(IpAddr::from(*ip))
+                .map_err(name_error)?,
+            _ => {
+                ssl.set_hostname(&name).map_err(name_error)?;
+                ssl.param_mut().set_host(&name).map_err(name_error)?;
             }
         }
         ssl.set_mtu(self.common.mtu.get())
             .map_err(ConfigError::Context)?;
-        crate::ffi::set_retransmit_schedule(&mut ssl);
+        ffi::set_retransmit_schedule(&mut ssl);
         if let Some(session) = self
             .common
             .resumption
@@ -91,7 +91,7 @@ impl DtlsConnector {
             .flatten()
         {
             // A refused offer only means a full handshake.
-            crate::ffi::offer_session(&mut ssl, &session);
+            session.offer(&mut ssl);
         }
         ssl.set_connect_state();
         Ok(ssl)
@@ -106,7 +106,7 @@ impl DtlsConnector {
         let socket = UdpSocket::bind(local).await.map_err(ConnectError::Socket)?;
         if let Some(buffers) = self.socket_buffers {
             let granted = buffers.apply(&socket);
-            crate::buffers::warn_once_if_short(granted, buffers, "DTLS client");
+            buffers::warn_once_if_short(granted, buffers, "DTLS client");
         }
         self.connect_with(socket, server).await
     }
@@ -130,10 +130,8 @@ impl DtlsConnector {
             Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
         }
         if self.common.resumption && !stream.ssl().session_reused() {
-            // A copy: this connection's own session object is spoilt if it ends without
-            // close_notify (see `ffi::offer_session`).
-            if let Some(session) = stream.ssl().session().and_then(crate::ffi::copy_session) {
-                *self.sessions() = Some(session);
+            if let Some(session) = ResumableSession::of(stream.ssl()) {
+                *self.sessions() = Some(Arc::new(session));
             }
         }
         Ok(DtlsSession::new(
@@ -144,11 +142,11 @@ impl DtlsConnector {
         ))
     }
 
-    fn last_session(&self) -> Option<SslSession> {
+    fn last_session(&self) -> Option<Arc<ResumableSession>> {
         self.sessions().clone()
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, Option<SslSession>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Option<Arc<ResumableSession>>> {
         // The guarded value is replaced whole: a panic elsewhere cannot leave it half-written.
         self.session
             .lock()

@@ -3,10 +3,9 @@
 //! server; a [`ServerConfig`] cannot exist without a server identity and the CA that verifies
 //! clients: mutual TLS is not optional.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
     SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
@@ -14,6 +13,12 @@ use openssl::ssl::{
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
+use rustls_pki_types::{DnsName, ServerName};
+
+use crate::buffers::UdpBuffers;
+use crate::cookie;
+use crate::error::{ConfigError, LoadError};
+use crate::ffi;
 
 /// Sessions a listener keeps for resumption (OpenSSL evicts the oldest beyond it). Each holds
 /// the client's certificate, about 10 KiB in all; a client that forwards through one
@@ -24,97 +29,6 @@ const SESSION_CACHE_SIZE: i32 = 256;
 pub const DEFAULT_CIPHER_LIST: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
 /// Default handshake timeout.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What went wrong reading a PEM file.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PemError {
-    /// The file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid PEM of the expected kind.
-    #[error("{} is not a valid PEM {what}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What was expected: "certificate" or "private key".
-        what: &'static str,
-        /// OpenSSL's error.
-        #[source]
-        source: ErrorStack,
-    },
-    /// The file holds no certificate.
-    #[error("{} contains no certificate", path.display())]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// A configuration value or certificate set that OpenSSL refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A PEM file could not be loaded.
-    #[error(transparent)]
-    Pem(#[from] PemError),
-    /// The private key does not belong to the certificate.
-    #[error("the private key does not match the certificate")]
-    KeyMismatch,
-    /// An identity or CA set without any certificate.
-    #[error("no certificate given")]
-    NoCertificate,
-    /// The identity or CA certificates were refused by OpenSSL.
-    #[error("OpenSSL refused the certificates")]
-    Certificates(#[source] ErrorStack),
-    /// The cipher list names no usable cipher.
-    #[error("OpenSSL refused the cipher list {list:?}")]
-    CipherList {
-        /// The list given.
-        list: String,
-        /// OpenSSL's error.
-        #[source]
-        source: ErrorStack,
-    },
-    /// The server name is not usable for SNI or hostname verification.
-    #[error("invalid server name {name:?}")]
-    ServerName {
-        /// The name given.
-        name: String,
-        /// OpenSSL's error.
-        #[source]
-        source: ErrorStack,
-    },
-    /// A value is outside its allowed range.
-    #[error("{what} must be between {min} and {max}, got {got}")]
-    OutOfRange {
-        /// Which setting.
-        what: &'static str,
-        /// Lower bound.
-        min: usize,
-        /// Upper bound.
-        max: usize,
-        /// The value given.
-        got: usize,
-    },
-    /// The server key is not an ECDSA key, and DTLS offers ECDSA cipher suites only.
-    #[error(
-        "the server key is {found}; DTLS offers ECDSA cipher suites only: use an ECDSA (P-256) certificate, or disable UDP"
-    )]
-    ServerKeyType {
-        /// The key type found.
-        found: &'static str,
-    },
-    /// Setting up the OpenSSL context failed.
-    #[error("OpenSSL context setup failed")]
-    Context(#[source] ErrorStack),
-}
 
 /// A certificate chain (leaf first) and its private key.
 #[derive(Clone)]
@@ -140,7 +54,7 @@ impl Identity {
         let chain = read_certs(cert_path.as_ref())?;
         let key_path = key_path.as_ref();
         let pem = read(key_path)?;
-        let key = PKey::private_key_from_pem(&pem).map_err(|source| PemError::Parse {
+        let key = PKey::private_key_from_pem(&pem).map_err(|source| LoadError::Parse {
             path: key_path.to_owned(),
             what: "private key",
             source,
@@ -209,22 +123,22 @@ impl CaCerts {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<X509>, PemError> {
+fn read_certs(path: &Path) -> Result<Vec<X509>, LoadError> {
     let pem = read(path)?;
-    let certs = X509::stack_from_pem(&pem).map_err(|source| PemError::Parse {
+    let certs = X509::stack_from_pem(&pem).map_err(|source| LoadError::Parse {
         path: path.to_owned(),
         what: "certificate",
         source,
     })?;
     if certs.is_empty() {
-        return Err(PemError::NoCertificate {
+        return Err(LoadError::NoCertificate {
             path: path.to_owned(),
         });
     }
@@ -354,9 +268,9 @@ impl Common {
 pub struct ClientConfig {
     pub(crate) identity: Identity,
     pub(crate) ca: CaCerts,
-    pub(crate) server_name: String,
+    pub(crate) server_name: ServerName<'static>,
     pub(crate) common: Common,
-    pub(crate) socket_buffers: Option<crate::UdpBuffers>,
+    pub(crate) socket_buffers: Option<UdpBuffers>,
 }
 
 impl ClientConfig {
@@ -367,23 +281,25 @@ impl ClientConfig {
         Self {
             identity,
             ca,
-            server_name: proto::DEFAULT_SERVER_NAME.to_owned(),
+            server_name: default_server_name(),
             common: Common::default(),
-            socket_buffers: Some(crate::UdpBuffers::default()),
+            socket_buffers: Some(UdpBuffers::default()),
         }
     }
 
     /// The buffers [`connect`](crate::DtlsConnector::connect) asks for on the socket it opens
     /// (default [`UdpBuffers::default`](crate::UdpBuffers), 4 MiB each way, so a burst of
     /// replies is not dropped in the kernel); `None` keeps the system's default.
-    pub fn socket_buffers(mut self, buffers: Option<crate::UdpBuffers>) -> Self {
+    pub fn socket_buffers(mut self, buffers: Option<UdpBuffers>) -> Self {
         self.socket_buffers = buffers;
         self
     }
 
-    /// The name the server certificate must carry (also sent as SNI).
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = name.into();
+    /// The name the server certificate must be valid for: a DNS name (also sent as SNI) or an
+    /// IP address (checked against the certificate's IP SANs, never sent as SNI), the same type
+    /// as `streamproxy-tls` takes (`ServerName::try_from("10.0.0.2")`).
+    pub fn server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = name;
         self
     }
 
@@ -428,6 +344,14 @@ impl ClientConfig {
         self.ca.install(&mut b, false)?;
         b.set_verify(SslVerifyMode::PEER);
         Ok(b.build())
+    }
+}
+
+fn default_server_name() -> ServerName<'static> {
+    match DnsName::try_from(proto::DEFAULT_SERVER_NAME) {
+        Ok(name) => ServerName::DnsName(name),
+        // `godoxy.agent` is a valid DNS name; a unit test pins it.
+        Err(_) => unreachable!("DEFAULT_SERVER_NAME is a valid DNS name"),
     }
 }
 
@@ -574,8 +498,7 @@ impl ServerConfig {
         b.set_verify_callback(
             SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
             |ok, ctx| {
-                if ok && ctx.error_depth() == 0 && ctx.current_cert().is_some_and(crate::ffi::is_ca)
-                {
+                if ok && ctx.error_depth() == 0 && ctx.current_cert().is_some_and(ffi::is_ca) {
                     ctx.set_error(openssl::x509::X509VerifyResult::APPLICATION_VERIFICATION);
                     return false;
                 }
@@ -602,7 +525,18 @@ impl ServerConfig {
         } else {
             b.set_session_cache_mode(SslSessionCacheMode::OFF);
         }
-        crate::server::install_cookie_callbacks(&mut b).map_err(ConfigError::Context)?;
+        cookie::install_callbacks(&mut b).map_err(ConfigError::Context)?;
         Ok(b.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_server_name_is_godoxy_agent() {
+        assert_eq!(
+            super::default_server_name().to_str(),
+            proto::DEFAULT_SERVER_NAME
+        );
     }
 }

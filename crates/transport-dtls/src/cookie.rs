@@ -2,8 +2,12 @@
 //! rotates. The previous secret stays valid for one more period, so a client that received a
 //! cookie just before a rotation still gets in. Time comes in as `now`; nothing here reads a
 //! clock or touches a socket.
+//!
+//! Also OpenSSL's side of it: [`install_callbacks`] makes a server context issue and check the
+//! one cookie the listener already verified, stored in each connection at [`ssl_index`].
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use openssl::error::ErrorStack;
@@ -11,6 +15,7 @@ use openssl::hash::MessageDigest;
 use openssl::memcmp;
 use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
+use openssl::ssl::{Ssl, SslContextBuilder};
 
 use crate::record::COOKIE_LEN;
 
@@ -81,6 +86,34 @@ impl CookieJar {
         let check = |s: &Secret| s.cookie(peer).is_ok_and(|c| memcmp::eq(&c, cookie));
         check(&self.current) || self.previous.as_ref().is_some_and(check)
     }
+}
+
+/// The ex_data slot of an `Ssl` that holds the cookie its handshake must use.
+pub(crate) fn ssl_index() -> Result<openssl::ex_data::Index<Ssl, [u8; COOKIE_LEN]>, ErrorStack> {
+    static INDEX: OnceLock<openssl::ex_data::Index<Ssl, [u8; COOKIE_LEN]>> = OnceLock::new();
+    if let Some(index) = INDEX.get() {
+        return Ok(*index);
+    }
+    let index = Ssl::new_ex_index()?;
+    Ok(*INDEX.get_or_init(|| index))
+}
+
+/// OpenSSL's cookie callbacks. The listener has already checked the client's cookie before it
+/// created this connection's state; it stores that cookie in the connection, and OpenSSL, which
+/// replays the exchange (see `demux`), issues and checks exactly that one.
+pub(crate) fn install_callbacks(b: &mut SslContextBuilder) -> Result<(), ErrorStack> {
+    let index = ssl_index()?;
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let cookie = ssl.ex_data(index).ok_or_else(ErrorStack::get)?;
+        let dst = out.get_mut(..COOKIE_LEN).ok_or_else(ErrorStack::get)?;
+        dst.copy_from_slice(cookie);
+        Ok(COOKIE_LEN)
+    });
+    b.set_cookie_verify_cb(move |ssl, presented| {
+        ssl.ex_data(index)
+            .is_some_and(|c| presented.len() == COOKIE_LEN && memcmp::eq(c, presented))
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,11 +1,109 @@
 //! One error type per operation.
 
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use openssl::error::ErrorStack;
 use openssl::x509::X509VerifyResult;
 
-use crate::config::ConfigError;
+/// What went wrong reading a PEM file (the same name as in `streamproxy-tls`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid PEM of the expected kind.
+    #[error("{} is not a valid PEM {what}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was expected: "certificate" or "private key".
+        what: &'static str,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The file holds no certificate.
+    #[error("{} contains no certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The former name of [`LoadError`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `LoadError`, as in `streamproxy-tls`"
+)]
+pub type PemError = LoadError;
+
+/// A configuration value or certificate set that OpenSSL refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A PEM file could not be loaded.
+    #[error(transparent)]
+    Pem(#[from] LoadError),
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    /// An identity or CA set without any certificate.
+    #[error("no certificate given")]
+    NoCertificate,
+    /// The identity or CA certificates were refused by OpenSSL.
+    #[error("OpenSSL refused the certificates")]
+    Certificates(#[source] ErrorStack),
+    /// The cipher list names no usable cipher.
+    #[error("OpenSSL refused the cipher list {list:?}")]
+    CipherList {
+        /// The list given.
+        list: String,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The server name is not usable for SNI or hostname verification.
+    #[error("invalid server name {name:?}")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// A value is outside its allowed range.
+    #[error("{what} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// Lower bound.
+        min: usize,
+        /// Upper bound.
+        max: usize,
+        /// The value given.
+        got: usize,
+    },
+    /// The server key is not an ECDSA key, and DTLS offers ECDSA cipher suites only.
+    #[error(
+        "the server key is {found}; DTLS offers ECDSA cipher suites only: use an ECDSA (P-256) certificate, or disable UDP"
+    )]
+    ServerKeyType {
+        /// The key type found.
+        found: &'static str,
+    },
+    /// Setting up the OpenSSL context failed.
+    #[error("OpenSSL context setup failed")]
+    Context(#[source] ErrorStack),
+}
 
 /// A DTLS handshake failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use foreign_types::ForeignType;
 use foreign_types::ForeignTypeRef;
-use openssl::ssl::{ShutdownState, SslRef, SslSession, SslSessionRef};
+use openssl::ssl::{ShutdownState, SslContext, SslRef, SslSession, SslSessionRef};
 
 /// `DTLS_CTRL_GET_TIMEOUT` (`DTLSv1_get_timeout` is a macro over `SSL_ctrl`).
 const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
@@ -110,27 +110,60 @@ pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
     unsafe { DTLS_get_data_mtu(ssl.as_ptr()) }
 }
 
-/// Offers a copy of `session` for resumption in the next handshake of `ssl`.
+/// A session of a finished client handshake, with the context of that handshake: it is
+/// offered only to connections of the same context, which [`offer_session`] requires and
+/// OpenSSL does not check. Holding the context keeps the comparison meaningful (its address
+/// cannot be reused while this value lives).
+pub(crate) struct ResumableSession {
+    session: SslSession,
+    ctx: SslContext,
+}
+
+impl ResumableSession {
+    /// A copy of the session `ssl` negotiated (a copy: this connection's own session object is
+    /// spoilt if it ends without close_notify); `None` when there is none or OpenSSL cannot
+    /// allocate the copy.
+    pub(crate) fn of(ssl: &SslRef) -> Option<Self> {
+        Some(Self {
+            session: copy_session(ssl.session()?)?,
+            ctx: ssl.ssl_context().to_owned(),
+        })
+    }
+
+    /// Offers a copy of the session for resumption in the next handshake of `ssl`. False when
+    /// `ssl` belongs to another context or OpenSSL refuses the offer: a full handshake follows.
+    ///
+    /// A copy, because OpenSSL marks the session object of a connection freed without
+    /// close_notify as not resumable: sharing it would let one dropped connection spoil the
+    /// session for every later one.
+    pub(crate) fn offer(&self, ssl: &mut SslRef) -> bool {
+        if ssl.ssl_context().as_ptr() != self.ctx.as_ptr() {
+            return false;
+        }
+        let Some(copy) = copy_session(&self.session) else {
+            return false;
+        };
+        // SAFETY: `copy` is a copy of a session negotiated on `self.ctx`, and `ssl` belongs to
+        // that same context (checked above).
+        unsafe { offer_session(ssl, &copy) }
+    }
+}
+
+/// Offers `session` for resumption in the next handshake of `ssl` (`SSL_set_session`, which
+/// takes its own reference). False when OpenSSL refuses it.
 ///
-/// A copy, because OpenSSL marks the session object of a connection freed without
-/// close_notify as not resumable: sharing it would let one dropped connection spoil the
-/// session for every later one.
+/// # Safety
 ///
-/// `session` must come from a handshake on an `Ssl` of the same context as `ssl`: OpenSSL
-/// does not check it. `DtlsConnector` keeps the one context it made and the sessions of its
-/// own handshakes together.
-pub(crate) fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> bool {
-    let Some(copy) = copy_session(session) else {
-        return false;
-    };
-    // SAFETY: the caller passes a session of the same context (see above); `set_session`
-    // takes its own reference to the copy.
-    unsafe { ssl.set_session(&copy).is_ok() }
+/// `session` must come from a handshake on an `Ssl` of the same context as `ssl`: OpenSSL does
+/// not check it, and the `openssl` crate makes the call `unsafe` for that reason.
+unsafe fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> bool {
+    // SAFETY: the caller guarantees that `session` belongs to `ssl`'s context.
+    unsafe { ssl.set_session(session).is_ok() }
 }
 
 /// A copy of `session` that no connection uses (`SSL_SESSION_dup`); `None` when OpenSSL
 /// cannot allocate it.
-pub(crate) fn copy_session(session: &SslSessionRef) -> Option<SslSession> {
+fn copy_session(session: &SslSessionRef) -> Option<SslSession> {
     // SAFETY: `SSL_SESSION_dup` reads a valid session and returns a new one with its own
     // reference count of one, or null; `from_ptr` takes that reference over.
     unsafe {

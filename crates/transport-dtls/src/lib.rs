@@ -57,22 +57,33 @@ mod client;
 mod config;
 mod cookie;
 mod demux;
+mod driver;
 mod error;
 mod ffi;
+mod handshake;
 mod io;
+mod listener;
 mod record;
-mod server;
+mod recv_batch;
 mod session;
+mod shared;
 
 pub use buffers::{UdpBuffers, kernel_drops, kernel_drops_by_inode, socket_inode};
 pub use client::{DtlsConnector, connect};
 pub use config::{
-    CaCerts, ClientConfig, ConfigError, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity,
-    MaxPayload, Mtu, PemError, ServerConfig,
+    CaCerts, ClientConfig, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity, MaxPayload,
+    Mtu, ServerConfig,
 };
-pub use error::{AcceptError, ConnectError, HandshakeError, ListenError, RecvError, SendError};
-pub use server::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
+#[allow(deprecated)]
+pub use error::PemError;
+pub use error::{
+    AcceptError, ConfigError, ConnectError, HandshakeError, ListenError, LoadError, RecvError,
+    SendError,
+};
+pub use listener::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
 pub use session::{DtlsSession, RecvHalf, SendHalf};
 
 /// Re-exported so callers can build identities from parsed certificates and keys.
 pub use openssl;
+/// The server name a client verifies: the same type as `streamproxy-tls` re-exports.
+pub use rustls_pki_types::ServerName;

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use openssl::nid::Nid;
 use openssl::ssl::{ErrorCode, ShutdownState, SslRef};
-use openssl::x509::X509VerifyResult;
+use openssl::x509::{X509NameRef, X509VerifyResult};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
 
@@ -298,7 +298,7 @@ impl DtlsSession {
             local: socket.local_addr().unwrap_or(peer),
             peer_subject: ssl
                 .peer_certificate()
-                .map(|c| crate::server::format_name(c.subject_name())),
+                .map(|c| format_name(c.subject_name())),
             cipher: ssl.current_cipher().map_or("", |c| c.name()),
             key_exchange_group: key_exchange_group(ssl),
             data_mtu: ffi::data_mtu(ssl),
@@ -556,4 +556,20 @@ fn discard_rest(
         }
     }
     RecvError::Truncated { len, capacity }
+}
+/// `CN=client, O=org` from a certificate name.
+pub(crate) fn format_name(name: &X509NameRef) -> String {
+    let mut out = String::new();
+    for entry in name.entries() {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(entry.object().nid().short_name().unwrap_or("?"));
+        out.push('=');
+        match entry.data().to_string() {
+            Ok(s) => out.push_str(&s),
+            Err(_) => out.push('?'),
+        }
+    }
+    out
 }

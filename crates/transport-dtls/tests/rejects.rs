@@ -53,7 +53,9 @@ async fn rejects_client_certificate_from_another_ca() {
 async fn rejects_server_with_wrong_name() {
     let pki = pki();
     let (addr, _h) = echo_server(pki.server_config()).await;
-    let config = pki.client_config().server_name("not-godoxy.example");
+    let config = pki
+        .client_config()
+        .server_name(streamproxy_dtls::ServerName::try_from("not-godoxy.example").expect("name"));
     let r = connect(addr, &config).await;
     assert!(
         matches!(

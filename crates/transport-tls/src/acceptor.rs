@@ -12,9 +12,6 @@ use tokio_rustls::server::TlsStream;
 use crate::error::{AcceptError, Failure};
 use crate::{AppProtocol, CertificateSummary, PeerInfo, ServerConfig};
 
-/// How long a handshake may take unless configured otherwise.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Performs server handshakes with a [`ServerConfig`]. Cloning is cheap.
 #[derive(Clone)]
 pub struct Acceptor {
@@ -33,15 +30,18 @@ pub struct Accepted<IO = TcpStream> {
 }
 
 impl Acceptor {
-    /// An acceptor with the [default handshake timeout](DEFAULT_HANDSHAKE_TIMEOUT).
+    /// An acceptor with the configuration's
+    /// [handshake timeout](crate::ServerConfigBuilder::handshake_timeout).
     pub fn new(config: &ServerConfig) -> Self {
         Self {
             inner: TlsAcceptor::from(config.rustls()),
-            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            timeout: config.handshake_timeout(),
         }
     }
 
-    /// Sets how long a handshake may take.
+    /// Overrides the configuration's handshake timeout for this acceptor. The timeout belongs on
+    /// [`ServerConfigBuilder::handshake_timeout`](crate::ServerConfigBuilder::handshake_timeout),
+    /// where `streamproxy-dtls` has it too; this stays for callers that set it here.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -16,13 +16,20 @@ use crate::load;
 /// the file are skipped with a warning, and a file with no CA certificate at all is an error.
 /// Cloning is cheap.
 #[derive(Clone)]
-pub struct CaBundle {
+pub struct CaCerts {
     path: PathBuf,
     anchors: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
 }
 
-impl CaBundle {
+/// The former name of [`CaCerts`] (the DTLS transport's name for the same thing).
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `CaCerts`, as in `streamproxy-dtls`"
+)]
+pub type CaBundle = CaCerts;
+
+impl CaCerts {
     /// Reads the CA certificates of a PEM file.
     ///
     /// A CA certificate that is expired or not yet valid is loaded with a warning.
@@ -79,9 +86,9 @@ impl CaBundle {
     }
 }
 
-impl fmt::Debug for CaBundle {
+impl fmt::Debug for CaCerts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaBundle")
+        f.debug_struct("CaCerts")
             .field("path", &self.path)
             .field("anchors", &self.anchors.len())
             .finish()

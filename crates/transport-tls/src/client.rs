@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::{ConfigError, ConnectError, Failure};
-use crate::{CaBundle, DEFAULT_HANDSHAKE_TIMEOUT, Identity, TlsVersions, provider};
+use crate::{CaCerts, DEFAULT_HANDSHAKE_TIMEOUT, Identity, TlsVersions, provider};
 
 /// Builds a [`ClientConfig`].
 ///
@@ -20,7 +20,7 @@ use crate::{CaBundle, DEFAULT_HANDSHAKE_TIMEOUT, Identity, TlsVersions, provider
 /// never used) and the client certificate to present.
 #[derive(Clone, Debug)]
 pub struct ClientConfigBuilder {
-    ca: CaBundle,
+    ca: CaCerts,
     identity: Identity,
     server_name: ServerName<'static>,
     versions: TlsVersions,
@@ -30,7 +30,7 @@ pub struct ClientConfigBuilder {
 impl ClientConfigBuilder {
     /// A builder for server name [`proto::DEFAULT_SERVER_NAME`] (`godoxy.agent`), TLS 1.2 and
     /// 1.3, and the [default handshake timeout](DEFAULT_HANDSHAKE_TIMEOUT).
-    pub fn new(ca: &CaBundle, identity: &Identity) -> Self {
+    pub fn new(ca: &CaCerts, identity: &Identity) -> Self {
         Self {
             ca: ca.clone(),
             identity: identity.clone(),
@@ -88,7 +88,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Starts a builder; the same as [`ClientConfigBuilder::new`].
-    pub fn builder(ca: &CaBundle, identity: &Identity) -> ClientConfigBuilder {
+    pub fn builder(ca: &CaCerts, identity: &Identity) -> ClientConfigBuilder {
         ClientConfigBuilder::new(ca, identity)
     }
 

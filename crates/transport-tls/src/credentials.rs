@@ -25,7 +25,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::error::LoadError;
-use crate::{CaBundle, Identity, provider};
+use crate::{CaCerts, Identity, provider};
 
 /// Where the server's PEM material lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl std::fmt::Debug for PreparedCredentials {
 struct Material {
     paths: ServerPaths,
     identity: Identity,
-    client_ca: CaBundle,
+    client_ca: CaCerts,
     verifier: Arc<dyn ClientCertVerifier>,
     /// Session-ticket keys of this load only.
     tickets: Arc<dyn ProducesTickets>,
@@ -181,7 +181,7 @@ impl ServerCredentials {
     }
 
     /// The client CA in force.
-    pub fn client_ca(&self) -> CaBundle {
+    pub fn client_ca(&self) -> CaCerts {
         self.shared.current.load().client_ca.clone()
     }
 
@@ -211,7 +211,7 @@ impl ServerCredentials {
 impl Material {
     fn load(paths: ServerPaths, provider: &Arc<CryptoProvider>) -> Result<Self, LoadError> {
         let identity = Identity::load(&paths.cert, &paths.key, provider)?;
-        let client_ca = CaBundle::from_pem_file(&paths.client_ca)?;
+        let client_ca = CaCerts::from_pem_file(&paths.client_ca)?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(client_ca.roots(), Arc::clone(provider))
                 .build()

@@ -2,7 +2,7 @@
 //!
 //! This crate is the TLS layer under the stream proxy. It holds:
 //!
-//! - **PEM loading**: a CA certificate or bundle ([`CaBundle`]), a certificate chain with its
+//! - **PEM loading**: a CA certificate or bundle ([`CaCerts`]), a certificate chain with its
 //!   private key in PKCS#8, SEC1 or PKCS#1 ([`Identity`]). Errors ([`LoadError`]) name the file
 //!   and the problem; a certificate outside its validity period loads with a warning.
 //! - **The server configuration** ([`ServerConfigBuilder`]): TLS 1.2 and 1.3, a client
@@ -13,7 +13,8 @@
 //! - **Live reload**: [`ServerCredentials::reload`] re-reads the certificate, key and CA; new
 //!   handshakes use them at once, established connections are not touched, and a failed reload
 //!   leaves the old material in force.
-//! - **The acceptor** ([`Acceptor`]): the server handshake under a timeout (10 s by default),
+//! - **The acceptor** ([`Acceptor`]): the server handshake under the configuration's timeout
+//!   ([`ServerConfigBuilder::handshake_timeout`], 10 s by default),
 //!   returning the stream with the negotiated ALPN, the peer address and the client
 //!   certificate's subject and SANs ([`PeerInfo`]).
 //! - **The client side** ([`ClientConfigBuilder`], [`connect`], [`connect_to`]): trusts only the
@@ -33,7 +34,7 @@
 //!
 //! ```no_run
 //! use streamproxy_tls::{
-//!     Acceptor, AlpnPolicy, CaBundle, ClientConfigBuilder, Identity, ServerConfigBuilder,
+//!     Acceptor, AlpnPolicy, CaCerts, ClientConfigBuilder, Identity, ServerConfigBuilder,
 //!     ServerCredentials, ServerPaths,
 //! };
 //!
@@ -52,7 +53,7 @@
 //! credentials.reload()?;
 //!
 //! // Client: the CA to trust and the client certificate to present.
-//! let ca = CaBundle::from_pem_file("ca.crt")?;
+//! let ca = CaCerts::from_pem_file("ca.crt")?;
 //! let identity = Identity::from_pem_files("client.crt", "client.key")?;
 //! let client = ClientConfigBuilder::new(&ca, &identity).build()?; // server name godoxy.agent
 //! let stream = streamproxy_tls::connect_to("agent.example:8443", &client).await?;
@@ -77,16 +78,17 @@ mod server;
 pub mod testutil;
 mod versions;
 
-pub use acceptor::{Accepted, Acceptor, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use acceptor::{Accepted, Acceptor};
 pub use alpn::{AlpnPolicy, AppProtocol, HTTP11_ALPN};
-pub use ca::CaBundle;
+#[allow(deprecated)]
+pub use ca::{CaBundle, CaCerts};
 pub use client::{ClientConfig, ClientConfigBuilder, connect, connect_to};
 pub use credentials::{PreparedCredentials, ServerCredentials, ServerPaths};
 pub use error::{AcceptError, ConfigError, ConnectError, LoadError};
 pub use identity::Identity;
 pub use peer::{CertificateSummary, PeerInfo, SubjectAltName};
 pub use provider::crypto_provider;
-pub use server::{ServerConfig, ServerConfigBuilder};
+pub use server::{DEFAULT_HANDSHAKE_TIMEOUT, ServerConfig, ServerConfigBuilder};
 pub use versions::TlsVersions;
 
 /// The rustls and pki-types items that appear in this crate's API.

@@ -2,11 +2,15 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::server::NoServerSessionStorage;
 
 use crate::error::ConfigError;
 use crate::{AlpnPolicy, ServerCredentials, TlsVersions};
+
+/// How long a handshake may take unless configured otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds a [`ServerConfig`].
 ///
@@ -19,17 +23,27 @@ pub struct ServerConfigBuilder {
     alpn: AlpnPolicy,
     versions: TlsVersions,
     resumption: bool,
+    handshake_timeout: Duration,
 }
 
 impl ServerConfigBuilder {
-    /// A builder for a stream-only listener allowing TLS 1.2 and 1.3, with session resumption.
+    /// A builder for a stream-only listener allowing TLS 1.2 and 1.3, with session resumption
+    /// and the [default handshake timeout](DEFAULT_HANDSHAKE_TIMEOUT).
     pub fn new(credentials: &ServerCredentials) -> Self {
         Self {
             credentials: credentials.clone(),
             alpn: AlpnPolicy::default(),
             versions: TlsVersions::default(),
             resumption: true,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// How long a server handshake may take (default [`DEFAULT_HANDSHAKE_TIMEOUT`]); an
+    /// [`Acceptor`](crate::Acceptor) built from the configuration enforces it.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// Whether clients may resume sessions with tickets (default: yes).
@@ -80,6 +94,7 @@ impl ServerConfigBuilder {
             alpn: self.alpn,
             versions: self.versions,
             resumption: self.resumption,
+            handshake_timeout: self.handshake_timeout,
         })
     }
 }
@@ -93,6 +108,7 @@ pub struct ServerConfig {
     alpn: AlpnPolicy,
     versions: TlsVersions,
     resumption: bool,
+    handshake_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -121,6 +137,11 @@ impl ServerConfig {
     pub fn resumption(&self) -> bool {
         self.resumption
     }
+
+    /// How long a server handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
 }
 
 impl fmt::Debug for ServerConfig {
@@ -129,6 +150,7 @@ impl fmt::Debug for ServerConfig {
             .field("alpn", &self.alpn)
             .field("versions", &self.versions)
             .field("resumption", &self.resumption)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
 }

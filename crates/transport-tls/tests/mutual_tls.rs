@@ -294,9 +294,19 @@ async fn client_offering_no_alpn_is_accepted_and_reported_as_none() {
 async fn silent_client_times_out_the_server_handshake() {
     let pki = Pki::new("main");
     let config = ServerConfigBuilder::new(&pki.credentials())
+        .handshake_timeout(Duration::from_secs(3))
         .build()
         .expect("config");
-    let acceptor = Acceptor::new(&config).with_handshake_timeout(Duration::from_secs(3));
+    let acceptor = Acceptor::new(&config);
+    assert_eq!(acceptor.handshake_timeout(), Duration::from_secs(3));
+    assert_eq!(
+        acceptor
+            .clone()
+            .with_handshake_timeout(Duration::from_secs(5))
+            .handshake_timeout(),
+        Duration::from_secs(5),
+        "an acceptor may still override it"
+    );
     let mut server = EchoServer::start(acceptor).await;
 
     let _silent = TcpStream::connect(server.addr).await.expect("tcp connect");

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use streamproxy_tls::testutil::{KeyFormat, LeafSpec, Usage};
-use streamproxy_tls::{AppProtocol, CaBundle, ClientConfigBuilder, Identity, connect_to};
+use streamproxy_tls::{AppProtocol, CaCerts, ClientConfigBuilder, Identity, connect_to};
 use support::{EchoServer, Pki};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::Command;
@@ -182,7 +182,7 @@ async fn our_client_completes_a_handshake_with_openssl_s_server() {
         .expect("ACCEPT line")
         .to_owned();
 
-    let ca = CaBundle::from_pem_file(pki.ca.ca_path()).expect("CA");
+    let ca = CaCerts::from_pem_file(pki.ca.ca_path()).expect("CA");
     let identity = Identity::from_pem_files(&pki.client.cert, &pki.client.key).expect("identity");
     let config = ClientConfigBuilder::new(&ca, &identity)
         .build()

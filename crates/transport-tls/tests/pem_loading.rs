@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use streamproxy_tls::testutil::{KeyFormat, LeafSpec, TestCa, Usage, Validity};
 use streamproxy_tls::{
-    CaBundle, ClientConfigBuilder, Identity, LoadError, ServerCredentials, ServerPaths, connect_to,
+    CaCerts, ClientConfigBuilder, Identity, LoadError, ServerCredentials, ServerPaths, connect_to,
 };
 use support::{EchoServer, Pki, echo};
 
@@ -94,7 +94,7 @@ fn missing_file_is_a_read_error_naming_it() {
     for err in [
         Identity::from_pem_files(&missing, &files.key).expect_err("missing cert"),
         Identity::from_pem_files(&files.cert, &missing).expect_err("missing key"),
-        CaBundle::from_pem_file(&missing).expect_err("missing CA"),
+        CaCerts::from_pem_file(&missing).expect_err("missing CA"),
     ] {
         match &err {
             LoadError::Read { path, source } => {
@@ -114,7 +114,7 @@ fn missing_file_is_a_read_error_naming_it() {
 fn unreadable_file_is_a_read_error() {
     let ca = TestCa::new("main");
     // A directory cannot be read as a file, even by root.
-    match CaBundle::from_pem_file(ca.dir()) {
+    match CaCerts::from_pem_file(ca.dir()) {
         Err(LoadError::Read { path, .. }) => assert_eq!(path, ca.dir()),
         other => panic!("expected Read, got {other:?}"),
     }
@@ -130,7 +130,7 @@ fn file_without_a_certificate_is_rejected() {
             Err(LoadError::NoCertificate { path: p }) => assert_eq!(&p, path),
             other => panic!("expected NoCertificate, got {other:?}"),
         }
-        match CaBundle::from_pem_file(path) {
+        match CaCerts::from_pem_file(path) {
             Err(LoadError::NoCertificate { path: p }) => assert_eq!(&p, path),
             other => panic!("expected NoCertificate, got {other:?}"),
         }
@@ -180,7 +180,7 @@ fn certificate_block_that_is_not_x509_is_rejected() {
         other => panic!("expected BadCertificate, got {other:?}"),
     }
     assert!(matches!(
-        CaBundle::from_pem_file(&junk),
+        CaCerts::from_pem_file(&junk),
         Err(LoadError::BadCertificate { .. })
     ));
 }
@@ -217,7 +217,7 @@ fn key_of_another_certificate_is_rejected() {
 fn ca_file_without_a_ca_certificate_is_rejected() {
     let ca = TestCa::new("main");
     let leaf = ca.client("client", "agent-1");
-    let err = CaBundle::from_pem_file(&leaf.cert).expect_err("a leaf is not a CA");
+    let err = CaCerts::from_pem_file(&leaf.cert).expect_err("a leaf is not a CA");
     match &err {
         LoadError::NoCaCertificate { path } => assert_eq!(path, &leaf.cert),
         other => panic!("expected NoCaCertificate, got {other:?}"),
@@ -239,7 +239,7 @@ fn ca_bundle_keeps_only_ca_certificates() {
     bundle.extend(std::fs::read(&leaf.cert).expect("leaf"));
     bundle.extend(std::fs::read(b.ca_path()).expect("b"));
     let path = a.write("bundle.pem", bundle);
-    let ca = CaBundle::from_pem_file(&path).expect("bundle");
+    let ca = CaCerts::from_pem_file(&path).expect("bundle");
     assert_eq!(ca.certificates(), &[a.ca_der().clone(), b.ca_der().clone()]);
     assert_eq!(ca.path(), path);
 }

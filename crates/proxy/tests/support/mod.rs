@@ -34,7 +34,7 @@ impl Pki {
     }
 
     pub fn tls_client(&self) -> tls::ClientConfig {
-        let ca = tls::CaBundle::from_pem_file(self.ca.ca_path()).expect("ca");
+        let ca = tls::CaCerts::from_pem_file(self.ca.ca_path()).expect("ca");
         let id = tls::Identity::from_pem_files(&self.client.cert, &self.client.key)
             .expect("client identity");
         tls::ClientConfig::builder(&ca, &id)

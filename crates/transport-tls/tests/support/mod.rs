@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use streamproxy_tls::testutil::{CertFiles, TestCa};
 use streamproxy_tls::{
-    AcceptError, Acceptor, AlpnPolicy, CaBundle, ClientConfig, ClientConfigBuilder, Identity,
+    AcceptError, Acceptor, AlpnPolicy, CaCerts, ClientConfig, ClientConfigBuilder, Identity,
     PeerInfo, ServerConfigBuilder, ServerCredentials, ServerPaths,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,8 +37,8 @@ impl Pki {
         ServerCredentials::load(self.server_paths()).expect("server credentials")
     }
 
-    pub fn ca_bundle(&self) -> CaBundle {
-        CaBundle::from_pem_file(self.ca.ca_path()).expect("CA bundle")
+    pub fn ca_bundle(&self) -> CaCerts {
+        CaCerts::from_pem_file(self.ca.ca_path()).expect("CA bundle")
     }
 
     pub fn client_identity(&self) -> Identity {
@@ -124,7 +124,7 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A raw rustls client trusting `ca`, with the given client certificate (or none) and ALPN.
 pub fn raw_client(
-    ca: &CaBundle,
+    ca: &CaCerts,
     identity: Option<&CertFiles>,
     alpn: &[&str],
 ) -> Arc<rustls::ClientConfig> {
