@@ -27,12 +27,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     no_std_check()?;
-    // CI runs as root on Debian: the network-namespace and systemd cases must run, not skip.
+    // CI runs as root on Debian with the packages installed: the network-namespace, systemd
+    // and OpenSSL command-line cases must run, not skip.
     cmd::run(
         cargo()
             .args(["test", "--workspace"])
             .env("STREAMPROXY_REQUIRE_NETNS", "1")
-            .env("STREAMPROXY_REQUIRE_SYSTEMD", "1"),
+            .env("STREAMPROXY_REQUIRE_SYSTEMD", "1")
+            .env("STREAMPROXY_REQUIRE_OPENSSL", "1"),
     )?;
     cmd::run(cargo().args(["xtask", "soak", "--minutes", "1"]))?;
     cmd::run(cargo().args(["xtask", "interop"]))?;

@@ -96,6 +96,24 @@ pub struct Metrics {
     udp_socket_drops: Counter,
     /// Reads the kernel's drop count of the DTLS listener's socket at scrape time.
     drops_source: std::sync::Mutex<Option<DropsSource>>,
+    /// Reads the DTLS listener's handshake counters at scrape time.
+    udp_listener: std::sync::Mutex<Option<ListenerSource>>,
+}
+
+/// The DTLS listener whose counters are added at scrape time, and what was added so far.
+struct ListenerSource {
+    handle: dtls::ListenerHandle,
+    seen_failures: u64,
+    seen_evictions: u64,
+}
+
+impl fmt::Debug for ListenerSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerSource")
+            .field("seen_failures", &self.seen_failures)
+            .field("seen_evictions", &self.seen_evictions)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A function that reads a kernel drop counter, and the value it read last.
@@ -137,6 +155,7 @@ impl Metrics {
             handshake_refusals: Family::default(),
             udp_socket_drops: Counter::default(),
             drops_source: std::sync::Mutex::new(None),
+            udp_listener: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -219,6 +238,7 @@ impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         self.refresh_drops();
+        self.refresh_listener();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -237,6 +257,44 @@ impl Metrics {
             read: Box::new(read),
             last,
         });
+    }
+
+    /// Makes the DTLS listener behind `handle` the source of its handshake counters, read at
+    /// every scrape: failed handshakes count in `handshake_failures_total{transport="udp"}`,
+    /// handshakes evicted at the limit in `limit_refusals_total{transport="udp"}` (as on TCP).
+    pub fn watch_udp_listener(&self, handle: dtls::ListenerHandle) {
+        let mut source = self
+            .udp_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *source = Some(ListenerSource {
+            handle,
+            seen_failures: 0,
+            seen_evictions: 0,
+        });
+    }
+
+    fn refresh_listener(&self) {
+        let mut source = self
+            .udp_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(source) = source.as_mut() {
+            let stats = source.handle.stats();
+            let labels = TransportLabels {
+                transport: Transport::Udp,
+            };
+            let failed = stats.handshakes_failed.saturating_sub(source.seen_failures);
+            self.handshake_failures
+                .get_or_create(&labels)
+                .inc_by(failed);
+            let evicted = stats
+                .handshakes_evicted
+                .saturating_sub(source.seen_evictions);
+            self.limit_refusals.get_or_create(&labels).inc_by(evicted);
+            source.seen_failures = source.seen_failures.max(stats.handshakes_failed);
+            source.seen_evictions = source.seen_evictions.max(stats.handshakes_evicted);
+        }
     }
 
     fn refresh_drops(&self) {

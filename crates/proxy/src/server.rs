@@ -47,19 +47,19 @@ impl CertPaths {
 #[non_exhaustive]
 pub enum ServerError {
     /// The TLS material could not be loaded.
-    #[error("TLS: {0}")]
+    #[error("the TLS certificate, key or CA could not be loaded")]
     TlsLoad(#[from] tls::LoadError),
     /// The TLS configuration was refused.
-    #[error("TLS: {0}")]
+    #[error("the TLS configuration was refused")]
     TlsConfig(#[from] tls::ConfigError),
     /// The DTLS material or configuration was refused.
-    #[error("DTLS: {0}")]
+    #[error("the DTLS configuration was refused")]
     DtlsConfig(#[from] dtls::ConfigError),
     /// The DTLS listener could not start.
-    #[error("DTLS: {0}")]
+    #[error("the DTLS listener could not start")]
     DtlsListen(#[from] dtls::ListenError),
     /// A socket could not be bound.
-    #[error("cannot listen on {transport} {addr}: {source}")]
+    #[error("cannot listen on {transport} {addr}")]
     Bind {
         /// `"tcp"` or `"udp"`.
         transport: &'static str,
@@ -76,10 +76,10 @@ pub enum ServerError {
 #[non_exhaustive]
 pub enum ReloadError {
     /// The TLS material could not be loaded.
-    #[error("TLS: {0}")]
+    #[error("the new TLS certificate, key or CA was refused")]
     Tls(#[from] tls::LoadError),
     /// The DTLS material could not be loaded.
-    #[error("DTLS: {0}")]
+    #[error("the new DTLS certificate, key or CA was refused")]
     Dtls(#[from] dtls::ConfigError),
 }
 

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::ForwardStats;
+use super::{ForwardCounts, ForwardStats};
 use crate::api::Exposition;
 
 /// The counters of a client's forwarders, for a status listener. Every series exists from the
@@ -62,77 +62,108 @@ impl ForwardMetrics {
 
 impl Exposition for ForwardMetrics {
     fn encode(&self) -> String {
-        let counter = || Family::<Labels, Counter>::default();
-        let (opened, failed, refused, unanswered) = (counter(), counter(), counter(), counter());
-        let active = Family::<Labels, Gauge>::default();
-        let bytes = Family::<DirectionLabels, Counter>::default();
-        let datagrams = Family::<DirectionLabels, Counter>::default();
-        let dropped = Family::<ReasonLabels, Counter>::default();
+        let families = Families::default();
         let forwarders = self
             .forwarders
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         for (transport, local, stats) in forwarders {
-            let c = stats.snapshot();
-            let l = Labels {
-                transport,
-                local: local.clone(),
-            };
-            opened.get_or_create(&l).inc_by(c.tunnels_opened);
-            failed.get_or_create(&l).inc_by(c.tunnels_failed);
-            refused.get_or_create(&l).inc_by(c.tunnels_refused);
-            unanswered.get_or_create(&l).inc_by(c.tunnels_unanswered);
-            let open = c.tunnels_opened.saturating_sub(c.tunnels_closed);
-            active
-                .get_or_create(&l)
-                .set(i64::try_from(open).unwrap_or(i64::MAX));
-            for (direction, b, d) in [
-                ("up", c.bytes_up, c.datagrams_up),
-                ("down", c.bytes_down, c.datagrams_down),
-            ] {
-                let dl = DirectionLabels {
-                    transport,
-                    local: local.clone(),
-                    direction,
-                };
-                bytes.get_or_create(&dl).inc_by(b);
-                datagrams.get_or_create(&dl).inc_by(d);
-            }
-            for (reason, n) in [
-                ("too_large", c.dropped_too_large),
-                ("other", c.dropped_other),
-                ("kernel", c.dropped_by_kernel),
-            ] {
-                let rl = ReasonLabels {
-                    transport,
-                    local: local.clone(),
-                    reason,
-                };
-                dropped.get_or_create(&rl).inc_by(n);
-            }
+            families.record(transport, &local, &stats.snapshot());
         }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &families.registry());
+        out
+    }
+}
+
+/// One scrape's series, filled from the forwarders' counters.
+#[derive(Default)]
+struct Families {
+    opened: Family<Labels, Counter>,
+    failed: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    unanswered: Family<Labels, Counter>,
+    active: Family<Labels, Gauge>,
+    bytes: Family<DirectionLabels, Counter>,
+    datagrams: Family<DirectionLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+}
+
+impl Families {
+    fn record(&self, transport: &'static str, local: &str, c: &ForwardCounts) {
+        let l = Labels {
+            transport,
+            local: local.to_owned(),
+        };
+        self.opened.get_or_create(&l).inc_by(c.tunnels_opened);
+        self.failed.get_or_create(&l).inc_by(c.tunnels_failed);
+        self.refused.get_or_create(&l).inc_by(c.tunnels_refused);
+        self.unanswered
+            .get_or_create(&l)
+            .inc_by(c.tunnels_unanswered);
+        let open = c.tunnels_opened.saturating_sub(c.tunnels_closed);
+        self.active
+            .get_or_create(&l)
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        for (direction, b, d) in [
+            ("up", c.bytes_up, c.datagrams_up),
+            ("down", c.bytes_down, c.datagrams_down),
+        ] {
+            let dl = DirectionLabels {
+                transport,
+                local: local.to_owned(),
+                direction,
+            };
+            self.bytes.get_or_create(&dl).inc_by(b);
+            self.datagrams.get_or_create(&dl).inc_by(d);
+        }
+        for (reason, n) in [
+            ("too_large", c.dropped_too_large),
+            ("other", c.dropped_other),
+            ("kernel", c.dropped_by_kernel),
+        ] {
+            let rl = ReasonLabels {
+                transport,
+                local: local.to_owned(),
+                reason,
+            };
+            self.dropped.get_or_create(&rl).inc_by(n);
+        }
+    }
+
+    fn registry(self) -> Registry {
         let mut registry = Registry::with_prefix("streamproxy_client");
-        registry.register("tunnels_opened", "Tunnels opened to the server", opened);
-        registry.register("tunnels_failed", "Tunnels that could not be opened", failed);
+        registry.register(
+            "tunnels_opened",
+            "Tunnels opened to the server",
+            self.opened,
+        );
+        registry.register(
+            "tunnels_failed",
+            "Tunnels that could not be opened",
+            self.failed,
+        );
         registry.register(
             "tunnels_refused",
             "Local connections or sources refused at the tunnel limit",
-            refused,
+            self.refused,
         );
         registry.register(
             "tunnels_unanswered",
             "UDP tunnels replaced because the server stopped answering",
-            unanswered,
+            self.unanswered,
         );
-        registry.register("tunnels_active", "Tunnels open now", active);
-        registry.register("bytes", "Bytes relayed", bytes);
-        registry.register("datagrams", "Datagrams relayed (UDP)", datagrams);
-        registry.register("dropped_datagrams", "Datagrams dropped, by reason", dropped);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        registry.register("tunnels_active", "Tunnels open now", self.active);
+        registry.register("bytes", "Bytes relayed", self.bytes);
+        registry.register("datagrams", "Datagrams relayed (UDP)", self.datagrams);
+        registry.register(
+            "dropped_datagrams",
+            "Datagrams dropped, by reason",
+            self.dropped,
+        );
+        registry
     }
 }
 
