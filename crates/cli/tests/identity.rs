@@ -518,3 +518,110 @@ fn proxy_protocol_v2_tells_tcp_and_udp_destinations_who_the_client_is() {
         assert_eq!(common_name_tlv(&udp.tlvs).as_deref(), Some("ci-runner"));
     }
 }
+
+/// Whether Debian's `haproxy` can run here; skipped (with the reason printed) where it is not
+/// installed, unless `STREAMPROXY_REQUIRE_HAPROXY` is set.
+fn have_haproxy() -> bool {
+    let why = match std::process::Command::new("haproxy").arg("-v").output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!("`haproxy -v` failed with {}", out.status),
+        Err(e) => format!("haproxy is not installed ({e})"),
+    };
+    assert!(
+        std::env::var_os("STREAMPROXY_REQUIRE_HAPROXY").is_none(),
+        "STREAMPROXY_REQUIRE_HAPROXY is set but {why}"
+    );
+    eprintln!("skipping: {why}");
+    false
+}
+
+/// HAProxy with `accept-proxy` in front of an echo: it must take our header (it closes
+/// connections whose header it cannot parse) and hand the client's address it read on to
+/// the echo in its own PROXY v2 header (`send-proxy-v2`), an encoder independent of ours.
+#[test]
+fn haproxy_accepts_the_proxy_protocol_v2_header() {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+
+    if !have_haproxy() {
+        return;
+    }
+    let root = tmp();
+    issue_all(root.path());
+    // HAProxy inherits a socket already listening on a port the system chose: no fixed
+    // port, and connections wait in its backlog until HAProxy accepts them.
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let front_addr = front.local_addr().expect("addr");
+    nix::fcntl::fcntl(
+        &front,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("let the child inherit the socket");
+    let echo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = echo.accept().expect("accept");
+        conn.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut head = [0u8; 16];
+        conn.read_exact(&mut head).expect("HAProxy's header");
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+        let mut rest = vec![0u8; len];
+        conn.read_exact(&mut rest).expect("HAProxy's header");
+        let header = [&head[..], &rest].concat();
+        let _ = seen_tx.send(parse_v2(&header).source_port);
+        let mut back = conn.try_clone().expect("clone");
+        let _ = std::io::copy(&mut conn, &mut back);
+    });
+    let config = root.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 16\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend front\n  bind fd@{fd} accept-proxy\n  default_backend echo\n\
+             backend echo\n  server echo {echo_addr} send-proxy-v2\n",
+            fd = front.as_raw_fd(),
+        ),
+    )
+    .expect("write haproxy.cfg");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _haproxy = Kill(
+        Command::new("haproxy")
+            .args(["-db", "-f", s(&config)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+
+    let mut server = server(
+        root.path(),
+        &["--allow", "127.0.0.1", "--proxy-protocol", "v2"],
+    );
+    let (_client, locals) = client(
+        &tls_dir(root.path(), "cn"),
+        server.tcp,
+        &[("tcp", front_addr)],
+        &[],
+    );
+    let mut conn = TcpStream::connect(locals[0]).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp_roundtrip(&mut conn, b"through haproxy");
+    let line = server.proc.wait_for("tunnel open");
+    let peer = field(&line, "peer");
+    let source_port = seen_rx
+        .recv_timeout(WAIT)
+        .expect("the echo saw HAProxy's header");
+    assert_eq!(
+        source_port,
+        peer.port(),
+        "HAProxy read the client's address from our header"
+    );
+    drop(front);
+}
