@@ -349,14 +349,19 @@ fn sighup_swaps_the_identity_rules_for_new_tunnels_and_keeps_live_ones() {
     write_config(&config, &d, &pin, "");
     let mut server = server(root.path(), &["--config", s(&config)]);
     let cn_dir = tls_dir(root.path(), "cn");
-    let (_client, locals) = client(
-        &cn_dir,
-        server.tcp,
-        &[("tcp", d.tcp[0]), ("tcp", d.tcp[1])],
-        &[],
-    );
+    let forwards = [
+        ("tcp", d.tcp[0]),
+        ("tcp", d.tcp[1]),
+        ("udp", d.udp[0]),
+        ("udp", d.udp[1]),
+    ];
+    let (_client, locals) = client(&cn_dir, server.tcp, &forwards, &[]);
     let mut live = TcpStream::connect(locals[0]).expect("connect");
     tcp_roundtrip(&mut live, b"before the reload");
+    server.proc.wait_for("tunnel open");
+    let live_udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    live_udp.connect(locals[2]).expect("connect");
+    udp_roundtrip(&live_udp, b"udp before the reload");
     server.proc.wait_for("tunnel open");
     assert!(!tcp_tunnel_works(locals[1], b"B is not allowed yet"));
     server.proc.wait_for("tunnel refused");
@@ -400,8 +405,20 @@ fn sighup_swaps_the_identity_rules_for_new_tunnels_and_keeps_live_ones() {
     server.proc.wait_for("tunnel open");
     assert!(!tcp_tunnel_works(locals[0], b"A is not"));
     server.proc.wait_for("tunnel refused");
-    // The tunnel admitted before the reload keeps running under the rules that admitted it.
+    let new_udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    new_udp.connect(locals[3]).expect("connect");
+    udp_roundtrip(&new_udp, b"udp to B is allowed now");
+    let line = server.proc.wait_for("tunnel open");
+    assert!(line.contains(&d.udp[1].port().to_string()), "{line}");
+    let refused_udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    refused_udp
+        .send_to(b"udp to A is not", locals[2])
+        .expect("send");
+    let line = server.proc.wait_for("tunnel refused");
+    assert!(line.contains("transport=udp"), "{line}");
+    // The tunnels admitted before the reload keep running under the rules that admitted them.
     tcp_roundtrip(&mut live, b"after the reload");
+    udp_roundtrip(&live_udp, b"udp after the reload");
 
     // Removing every identity rule (a server-wide rule instead) admits the stranger.
     std::fs::write(&config, "[server]\nallow = [\"127.0.0.1\"]\n").expect("write");
