@@ -27,14 +27,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     no_std_check()?;
-    // CI runs as root on Debian with the packages installed: the network-namespace, systemd
-    // and OpenSSL command-line cases must run, not skip.
+    // CI runs as root on Debian with the packages installed: the network-namespace, systemd,
+    // OpenSSL command-line and HAProxy cases must run, not skip.
     cmd::run(
         cargo()
             .args(["test", "--workspace"])
             .env("STREAMPROXY_REQUIRE_NETNS", "1")
             .env("STREAMPROXY_REQUIRE_SYSTEMD", "1")
-            .env("STREAMPROXY_REQUIRE_OPENSSL", "1"),
+            .env("STREAMPROXY_REQUIRE_OPENSSL", "1")
+            .env("STREAMPROXY_REQUIRE_HAPROXY", "1"),
     )?;
     cmd::run(cargo().args(["xtask", "soak", "--minutes", "1"]))?;
     cmd::run(cargo().args(["xtask", "interop"]))?;

@@ -50,6 +50,11 @@ const BUILD_AND_TEST: &[Need] = &[
         present: || have_program("systemd-analyze"),
         package: "systemd",
     },
+    Need {
+        what: "haproxy (the PROXY protocol interop test)",
+        present: || have_program("haproxy"),
+        package: "haproxy",
+    },
 ];
 
 const INTEROP: &[Need] = &[

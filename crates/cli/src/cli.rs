@@ -198,7 +198,7 @@ pub(crate) struct TlsFiles {
     pub(crate) key: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// Address to listen on, TCP and UDP (e.g. 0.0.0.0:8890). Port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
@@ -228,6 +228,17 @@ pub(crate) struct ServerArgs {
     /// Deny destinations matching RULE, even when an allow rule matches. Repeatable.
     #[arg(long, value_name = "RULE")]
     pub(crate) deny: Vec<Rule>,
+    /// Admit only clients whose certificate matches: cn=NAME (subject common name),
+    /// dns=NAME or uri=URI (subject alternative names; SPIFFE IDs are URIs) or spki=SHA256
+    /// (the public key's digest, hex or base64). Repeatable; any one match admits, to the
+    /// --allow/--deny destinations. Rules with their own destinations live in the config
+    /// file as [[server.identity]] tables.
+    #[arg(long, value_name = "MATCH")]
+    pub(crate) allow_client: Vec<streamproxy::proxy::identity::ClientMatch>,
+    /// Send a PROXY protocol header to destinations: "v2" (once per TCP stream, in front of
+    /// every UDP datagram) or "off" (the default).
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) proxy_protocol: Option<streamproxy::proxy::proxy_protocol::ProxyProtocol>,
     /// A TOML file with the same settings plus timeouts and limits; flags override it.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,

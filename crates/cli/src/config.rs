@@ -44,6 +44,15 @@ pub(crate) struct ServerConfig {
     pub(crate) allow_all: Option<bool>,
     #[serde(default)]
     pub(crate) deny: Vec<String>,
+    /// The short form of an identity rule: certificate matches (`cn=NAME`, ...) admitted to
+    /// the server's `allow`/`deny` destinations.
+    #[serde(default)]
+    pub(crate) allow_clients: Vec<String>,
+    /// `"v2"` or `"off"`.
+    pub(crate) proxy_protocol: Option<String>,
+    /// `[[server.identity]]` tables.
+    #[serde(default)]
+    pub(crate) identity: Vec<IdentityConfig>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -72,6 +81,40 @@ pub(crate) struct ServerConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(crate) tcp_keepalive_interval: Option<Duration>,
     pub(crate) tcp_keepalive_retries: Option<u32>,
+}
+
+/// One `[[server.identity]]` table: who (any of the match keys) may reach what.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityConfig {
+    pub(crate) name: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) cn: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) dns: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) uri: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub(crate) spki: Vec<String>,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    pub(crate) proxy_protocol: Option<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Raw::deserialize(d)? {
+        Raw::One(one) => Ok(vec![one]),
+        Raw::Many(many) => Ok(many),
+    }
 }
 
 /// `[client]`.

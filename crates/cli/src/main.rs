@@ -3,6 +3,7 @@
 //! Every command is one module; this file parses the command line, sets up logging, runs the
 //! command and turns any error into one line on stderr and a non-zero exit status.
 
+mod access;
 mod certs;
 mod cli;
 mod client;
@@ -12,6 +13,7 @@ mod docs;
 mod logging;
 mod notify;
 mod probe;
+mod reload;
 mod server;
 mod signals;
 

@@ -1,16 +1,19 @@
-//! `streamproxy server`: TLS and DTLS on one port number, a destination policy, SIGHUP
-//! reloads the certificates, SIGINT/SIGTERM drain and exit.
+//! `streamproxy server`: TLS and DTLS on one port number, a destination policy and identity
+//! rules; SIGHUP reloads the config file and the certificates together, SIGINT/SIGTERM drain
+//! and exit.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
+use streamproxy::proxy::LivePolicy;
 use streamproxy::proxy::api::ApiSettings;
-use streamproxy::proxy::policy::{Policy, Rule};
-use streamproxy::proxy::server::{CertPaths, Server};
+use streamproxy::proxy::identity::Access;
+use streamproxy::proxy::server::{CertPaths, Reloader, Server};
 use streamproxy::proxy::settings::Settings;
 use streamproxy::proxy::status::{StatusAddr, StatusListener};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::access::AccessPlan;
 use crate::cli::ServerArgs;
 use crate::config::{ConfigFile, ServerConfig, all_present, status_addr};
 use crate::signals::Stop;
@@ -19,24 +22,20 @@ use crate::signals::Stop;
 struct Plan {
     listen: SocketAddr,
     certs: CertPaths,
-    policy: Policy,
-    /// The rules as given (for `--check`).
-    allow: Vec<Rule>,
-    deny: Vec<Rule>,
+    /// The policy, identity rules and PROXY protocol setting, with their `--check` lines.
+    access: AccessPlan,
     settings: Settings,
     udp: bool,
     api: Option<ApiSettings>,
     status: Option<StatusAddr>,
 }
 
-const NO_POLICY: &str = "no destination policy: give --allow RULE (e.g. --allow 10.0.0.0/8:443, repeatable) or --allow-all to allow every destination";
-
-fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
+fn plan(args: &ServerArgs) -> anyhow::Result<Plan> {
     let file = ConfigFile::load(args.config.as_deref())?.server;
     let listen_text = args.listen.is_none().then(|| file.listen.clone()).flatten();
-    let cert = args.files.cert.or_else(|| file.cert.clone());
-    let key = args.files.key.or_else(|| file.key.clone());
-    let ca = args.files.ca.or_else(|| file.ca.clone());
+    let cert = args.files.cert.clone().or_else(|| file.cert.clone());
+    let key = args.files.key.clone().or_else(|| file.key.clone());
+    let ca = args.files.ca.clone().or_else(|| file.ca.clone());
     all_present(&[
         (
             args.listen.is_some() || listen_text.is_some(),
@@ -62,39 +61,16 @@ fn plan(args: ServerArgs) -> anyhow::Result<Plan> {
         (None, None) => bail!("missing --listen ADDR"),
     };
     let certs = CertPaths::new(cert, key, ca);
-    let allow = if args.allow.is_empty() {
-        parse_rules(&file.allow, "allow")?
-    } else {
-        args.allow
-    };
-    let deny = if args.deny.is_empty() {
-        parse_rules(&file.deny, "deny")?
-    } else {
-        args.deny
-    };
-    let allow_all = args.allow_all || (allow.is_empty() && file.allow_all == Some(true));
-    let policy = if allow_all {
-        if !allow.is_empty() {
-            bail!("give either allow rules or allow-all, not both");
-        }
-        Policy::allow_all(deny.clone())
-    } else if allow.is_empty() {
-        bail!(NO_POLICY);
-    } else {
-        Policy::new(allow.clone(), deny.clone())?
-    };
     Ok(Plan {
         listen,
         certs,
-        policy,
-        allow,
-        deny,
+        access: crate::access::plan(args, &file)?,
         settings: settings(&file)?,
         udp: !args.no_udp && file.udp.unwrap_or(true),
         api: (!args.no_api && file.api.unwrap_or(true))
-            .then(|| api_settings(args.agent_name, &file))
+            .then(|| api_settings(args.agent_name.clone(), &file))
             .transpose()?,
-        status: status_addr(args.status_listen, file.status_listen.as_deref())?,
+        status: status_addr(args.status_listen.clone(), file.status_listen.as_deref())?,
     })
 }
 
@@ -134,16 +110,6 @@ fn host_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "streamproxy".to_owned())
-}
-
-fn parse_rules(rules: &[String], key: &str) -> anyhow::Result<Vec<Rule>> {
-    rules
-        .iter()
-        .map(|r| {
-            r.parse::<Rule>()
-                .with_context(|| format!("{key} in the config file"))
-        })
-        .collect()
 }
 
 fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
@@ -238,7 +204,7 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
 /// context) by starting it on a loopback port of its own, then prints the effective
 /// configuration. The real address is not bound, so a port in use is not detected.
 async fn check(plan: Plan) -> anyhow::Result<()> {
-    let mut builder = Server::builder(plan.policy.clone(), plan.certs.clone());
+    let mut builder = builder(&plan);
     if let Some(settings) = plan.api.clone() {
         builder = builder.api_settings(settings);
     }
@@ -254,6 +220,36 @@ async fn check(plan: Plan) -> anyhow::Result<()> {
         .await?;
     print!("{}", describe(&plan));
     Ok(())
+}
+
+/// SIGHUP: reads the flags and the config file again and reloads the certificates; puts the
+/// new policy, identity rules, PROXY protocol setting and header and dial timeouts in force
+/// together with them, or nothing at all when anything is wrong. Logs one line: what
+/// changed, or why nothing did. `in_force` is the description of what is in force.
+fn reload(args: &ServerArgs, reloader: &Reloader, in_force: &mut String) {
+    let outcome = plan(args).and_then(|plan| {
+        let live = LivePolicy::new(plan.access.access.clone(), &plan.settings);
+        reloader.reload_with(Some(live))?;
+        Ok(plan)
+    });
+    match outcome {
+        Ok(plan) => {
+            let now = describe(&plan);
+            let changes = crate::reload::changes(in_force, &now);
+            *in_force = now;
+            tracing::info!(
+                signal = "SIGHUP",
+                changed = %changes.applied(),
+                needs_restart = %changes.needs_restart(),
+                "reloaded the configuration and the certificate, key and CA"
+            );
+        }
+        Err(e) => tracing::error!(
+            signal = "SIGHUP",
+            error = %crate::one_line(e.as_ref()),
+            "reload failed; nothing changed: the previous configuration and certificates stay in force"
+        ),
+    }
 }
 
 /// Descriptors a server may need at its limits: two per TCP tunnel (client and destination),
@@ -324,15 +320,7 @@ fn describe(plan: &Plan) -> String {
         }
         None => lines.push(("api", "off".into())),
     }
-    if plan.policy.is_allow_all() {
-        lines.push(("allow", "every destination not denied (allow_all)".into()));
-    }
-    for rule in &plan.allow {
-        lines.push(("allow", rule.to_string()));
-    }
-    for rule in &plan.deny {
-        lines.push(("deny", rule.to_string()));
-    }
+    lines.extend(plan.access.lines.iter().cloned());
     lines.extend([
         ("header_timeout", secs(s.header_timeout)),
         ("dial_timeout", secs(s.dial_timeout)),
@@ -387,9 +375,17 @@ fn warn_if_key_readable(key: &std::path::Path) {
     }
 }
 
+/// A server builder with the plan's certificates, policy, identity rules and PROXY protocol.
+fn builder(plan: &Plan) -> streamproxy::proxy::server::ServerBuilder {
+    let access: &Access = &plan.access.access;
+    Server::builder(access.policy().clone(), plan.certs.clone())
+        .identities(access.identity_rules().iter().cloned())
+        .proxy_protocol(access.default_proxy_protocol())
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let check_only = args.check;
-    let plan = plan(args)?;
+    let plan = plan(&args)?;
     if check_only {
         return check(plan).await;
     }
@@ -398,7 +394,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let drain = plan.settings.drain_period;
     let api = plan.api.is_some();
-    let mut builder = Server::builder(plan.policy.clone(), plan.certs.clone());
+    let mut builder = builder(&plan);
     if let Some(settings) = plan.api.clone() {
         builder = builder.api_settings(settings);
     }
@@ -415,10 +411,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
-            tracing::info!(tcp = %tcp, udp = %udp, api, allow_all = plan.policy.is_allow_all(), "listening")
+            tracing::info!(tcp = %tcp, udp = %udp, api, allow_all = plan.access.access.policy().is_allow_all(), identity_rules = plan.access.access.identity_rules().len(), "listening")
         }
         None => {
-            tracing::info!(tcp = %tcp, udp = "off", api, allow_all = plan.policy.is_allow_all(), "listening")
+            tracing::info!(tcp = %tcp, udp = "off", api, allow_all = plan.access.access.policy().is_allow_all(), identity_rules = plan.access.access.identity_rules().len(), "listening")
         }
     }
     let reloader = server.reloader();
@@ -438,6 +434,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
     crate::notify::ready();
+    let mut in_force = describe(&plan);
     server
         .run(async move {
             let name = loop {
@@ -445,10 +442,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     name = stop.wait() => break name,
                     _ = hangup.recv() => {
                         crate::notify::reloading();
-                        match reloader.reload() {
-                            Ok(()) => tracing::info!(signal = "SIGHUP", "reloaded the certificate, key and CA"),
-                            Err(e) => tracing::error!(signal = "SIGHUP", error = %crate::one_line(&e), "reload failed; keeping the previous certificates"),
-                        }
+                        reload(&args, &reloader, &mut in_force);
                         crate::notify::reloaded();
                     }
                 }

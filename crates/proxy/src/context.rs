@@ -1,17 +1,50 @@
-//! What every connection of a server shares: the dialer, the settings and the metrics.
+//! What every connection of a server shares: the dialer, the settings, the metrics, and the
+//! [`LivePolicy`] a reload replaces.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::dial::{Dialer, DnsResolver, LookupLimits, Resolve, SystemResolver};
+use crate::identity::Access;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::settings::Settings;
 
+/// What a reload may change while the server runs: who may reach what, and the timeouts
+/// read per tunnel. Each tunnel takes one snapshot when it is admitted and keeps it to its
+/// end, so a reload applies to new tunnels only.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LivePolicy {
+    /// The destination policy, the identity rules and the PROXY protocol setting.
+    pub access: Access,
+    /// How long a client has to send its header.
+    pub header_timeout: Duration,
+    /// How long resolving and connecting to a destination may take.
+    pub dial_timeout: Duration,
+}
+
+impl LivePolicy {
+    /// `access` with the timeouts of `settings`.
+    pub fn new(access: Access, settings: &Settings) -> LivePolicy {
+        LivePolicy {
+            access,
+            header_timeout: settings.header_timeout,
+            dial_timeout: settings.dial_timeout,
+        }
+    }
+}
+
 /// The dialer, settings and metrics of one server, shared by its TCP and UDP sides.
 #[derive(Debug, Clone)]
 pub struct ServerContext {
-    /// How destinations are checked and reached.
+    /// How destinations are resolved and reached. Its policy is the one the server started
+    /// with; tunnels are checked against the policy their [`LivePolicy`] grants them.
     pub dialer: Dialer,
+    /// Who may reach what, replaced as a whole by a reload.
+    pub live: Arc<ArcSwap<LivePolicy>>,
     /// Timeouts and limits.
     pub settings: Settings,
     /// Where outcomes are counted.
@@ -31,9 +64,10 @@ impl ServerContext {
                 Arc::new(SystemResolver)
             }
         };
+        let live = LivePolicy::new(Access::new(policy), &settings);
         ServerContext {
             dialer: Dialer {
-                policy: Arc::new(policy),
+                policy: Arc::new(live.access.policy().clone()),
                 resolver,
                 timeout: settings.dial_timeout,
                 keepalive: settings.tcp_keepalive,
@@ -44,9 +78,17 @@ impl ServerContext {
                 )),
                 udp_buffers: Some(settings.udp_buffers),
             },
+            live: Arc::new(ArcSwap::from_pointee(live)),
             settings,
             metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The same context with `access` (identity rules, PROXY protocol) in force.
+    pub fn with_access(mut self, access: Access) -> ServerContext {
+        let live = LivePolicy::new(access, &self.settings);
+        self.live = Arc::new(ArcSwap::from_pointee(live));
+        self
     }
 
     /// The same context with another resolver.

@@ -14,6 +14,8 @@
 //! | forward local ports through a server (the client side) | [`forward::TcpForwarder`], [`forward::UdpForwarder`], [`forward::ForwardSettings`] |
 //! | open one tunnel yourself | [`tcp::connect`], [`udp::connect`]; health checks: [`tcp::health_check`], [`udp::health_check`] |
 //! | decide which destinations are allowed | [`policy::Policy`], [`policy::Rule`] |
+//! | give client identities their own destinations | [`identity::Access`], [`identity::IdentityRule`]; reload with [`server::Reloader::reload_with`] |
+//! | tell destinations who the client is | [`proxy_protocol`] (PROXY protocol v2) |
 //! | tell an operator why a tunnel failed | [`explain::explain`] |
 //! | read the counters | [`metrics::Metrics`] (the server's), [`forward::ForwardStats`] |
 //!
@@ -58,9 +60,11 @@ pub mod destination;
 pub mod dial;
 pub mod explain;
 pub mod forward;
+pub mod identity;
 pub mod keepalive;
 pub mod metrics;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod request;
 pub mod server;
@@ -72,5 +76,5 @@ pub mod tunnel;
 pub mod udp;
 
 pub use admission::Refusal;
-pub use context::ServerContext;
+pub use context::{LivePolicy, ServerContext};
 pub use destination::{Destination, DestinationError};

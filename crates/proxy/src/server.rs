@@ -1,5 +1,6 @@
 //! The full server: TLS on a TCP port and DTLS on the UDP port of the same number, built from
-//! certificate files and a policy, with live certificate reload.
+//! certificate files and a policy, with live reload of the certificates and of the
+//! [`LivePolicy`] (policy, identity rules, PROXY protocol, header and dial timeouts).
 
 use std::future::Future;
 use std::io;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::ServerContext;
+use crate::context::{LivePolicy, ServerContext};
+use crate::identity::{Access, IdentityRule};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::settings::Settings;
 use crate::tcp::{StreamHandler, TcpServer};
 use crate::udp::UdpServer;
@@ -85,6 +88,8 @@ pub enum ReloadError {
 #[derive(Clone)]
 pub struct ServerBuilder {
     policy: Policy,
+    identities: Vec<IdentityRule>,
+    proxy_protocol: ProxyProtocol,
     certs: CertPaths,
     settings: Settings,
     resolver: Option<Arc<dyn crate::dial::Resolve>>,
@@ -96,6 +101,8 @@ impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerBuilder")
             .field("policy", &self.policy)
+            .field("identities", &self.identities)
+            .field("proxy_protocol", &self.proxy_protocol)
             .field("certs", &self.certs)
             .field("settings", &self.settings)
             .field("udp", &self.udp)
@@ -108,6 +115,21 @@ impl ServerBuilder {
     /// Resolves destination names with `resolver` instead of the system's.
     pub fn resolver(mut self, resolver: impl crate::dial::Resolve) -> Self {
         self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Identity rules (default: none). With any, each client reaches only what the first rule
+    /// matching its certificate allows, and a client no rule matches is refused; see
+    /// [`crate::identity`].
+    pub fn identities(mut self, rules: impl IntoIterator<Item = IdentityRule>) -> Self {
+        self.identities = rules.into_iter().collect();
+        self
+    }
+
+    /// Whether tunnels send a PROXY protocol header to their destination, unless their
+    /// identity rule says otherwise (default: off).
+    pub fn proxy_protocol(mut self, mode: ProxyProtocol) -> Self {
+        self.proxy_protocol = mode;
         self
     }
 
@@ -175,7 +197,11 @@ impl ServerBuilder {
             None
         };
         let (tcp, udp) = bind_pair(addr, self.udp).await?;
-        let mut ctx = ServerContext::new(self.policy, self.settings);
+        let access = Access::new(self.policy)
+            .identities(self.identities)
+            .proxy_protocol(self.proxy_protocol);
+        let mut ctx =
+            ServerContext::new(access.policy().clone(), self.settings).with_access(access);
         if let Some(resolver) = self.resolver {
             ctx.dialer.resolver = resolver;
         }
@@ -208,6 +234,7 @@ impl ServerBuilder {
                 credentials,
                 dtls: dtls_handle,
                 certs: self.certs,
+                live: Arc::clone(&ctx.live),
             },
             ctx,
         })
@@ -257,12 +284,14 @@ async fn bind_pair(
     })
 }
 
-/// Replaces the certificate, key and CA of a running server. Cloning is cheap.
+/// Replaces the certificate, key and CA of a running server, and its [`LivePolicy`]. Cloning
+/// is cheap.
 #[derive(Clone)]
 pub struct Reloader {
     credentials: tls::ServerCredentials,
     dtls: Option<dtls::ListenerHandle>,
     certs: CertPaths,
+    live: Arc<arc_swap::ArcSwap<LivePolicy>>,
 }
 
 impl Reloader {
@@ -271,6 +300,19 @@ impl Reloader {
     /// transport served (rustls for TLS, an OpenSSL context for DTLS) before either changes,
     /// so on error both keep the material in force.
     pub fn reload(&self) -> Result<(), ReloadError> {
+        self.reload_with(None)
+    }
+
+    /// The policy, identity rules and timeouts in force.
+    pub fn live_policy(&self) -> Arc<LivePolicy> {
+        self.live.load_full()
+    }
+
+    /// Re-reads the certificate files as [`reload`](Self::reload) does and, if they are good,
+    /// puts `live` (already validated by its construction) in force in the same step. On error
+    /// nothing changes: neither the certificates nor the policy. Tunnels already admitted keep
+    /// the policy that admitted them; new ones get `live`.
+    pub fn reload_with(&self, live: Option<LivePolicy>) -> Result<(), ReloadError> {
         let dtls = match &self.dtls {
             Some(handle) => Some((
                 handle,
@@ -285,6 +327,9 @@ impl Reloader {
         self.credentials.commit(tls);
         if let Some((handle, prepared)) = dtls {
             handle.commit(prepared);
+        }
+        if let Some(live) = live {
+            self.live.store(Arc::new(live));
         }
         Ok(())
     }
@@ -316,6 +361,8 @@ impl Server {
     pub fn builder(policy: Policy, certs: CertPaths) -> ServerBuilder {
         ServerBuilder {
             policy,
+            identities: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
             certs,
             settings: Settings::default(),
             resolver: None,

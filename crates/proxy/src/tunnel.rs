@@ -3,9 +3,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::destination::Destination;
+use crate::identity::PeerCertificate;
 use crate::metrics::{Metrics, Transport};
 
 /// Who is on the client side of a tunnel.
@@ -15,6 +17,39 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The subject of the client's certificate, when known.
     pub subject: Option<String>,
+    /// What identity rules match on: the certificate's names and key pin. `None` when the
+    /// certificate is unknown or unreadable; identity rules then refuse the client.
+    pub certificate: Option<Arc<PeerCertificate>>,
+    /// How the client is connected, for the PROXY protocol header.
+    pub connection: Connection,
+}
+
+/// How a client is connected: what a PROXY protocol header tells the destination besides
+/// the client's address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The server's address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The negotiated application protocol.
+    pub alpn: Option<&'static str>,
+    /// The TLS or DTLS version, as `TLSv1.3` or `DTLSv1.2`.
+    pub version: Option<&'static str>,
+}
+
+impl Connection {
+    /// A connection to `local` with this ALPN protocol and version.
+    pub fn new(
+        local: Option<SocketAddr>,
+        alpn: Option<&'static str>,
+        version: Option<&'static str>,
+    ) -> Connection {
+        Connection {
+            local,
+            alpn,
+            version,
+        }
+    }
 }
 
 impl Client {
@@ -23,7 +58,25 @@ impl Client {
         Client {
             addr,
             subject: None,
+            certificate: None,
+            connection: Connection::default(),
         }
+    }
+
+    /// The client with the subject and identity of its certificate (DER); an unreadable
+    /// certificate leaves the identity unknown.
+    pub fn with_certificate(mut self, subject: Option<String>, der: Option<&[u8]>) -> Client {
+        self.subject = subject;
+        self.certificate = der
+            .and_then(|der| PeerCertificate::from_der(der).ok())
+            .map(Arc::new);
+        self
+    }
+
+    /// The client with how it is connected.
+    pub fn with_connection(mut self, connection: Connection) -> Client {
+        self.connection = connection;
+        self
     }
 }
 
@@ -52,12 +105,14 @@ impl<'m> Tunnel<'m> {
         transport: Transport,
         client: &Client,
         destination: Destination,
+        identity: Option<&str>,
     ) -> Tunnel<'m> {
         metrics.tunnel_opened(transport);
         tracing::info!(
             transport = %transport,
             peer = %client.addr,
             subject = client.subject.as_deref().unwrap_or("-"),
+            identity = identity.unwrap_or("-"),
             destination = ?destination,
             "tunnel open"
         );

@@ -239,6 +239,7 @@ struct Info {
     peer: SocketAddr,
     local: SocketAddr,
     peer_subject: Option<String>,
+    peer_certificate: Option<Vec<u8>>,
     cipher: &'static str,
     key_exchange_group: Option<&'static str>,
     data_mtu: usize,
@@ -299,6 +300,7 @@ impl DtlsSession {
             peer_subject: ssl
                 .peer_certificate()
                 .map(|c| format_name(c.subject_name())),
+            peer_certificate: ssl.peer_certificate().and_then(|c| c.to_der().ok()),
             cipher: ssl.current_cipher().map_or("", |c| c.name()),
             key_exchange_group: key_exchange_group(ssl),
             data_mtu: ffi::data_mtu(ssl),
@@ -352,6 +354,11 @@ impl DtlsSession {
     /// The subject of the peer's certificate, as `CN=..., O=...`.
     pub fn peer_subject(&self) -> Option<&str> {
         self.send.shared.info.peer_subject.as_deref()
+    }
+
+    /// The peer's certificate (DER), for matching its names and key.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.send.shared.info.peer_certificate.as_deref()
     }
 
     /// The negotiated cipher suite (OpenSSL name).

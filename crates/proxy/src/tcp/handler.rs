@@ -7,8 +7,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::admission::{Admission, Asked, Refusal};
 use crate::context::ServerContext;
-use crate::dial::dial_tcp;
+use crate::dial::{DialError, dial_tcp};
 use crate::metrics::{Metrics, Transport};
+use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::relay::relay;
 use crate::request::{Request, read_header};
 use crate::settings::Settings;
@@ -98,14 +99,30 @@ impl StreamHandler {
         let inner = &*self.inner;
         let admission = Admission::new(inner, Transport::Tcp, &client);
         let read = async { read_header(&mut stream).await.map_err(Refusal::from) };
-        let (request, destination) = match admission.request(read).await? {
-            Asked::Tunnel(request, destination) => (request, destination),
+        // A refusal drops the stream without close_notify: a refused health check does not
+        // look healthy.
+        let (request, destination, grant) = match admission.request(read).await? {
+            Asked::Tunnel(request, destination, grant) => (request, destination, grant),
             Asked::HealthCheck => {
                 let _ = stream.shutdown().await;
                 return Ok(Served::HealthCheck);
             }
         };
-        let dial = dial_tcp(&destination, &inner.dialer, Some(client.addr.ip()));
+        let dialer = admission.dialer(&grant);
+        let dial = async {
+            let mut outbound = dial_tcp(&destination, &dialer, Some(client.addr.ip())).await?;
+            let local = outbound.local_addr().unwrap_or(client.addr);
+            if let Some(header) = admission.proxy_header(&grant, ProxyTransport::Stream, local) {
+                outbound
+                    .write_all(&header)
+                    .await
+                    .map_err(|source| DialError::Connect {
+                        destination: destination.clone(),
+                        source,
+                    })?;
+            }
+            Ok::<_, DialError>(outbound)
+        };
         let mut outbound = match admission.dial(&destination, dial).await {
             Ok(outbound) => outbound,
             Err(refusal) => {
@@ -113,7 +130,13 @@ impl StreamHandler {
                 return Err(refusal.into());
             }
         };
-        let tunnel = Tunnel::open(&inner.metrics, Transport::Tcp, &client, destination);
+        let tunnel = Tunnel::open(
+            &inner.metrics,
+            Transport::Tcp,
+            &client,
+            destination,
+            grant.rule(),
+        );
         let outcome = relay(&mut stream, &mut outbound).await;
         let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);
         match outcome.result {

@@ -18,7 +18,7 @@ use crate::settings::Settings;
 use crate::shutdown::Tasks;
 use crate::tcp::StreamHandler;
 use crate::tcp::handshakes::{HandshakeSlots, LogBudget, Reason, SUMMARY_EVERY, Slot, Summary};
-use crate::tunnel::Client;
+use crate::tunnel::{Client, Connection};
 
 /// A TLS server on an already-bound TCP listener.
 ///
@@ -183,10 +183,7 @@ impl Shared {
         let Some(accepted) = self.handshake(tcp, addr, slot).await else {
             return;
         };
-        let client = Client {
-            addr,
-            subject: Some(accepted.peer.certificate.subject.clone()),
-        };
+        let client = peer_client(&accepted);
         match (accepted.peer.alpn, &self.api) {
             (Some(AppProtocol::Stream), _) => {
                 let Ok(_permit) = Arc::clone(&self.tunnels).try_acquire_owned() else {
@@ -268,4 +265,26 @@ impl Shared {
             );
         }
     }
+}
+
+/// The client of a finished handshake: its address and certificate, and what a PROXY
+/// protocol header reports about the connection.
+fn peer_client(accepted: &tls::Accepted) -> Client {
+    let (tcp, conn) = accepted.stream.get_ref();
+    let version = match accepted.peer.version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+        Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+        _ => None,
+    };
+    let leaf = conn.peer_certificates().and_then(<[_]>::first);
+    Client::from_addr(accepted.peer.addr)
+        .with_certificate(
+            Some(accepted.peer.certificate.subject.clone()),
+            leaf.map(|der| der.as_ref()),
+        )
+        .with_connection(Connection::new(
+            tcp.local_addr().ok(),
+            accepted.peer.alpn.map(AppProtocol::name),
+            version,
+        ))
 }

@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admission, Asked, Refusal};
 use crate::context::ServerContext;
 use crate::destination::Destination;
-use crate::dial::{DialError, dial_udp};
+use crate::dial::{DialError, Dialer, dial_udp};
 use crate::metrics::{Metrics, Transport};
+use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::request::{ReadHeaderError, Request};
 use crate::shutdown::Tasks;
-use crate::tunnel::{Client, Tunnel};
+use crate::tunnel::{Client, Connection, Tunnel};
 
 /// The destination side of one UDP session: a connected socket, and the signal that ends the
 /// session when the manager closes it (idle eviction, shutdown, a replacing session).
@@ -51,6 +52,20 @@ impl Close for Outbound {
 
 type Sessions = ConnectionManager<Outbound, DialError>;
 
+/// The dialer each session's grant gives, handed from the session to the registry's factory
+/// by client address (the factory is shared and told only the address and destination). A
+/// factory that finds none refuses: a destination is never dialed without a grant.
+#[derive(Default)]
+struct Grants(std::sync::Mutex<std::collections::HashMap<SocketAddr, Dialer>>);
+
+impl Grants {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Dialer>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A UDP-over-DTLS server on an already-bound [`DtlsListener`].
 pub struct UdpServer {
     listener: DtlsListener,
@@ -73,16 +88,23 @@ impl UdpServer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let UdpServer { mut listener, ctx } = self;
         let settings = ctx.settings.clone();
+        let grants = Arc::new(Grants::default());
         let sessions: Arc<Sessions> = Arc::new(ConnectionManager::new({
-            let dialer = ctx.dialer.clone();
+            let grants = Arc::clone(&grants);
             move |create: CreateRequest| {
-                let dialer = dialer.clone();
+                let dialer = grants.lock().remove(&create.client);
                 async move {
                     let destination = Destination::new(&create.host, create.port).map_err(|e| {
                         DialError::Connect {
                             destination: Destination::new("invalid", 1).expect("valid"),
                             source: std::io::Error::other(e),
                         }
+                    })?;
+                    let dialer = dialer.ok_or_else(|| {
+                        DialError::Refused(crate::policy::Refusal::NotAllowed {
+                            host: create.host.clone(),
+                            port: create.port,
+                        })
                     })?;
                     let socket = dial_udp(&destination, &dialer, Some(create.client.ip())).await?;
                     Ok(Arc::new(Outbound {
@@ -123,8 +145,9 @@ impl UdpServer {
             };
             let ctx = ctx.clone();
             let sessions = Arc::clone(&sessions);
+            let grants = Arc::clone(&grants);
             tasks.spawn(async move {
-                serve_session(session, &ctx, &sessions).await;
+                serve_session(session, &ctx, &sessions, &grants).await;
                 drop(permit);
             });
         }
@@ -209,19 +232,37 @@ impl std::fmt::Display for End {
     }
 }
 
-async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Sessions) {
-    let client = Client {
-        addr: session.peer_addr(),
-        subject: session.peer_subject().map(str::to_owned),
-    };
+async fn serve_session(
+    session: DtlsSession,
+    ctx: &ServerContext,
+    sessions: &Sessions,
+    grants: &Grants,
+) {
+    let client = Client::from_addr(session.peer_addr())
+        .with_certificate(
+            session.peer_subject().map(str::to_owned),
+            session.peer_certificate(),
+        )
+        .with_connection(Connection::new(
+            Some(session.local_addr()),
+            None,
+            Some("DTLSv1.2"),
+        ));
     let max_payload = session.max_payload();
     let (send, mut recv) = session.into_split();
     let mut buf = vec![0u8; max_payload.max(proto::MAX_HEADER_LEN)];
     let admission = Admission::new(ctx, Transport::Udp, &client);
     let asked = admission.request(first_record(&mut recv, &mut buf)).await;
-    let destination = match asked {
-        Ok(Asked::Tunnel(_, destination)) => destination,
-        Ok(Asked::HealthCheck) | Err(_) => {
+    let (destination, grant) = match asked {
+        Ok(Asked::Tunnel(_, destination, grant)) => (destination, grant),
+        Ok(Asked::HealthCheck) => {
+            let _ = send.shutdown().await;
+            return;
+        }
+        // No close_notify for a client the identity rules refuse: its health check must not
+        // look healthy.
+        Err(Refusal::Identity(_)) => return,
+        Err(_) => {
             let _ = send.shutdown().await;
             return;
         }
@@ -230,15 +271,33 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
     if sessions.contains(&client.addr) {
         sessions.remove(&client.addr).await;
     }
-    let Some((outbound, socket)) = open(&admission, sessions, &client, &destination).await else {
+    grants.lock().insert(client.addr, admission.dialer(&grant));
+    let opened = open(&admission, sessions, &client, &destination).await;
+    grants.lock().remove(&client.addr);
+    let Some((outbound, socket)) = opened else {
         let _ = send.shutdown().await;
         return;
     };
-    let tunnel = Tunnel::open(&ctx.metrics, Transport::Udp, &client, destination);
+    // The PROXY protocol header goes in front of every datagram: written once at the start
+    // of the buffer that datagrams are received into, after it.
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let prefix = admission
+        .proxy_header(&grant, ProxyTransport::Dgram, local)
+        .unwrap_or_default();
+    let mut buf = [prefix.as_slice(), &vec![0u8; max_payload]].concat();
+    let tunnel = Tunnel::open(
+        &ctx.metrics,
+        Transport::Udp,
+        &client,
+        destination,
+        grant.rule(),
+    );
     let counters = Counters::default();
     let silence = ctx.settings.udp_client_silence_timeout;
     let end = tokio::select! {
-        end = client_to_destination(&mut recv, &mut buf, &socket, sessions, &client.addr, &counters) => end,
+        end = client_to_destination(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
         end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
         () = outbound.stop.cancelled() => End::Stopped(outbound.reason.get().copied().unwrap_or("closed by the server")),
         () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
@@ -377,16 +436,19 @@ async fn client_silence(counters: &Counters, timeout: Duration) {
     }
 }
 
+/// Forwards the client's records to the destination. `buf` starts with `prefix` bytes (a
+/// PROXY protocol header, or none) that go in front of every datagram.
 async fn client_to_destination(
     recv: &mut RecvHalf,
     buf: &mut [u8],
+    prefix: usize,
     destination: &UdpSocket,
     sessions: &Sessions,
     client: &SocketAddr,
     counters: &Counters,
 ) -> End {
     loop {
-        let n = match recv.recv(buf).await {
+        let n = match recv.recv(&mut buf[prefix..]).await {
             Ok(Some(n)) => n,
             Ok(None) => return End::ClientClosed,
             Err(RecvError::Replaced) => return End::Replaced,
@@ -396,7 +458,7 @@ async fn client_to_destination(
         let now = Instant::now();
         sessions.touch(client, now);
         counters.heard_from_client(now);
-        match destination.send(&buf[..n]).await {
+        match destination.send(&buf[..prefix + n]).await {
             Ok(_) => {
                 counters.up.fetch_add(n as u64, Ordering::Relaxed);
             }
