@@ -15,7 +15,7 @@ use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use streamproxy_connmgr::{Close, ConnectionManager};
+use streamproxy_connmgr::{Close, CloseReason, ConnectionManager};
 
 /// Entries in each map, so lookups probe a realistically populated table.
 const ENTRIES: u16 = 1024;
@@ -23,7 +23,7 @@ const ENTRIES: u16 = 1024;
 struct Conn;
 
 impl Close for Conn {
-    async fn close(self: Arc<Self>) {}
+    async fn close(self: Arc<Self>, _: CloseReason) {}
 }
 
 fn client(n: u16) -> SocketAddr {
@@ -31,13 +31,13 @@ fn client(n: u16) -> SocketAddr {
 }
 
 trait Lookup: Sync {
-    fn lookup(&self, client: &SocketAddr, now: Instant) -> Option<Arc<Conn>>;
+    fn lookup(&self, key: &SocketAddr, now: Instant) -> Option<Arc<Conn>>;
 }
 
-impl Lookup for ConnectionManager<Conn> {
+impl Lookup for ConnectionManager<SocketAddr, Conn> {
     #[inline]
-    fn lookup(&self, client: &SocketAddr, now: Instant) -> Option<Arc<Conn>> {
-        self.get(client, now)
+    fn lookup(&self, key: &SocketAddr, now: Instant) -> Option<Arc<Conn>> {
+        self.get(key, now)
     }
 }
 
@@ -54,18 +54,18 @@ struct BaselineEntry {
 
 impl Lookup for Baseline {
     #[inline]
-    fn lookup(&self, client: &SocketAddr, now: Instant) -> Option<Arc<Conn>> {
+    fn lookup(&self, key: &SocketAddr, now: Instant) -> Option<Arc<Conn>> {
         let stamp =
             u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(0);
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = map.get_mut(client)?;
+        let entry = map.get_mut(key)?;
         entry.last_used = entry.last_used.max(stamp);
         Some(Arc::clone(&entry.conn))
     }
 }
 
-fn manager() -> ConnectionManager<Conn> {
-    let manager = ConnectionManager::new(|_| async { Ok(Arc::new(Conn)) });
+fn manager() -> ConnectionManager<SocketAddr, Conn> {
+    let manager = ConnectionManager::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a tokio runtime for the setup");
@@ -73,9 +73,9 @@ fn manager() -> ConnectionManager<Conn> {
     runtime.block_on(async {
         for n in 0..ENTRIES {
             manager
-                .get_or_create(client(n), "10.0.0.7", 53, now)
+                .get_or_create(client(n), now, || async { Ok(Arc::new(Conn)) })
                 .await
-                .expect("the bench factory never fails");
+                .expect("the bench's `make` never fails");
         }
     });
     manager

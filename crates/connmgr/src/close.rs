@@ -1,15 +1,53 @@
-//! The one thing the manager needs from a connection: a way to close it.
+//! The one thing the manager needs from a connection: a way to close it, and why.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+
+/// Why the [`ConnectionManager`](crate::ConnectionManager) closed a connection.
+///
+/// Passed to [`Close::close`], so a connection can report (log, count, tell its peer) why it
+/// ended without its owner marking it beforehand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// It had not been used for the time given to
+    /// [`evict_idle`](crate::ConnectionManager::evict_idle).
+    Idle,
+    /// Its entry was removed: by [`remove`](crate::ConnectionManager::remove) or
+    /// [`remove_if_same`](crate::ConnectionManager::remove_if_same), or, for a connection
+    /// whose creation finished after its entry had been removed (by `remove` or `close_all`),
+    /// by the [`get_or_create`](crate::ConnectionManager::get_or_create) call that created it.
+    Removed,
+    /// [`close_all`](crate::ConnectionManager::close_all) closed every connection.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short lowercase description: `"idle"`, `"removed"` or `"shut down"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shut down",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A connection the [`ConnectionManager`](crate::ConnectionManager) can close.
 ///
 /// The manager calls [`close`](Close::close) **exactly once** for every connection it took
-/// ownership of: when the connection is removed, evicted, swept by
-/// [`close_all`](crate::ConnectionManager::close_all), or when it was created for an entry
-/// that had been removed before the creation finished. It is never called twice for the same
-/// handle, and never for a connection the manager did not create.
+/// ownership of: when the connection is removed ([`CloseReason::Removed`]), evicted
+/// ([`CloseReason::Idle`]), swept by [`close_all`](crate::ConnectionManager::close_all)
+/// ([`CloseReason::Shutdown`]), or when it was created for an entry that had been removed
+/// before the creation finished ([`CloseReason::Removed`]). It is never called twice for the
+/// same handle, and never for a connection that no `get_or_create` call produced.
 ///
 /// `close` receives one `Arc` handle, but other tasks may still hold clones of it (a forwarding
 /// task, for instance). Closing must therefore make the connection unusable for every holder
@@ -26,7 +64,7 @@ use std::sync::Arc;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use streamproxy_connmgr::Close;
+/// use streamproxy_connmgr::{Close, CloseReason};
 ///
 /// struct DtlsSession { /* ... */ }
 ///
@@ -35,7 +73,9 @@ use std::sync::Arc;
 /// }
 ///
 /// impl Close for DtlsSession {
-///     async fn close(self: Arc<Self>) {
+///     async fn close(self: Arc<Self>, why: CloseReason) {
+///         // e.g. log "session closed: {why}"
+///         let _ = why;
 ///         self.send_close_notify().await;
 ///     }
 /// }
@@ -43,27 +83,28 @@ use std::sync::Arc;
 ///
 /// # Sync close
 ///
-/// A connection that closes synchronously wraps its work in a ready future:
+/// A connection that closes synchronously wraps its work in a ready future. Here the reason is
+/// kept for the forwarding loop, which reports it when it stops:
 ///
 /// ```
 /// use std::future::Future;
-/// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicBool, Ordering};
-/// use streamproxy_connmgr::Close;
+/// use std::sync::{Arc, OnceLock};
+/// use streamproxy_connmgr::{Close, CloseReason};
 ///
 /// struct UdpDestination {
 ///     socket: std::net::UdpSocket,
-///     closed: AtomicBool, // checked by the forwarding loop
+///     closed: OnceLock<CloseReason>, // checked by the forwarding loop
 /// }
 ///
 /// impl Close for UdpDestination {
-///     fn close(self: Arc<Self>) -> impl Future<Output = ()> + Send {
-///         self.closed.store(true, Ordering::Release);
+///     fn close(self: Arc<Self>, why: CloseReason) -> impl Future<Output = ()> + Send {
+///         let _ = self.closed.set(why);
 ///         std::future::ready(())
 ///     }
 /// }
 /// ```
 pub trait Close: Send + Sync + 'static {
-    /// Closes the connection. Called at most once per connection by the manager.
-    fn close(self: Arc<Self>) -> impl Future<Output = ()> + Send;
+    /// Closes the connection for the reason `why`. Called at most once per connection by the
+    /// manager.
+    fn close(self: Arc<Self>, why: CloseReason) -> impl Future<Output = ()> + Send;
 }

@@ -1,4 +1,4 @@
-//! What the map holds for one client: a creation in flight or a ready connection.
+//! What the map holds for one key: a creation in flight or a ready connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +7,9 @@ use tokio::sync::watch;
 
 use crate::GetError;
 
-/// The value stored under a client's address.
+/// The value stored under a key.
 pub(crate) enum Slot<C, E> {
-    /// The factory is running; callers subscribe to the flight and wait.
+    /// The leader's `make` is running; other callers subscribe to the flight and wait.
     Pending(Arc<Flight<C, E>>),
     /// The connection exists.
     Ready(Ready<C>),
@@ -45,18 +45,18 @@ impl<C> Ready<C> {
     }
 }
 
-/// One run of the factory, shared by the caller that runs it and the callers that wait.
+/// One creation, shared by the caller that runs its `make` and the callers that wait.
 pub(crate) struct Flight<C, E> {
     state: watch::Sender<FlightState<C, E>>,
 }
 
 /// The progress of a [`Flight`].
 pub(crate) enum FlightState<C, E> {
-    /// The factory is still running.
+    /// The leader's `make` is still running.
     Running,
     /// The creation finished (successfully or not); waiters return this.
     Done(Result<Arc<C>, GetError<E>>),
-    /// The caller running the factory was cancelled; waiters try again.
+    /// The caller running `make` was cancelled; waiters try again.
     Abandoned,
 }
 

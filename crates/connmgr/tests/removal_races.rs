@@ -1,4 +1,4 @@
-//! `remove`, `close_all` and `evict_idle` racing `get_or_create`: every connection the factory
+//! `remove`, `close_all` and `evict_idle` racing `get_or_create`: every connection a `make`
 //! created is closed exactly once, and none is left behind.
 
 mod support;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use streamproxy_connmgr::GetError;
 use tokio::task::JoinSet;
 
-use support::{client, manager};
+use support::{Factory, Manager, client, manager};
 
 const ITERATIONS: usize = 300;
 const KEYS: u16 = 3;
@@ -24,18 +24,20 @@ async fn yield_times(n: usize) {
 /// which then remove their own entry with `remove_if_same`.
 fn spawn_getters(
     tasks: &mut JoinSet<()>,
-    manager: &Arc<streamproxy_connmgr::ConnectionManager<support::TestConn, support::Refused>>,
+    manager: &Arc<Manager>,
+    factory: &Arc<Factory>,
     iteration: usize,
     now: Instant,
 ) {
     for n in 0..6 {
         let manager = Arc::clone(manager);
+        let factory = Arc::clone(factory);
         tasks.spawn(async move {
             for round in 0..3u16 {
                 let key = client((n + round) % KEYS);
-                match manager.get_or_create(key, "h", 1, now).await {
+                match manager.get_or_create(key, now, factory.make(key)).await {
                     Ok(conn) => {
-                        assert_eq!(conn.client, key);
+                        assert_eq!(conn.key, key);
                         // Some sessions end on their own and remove their own entry.
                         if (iteration + usize::from(round)) % 2 == 0 {
                             manager.remove_if_same(&key, &conn).await;
@@ -53,10 +55,10 @@ fn spawn_getters(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn remove_racing_creation_closes_every_connection_exactly_once() {
     for iteration in 0..ITERATIONS {
-        let (manager, created) = manager(move |call| (call + iteration) % 4, |_| false);
+        let (manager, factory) = manager(move |call| (call + iteration) % 4, |_| false);
         let now = Instant::now();
         let mut tasks = JoinSet::new();
-        spawn_getters(&mut tasks, &manager, iteration, now);
+        spawn_getters(&mut tasks, &manager, &factory, iteration, now);
         for n in 0..2 {
             let manager = Arc::clone(&manager);
             tasks.spawn(async move {
@@ -72,18 +74,18 @@ async fn remove_racing_creation_closes_every_connection_exactly_once() {
 
         manager.close_all().await;
         assert!(manager.is_empty());
-        assert!(created.calls() >= 1);
-        created.assert_each_closed_once();
+        assert!(factory.calls() >= 1);
+        factory.assert_each_closed_once();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn close_all_racing_creation_closes_every_connection_exactly_once() {
     for iteration in 0..ITERATIONS {
-        let (manager, created) = manager(move |call| (call + iteration) % 4, |_| false);
+        let (manager, factory) = manager(move |call| (call + iteration) % 4, |_| false);
         let now = Instant::now();
         let mut tasks = JoinSet::new();
-        spawn_getters(&mut tasks, &manager, iteration, now);
+        spawn_getters(&mut tasks, &manager, &factory, iteration, now);
         for n in 0..2 {
             let manager = Arc::clone(&manager);
             tasks.spawn(async move {
@@ -97,17 +99,17 @@ async fn close_all_racing_creation_closes_every_connection_exactly_once() {
 
         manager.close_all().await;
         assert!(manager.is_empty());
-        created.assert_each_closed_once();
+        factory.assert_each_closed_once();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eviction_racing_lookups_closes_every_connection_exactly_once() {
     for iteration in 0..ITERATIONS {
-        let (manager, created) = manager(move |call| (call + iteration) % 4, |_| false);
+        let (manager, factory) = manager(move |call| (call + iteration) % 4, |_| false);
         let now = Instant::now();
         let mut tasks = JoinSet::new();
-        spawn_getters(&mut tasks, &manager, iteration, now);
+        spawn_getters(&mut tasks, &manager, &factory, iteration, now);
         for n in 0..2 {
             let manager = Arc::clone(&manager);
             tasks.spawn(async move {
@@ -125,56 +127,71 @@ async fn eviction_racing_lookups_closes_every_connection_exactly_once() {
 
         manager.close_all().await;
         assert!(manager.is_empty());
-        created.assert_each_closed_once();
+        factory.assert_each_closed_once();
     }
 }
 
 #[tokio::test]
 async fn removing_a_ready_connection_closes_it_once() {
-    let (manager, created) = manager(|_| 0, |_| false);
+    let (manager, factory) = manager(|_| 0, |_| false);
     let now = Instant::now();
-    let conn = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
+    let conn = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
 
     assert!(manager.remove(&client(1)).await);
     assert!(!manager.remove(&client(1)).await);
     assert_eq!(manager.close_all().await, 0);
     assert!(manager.get(&client(1), now).is_none());
-    assert_eq!(conn.closes.load(std::sync::atomic::Ordering::SeqCst), 1);
-    created.assert_each_closed_once();
+    assert_eq!(conn.closes(), 1);
+    factory.assert_each_closed_once();
 }
 
 #[tokio::test]
 async fn close_all_closes_every_ready_connection() {
-    let (manager, created) = manager(|_| 0, |_| false);
+    let (manager, factory) = manager(|_| 0, |_| false);
     let now = Instant::now();
     for n in 0..10 {
-        manager.get_or_create(client(n), "h", 1, now).await.unwrap();
+        manager
+            .get_or_create(client(n), now, factory.make(client(n)))
+            .await
+            .unwrap();
     }
     assert_eq!(manager.len(), 10);
     assert_eq!(manager.close_all().await, 10);
     assert!(manager.is_empty());
-    created.assert_each_closed_once();
+    factory.assert_each_closed_once();
 
     // The manager stays usable.
-    manager.get_or_create(client(0), "h", 1, now).await.unwrap();
+    manager
+        .get_or_create(client(0), now, factory.make(client(0)))
+        .await
+        .unwrap();
     assert_eq!(manager.len(), 1);
 }
 
 #[tokio::test]
 async fn remove_if_same_leaves_a_replacement_in_place() {
-    let (manager, created) = manager(|_| 0, |_| false);
+    let (manager, factory) = manager(|_| 0, |_| false);
     let now = Instant::now();
-    let first = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
+    let first = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
     assert!(manager.remove(&client(1)).await);
-    let second = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
+    let second = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
 
     // The first session ends late: it must not remove (or close) its replacement.
     assert!(!manager.remove_if_same(&client(1), &first).await);
     assert!(Arc::ptr_eq(&manager.get(&client(1), now).unwrap(), &second));
-    assert_eq!(second.closes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(second.closes(), 0);
 
     assert!(manager.remove_if_same(&client(1), &second).await);
     assert!(!manager.remove_if_same(&client(1), &second).await);
     assert!(manager.is_empty());
-    created.assert_each_closed_once();
+    factory.assert_each_closed_once();
 }

@@ -1,4 +1,4 @@
-//! Concurrent callers for one client share a single factory call.
+//! Concurrent callers for one key share a single call of one `make`.
 
 mod support;
 
@@ -10,9 +10,9 @@ use tokio::sync::Barrier;
 use support::{client, manager};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sixty_four_callers_get_one_factory_call_and_one_handle() {
+async fn sixty_four_callers_get_one_make_call_and_one_handle() {
     const CALLERS: usize = 64;
-    let (manager, created) = manager(|_| 100, |_| false);
+    let (manager, factory) = manager(|_| 100, |_| false);
     let barrier = Arc::new(Barrier::new(CALLERS));
     let now = Instant::now();
 
@@ -20,9 +20,12 @@ async fn sixty_four_callers_get_one_factory_call_and_one_handle() {
         .map(|_| {
             let manager = Arc::clone(&manager);
             let barrier = Arc::clone(&barrier);
+            let factory = Arc::clone(&factory);
             tokio::spawn(async move {
                 barrier.wait().await;
-                manager.get_or_create(client(1), "10.0.0.7", 53, now).await
+                manager
+                    .get_or_create(client(1), now, factory.make(client(1)))
+                    .await
             })
         })
         .collect();
@@ -31,7 +34,7 @@ async fn sixty_four_callers_get_one_factory_call_and_one_handle() {
         handles.push(task.await.unwrap().unwrap());
     }
 
-    assert_eq!(created.calls(), 1);
+    assert_eq!(factory.calls(), 1);
     assert_eq!(handles.len(), CALLERS);
     assert!(handles.iter().all(|h| Arc::ptr_eq(h, &handles[0])));
     assert_eq!(manager.len(), 1);
@@ -39,26 +42,35 @@ async fn sixty_four_callers_get_one_factory_call_and_one_handle() {
 
 #[tokio::test]
 async fn distinct_clients_get_distinct_connections() {
-    let (manager, created) = manager(|_| 0, |_| false);
+    let (manager, factory) = manager(|_| 0, |_| false);
     let now = Instant::now();
-    let a = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
-    let b = manager.get_or_create(client(2), "h", 1, now).await.unwrap();
+    let a = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
+    let b = manager
+        .get_or_create(client(2), now, factory.make(client(2)))
+        .await
+        .unwrap();
     assert!(!Arc::ptr_eq(&a, &b));
-    assert_eq!((a.client, b.client), (client(1), client(2)));
-    assert_eq!(created.calls(), 2);
+    assert_eq!((a.key, b.key), (client(1), client(2)));
+    assert_eq!(factory.calls(), 2);
 
     let again = manager.get(&client(1), now).unwrap();
     assert!(Arc::ptr_eq(&a, &again));
-    assert_eq!(created.calls(), 2);
+    assert_eq!(factory.calls(), 2);
 }
 
 #[tokio::test]
 async fn lookup_without_creation_finds_only_ready_connections() {
-    let (manager, _) = manager(|_| 0, |_| false);
+    let (manager, factory) = manager(|_| 0, |_| false);
     let now = Instant::now();
     assert!(manager.get(&client(1), now).is_none());
     assert!(!manager.touch(&client(1), now));
-    manager.get_or_create(client(1), "h", 1, now).await.unwrap();
+    manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
     assert!(manager.get(&client(1), now).is_some());
     assert!(manager.touch(&client(1), now));
     assert!(manager.contains(&client(1)));

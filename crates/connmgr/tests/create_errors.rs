@@ -1,4 +1,4 @@
-//! A failing factory fails its callers and leaves nothing behind.
+//! A failing `make` fails every caller waiting on it and leaves nothing behind.
 
 mod support;
 
@@ -11,10 +11,10 @@ use tokio::sync::Barrier;
 use support::{Refused, client, manager};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failing_factory_fails_every_caller_and_caches_nothing() {
+async fn failing_make_fails_every_caller_and_caches_nothing() {
     const CALLERS: usize = 16;
     // The first call fails after a while; later calls succeed.
-    let (manager, created) = manager(|_| 100, |call| call == 0);
+    let (manager, factory) = manager(|_| 100, |call| call == 0);
     let barrier = Arc::new(Barrier::new(CALLERS));
     let now = Instant::now();
 
@@ -22,9 +22,12 @@ async fn failing_factory_fails_every_caller_and_caches_nothing() {
         .map(|_| {
             let manager = Arc::clone(&manager);
             let barrier = Arc::clone(&barrier);
+            let factory = Arc::clone(&factory);
             tokio::spawn(async move {
                 barrier.wait().await;
-                manager.get_or_create(client(1), "h", 1, now).await
+                manager
+                    .get_or_create(client(1), now, factory.make(client(1)))
+                    .await
             })
         })
         .collect();
@@ -32,7 +35,7 @@ async fn failing_factory_fails_every_caller_and_caches_nothing() {
     for task in tasks {
         match task.await.unwrap() {
             Err(GetError::Create(error)) => failures.push(error),
-            // A caller that arrived after the failure ran the factory again.
+            // A caller that arrived after the failure ran its own `make`.
             Ok(_) => {}
             Err(other) => panic!("unexpected error {other:?}"),
         }
@@ -41,36 +44,42 @@ async fn failing_factory_fails_every_caller_and_caches_nothing() {
     assert!(failures.iter().all(|e| **e == Refused));
     // Every caller that saw the failure saw the same shared error.
     assert!(failures.iter().all(|e| Arc::ptr_eq(e, &failures[0])));
-    assert!(created.calls() <= 2);
+    assert!(factory.calls() <= 2);
 
-    let conn = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
+    let conn = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
     assert!(Arc::ptr_eq(&conn, &manager.get(&client(1), now).unwrap()));
 }
 
 #[tokio::test]
-async fn next_call_after_a_failure_runs_the_factory_again() {
-    let (manager, created) = manager(|_| 0, |call| call < 2);
+async fn next_call_after_a_failure_runs_its_own_make() {
+    let (manager, factory) = manager(|_| 0, |call| call < 2);
     let now = Instant::now();
 
     for expected_calls in 1..=2 {
         let error = manager
-            .get_or_create(client(1), "h", 1, now)
+            .get_or_create(client(1), now, factory.make(client(1)))
             .await
             .unwrap_err();
         assert!(matches!(error, GetError::Create(ref e) if **e == Refused));
-        assert_eq!(created.calls(), expected_calls);
+        assert_eq!(factory.calls(), expected_calls);
         assert!(manager.is_empty());
         assert!(manager.get(&client(1), now).is_none());
     }
 
-    let conn = manager.get_or_create(client(1), "h", 1, now).await.unwrap();
-    assert_eq!(created.calls(), 3);
+    let conn = manager
+        .get_or_create(client(1), now, factory.make(client(1)))
+        .await
+        .unwrap();
+    assert_eq!(factory.calls(), 3);
     assert_eq!(manager.len(), 1);
     assert!(Arc::ptr_eq(&conn, &manager.get(&client(1), now).unwrap()));
 }
 
 #[test]
-fn create_error_keeps_the_factory_error_as_its_source() {
+fn create_error_keeps_the_error_of_make_as_its_source() {
     let error: GetError<Refused> = GetError::Create(Arc::new(Refused));
     let source = std::error::Error::source(&error).map(ToString::to_string);
     assert_eq!(source.as_deref(), Some("destination refused"));
