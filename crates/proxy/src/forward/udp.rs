@@ -14,23 +14,25 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use connmgr::{Close, ConnectionManager, CreateRequest};
+use connmgr::{Close, CloseReason, ConnectionManager};
 use dtls::{RecvError, RecvHalf, SendError, SendHalf};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::reply_watch::ReplyWatch;
 use super::{
     BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
 };
 use crate::client::ClientError;
 use crate::destination::Destination;
 use crate::dial::{Resolve, SystemResolver};
+use crate::udp::session::{self, End, FORWARDER, Stop, is_transient};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
@@ -39,72 +41,20 @@ const MAX_DATAGRAM: usize = 65_535;
 struct Tunnel {
     send: SendHalf,
     max_payload: usize,
-    stop: CancellationToken,
-    /// Why the tunnel was stopped from outside, for the close log.
-    reason: OnceLock<&'static str>,
+    stop: Stop,
     up: AtomicU64,
-    /// The base of `unanswered_since`.
-    opened: Instant,
-    /// Whether the server has sent anything back yet.
-    answered: AtomicBool,
-    /// When the oldest datagram sent since the last reply went out: milliseconds since
-    /// `opened`, plus one; zero when every datagram sent has been followed by a reply.
-    unanswered_since: AtomicU64,
-}
-
-impl Tunnel {
-    fn is_dead(&self) -> bool {
-        self.stop.is_cancelled()
-    }
-
-    fn millis(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.opened).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A datagram went to the server.
-    fn sent(&self) {
-        if self.unanswered_since.load(Ordering::Relaxed) == 0 {
-            let since = self.millis(Instant::now()).saturating_add(1);
-            let _ = self.unanswered_since.compare_exchange(
-                0,
-                since,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// A datagram came back from the server.
-    fn answered(&self) {
-        if !self.answered.load(Ordering::Relaxed) {
-            self.answered.store(true, Ordering::Relaxed);
-        }
-        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
-            self.unanswered_since.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the tunnel has had replies, but none for `timeout` since a datagram went out.
-    fn is_unanswered(&self, now: Instant, timeout: Duration) -> bool {
-        if timeout.is_zero() || !self.answered.load(Ordering::Relaxed) {
-            return false;
-        }
-        let since = self.unanswered_since.load(Ordering::Relaxed);
-        let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        since != 0 && self.millis(now) >= (since - 1).saturating_add(timeout)
-    }
+    replies: ReplyWatch,
 }
 
 impl Close for Tunnel {
-    async fn close(self: Arc<Self>) {
-        let _ = self.reason.set("closed by the forwarder");
-        self.stop.cancel();
+    async fn close(self: Arc<Self>, why: CloseReason) {
+        self.stop.closed(why, "closed by the forwarder");
         // close_notify, so that the server frees its session at once.
         let _ = self.send.shutdown().await;
     }
 }
 
-type Tunnels = ConnectionManager<Tunnel, ClientError>;
+type Tunnels = ConnectionManager<SocketAddr, Tunnel, ClientError>;
 
 /// Reads one local UDP socket and forwards each source's datagrams through its own tunnel.
 pub struct UdpForwarder {
@@ -290,26 +240,28 @@ impl UdpForwarder {
         let destination = Arc::new(destination);
         let tasks = TaskTracker::new();
         let stopping = CancellationToken::new();
-        let tunnels: Arc<Tunnels> = Arc::new_cyclic(|weak: &Weak<Tunnels>| {
-            let opener = Opener {
-                lookup: ServerLookup::new(server, resolver),
-                connector: std::sync::Mutex::new(None),
-                config,
-                destination: Arc::clone(&destination),
-                version,
-                socket: Arc::clone(&socket),
-                tunnels: weak.clone(),
-                tasks: tasks.clone(),
-                stats: stats.clone(),
-            };
-            let opener = Arc::new(opener);
-            ConnectionManager::new(move |request: CreateRequest| {
-                let opener = Arc::clone(&opener);
-                async move { opener.open(request.client).await }
-            })
+        let tunnels: Arc<Tunnels> = Arc::new(ConnectionManager::new());
+        let opener = Arc::new(Opener {
+            lookup: ServerLookup::new(server, resolver),
+            connector: std::sync::Mutex::new(None),
+            config,
+            destination: Arc::clone(&destination),
+            version,
+            socket: Arc::clone(&socket),
+            tunnels: Arc::downgrade(&tunnels),
+            tasks: tasks.clone(),
+            stats: stats.clone(),
         });
-        let sweeper = tokio::spawn(sweep(Arc::clone(&tunnels), idle_timeout, stopping.clone()));
+        let sweeper = tokio::spawn(session::sweep(
+            Arc::clone(&tunnels),
+            idle_timeout,
+            stopping.clone(),
+        ));
         let pending = Arc::new(Semaphore::new(max_pending));
+        let limits = Limits {
+            reply_timeout,
+            max_tunnels,
+        };
         let mut buf = vec![0u8; MAX_DATAGRAM];
         tokio::pin!(shutdown);
         loop {
@@ -330,54 +282,52 @@ impl UdpForwarder {
                 ForwardStats::add(&counters.dropped_other, 1);
                 continue;
             }
-            let now = Instant::now();
-            match tunnels.get(&source, now) {
-                Some(tunnel) if !tunnel.is_dead() && !tunnel.is_unanswered(now, reply_timeout) => {
-                    forward(&tunnel, &buf[..n], &stats).await;
-                }
-                found => {
-                    if let Some(dead) = found {
-                        if !dead.is_dead() {
-                            let _ = dead
-                                .reason
-                                .set("no reply from the server within the reply timeout");
-                            ForwardStats::add(&counters.tunnels_unanswered, 1);
-                            tracing::info!(transport = "udp", peer = %source, destination = %destination, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
-                        }
-                        tunnels.remove_if_same(&source, &dead).await;
+            let tunnel = match route(&tunnels, source, Instant::now(), limits) {
+                Route::Forward(tunnel) => Some(tunnel),
+                Route::Replace { tunnel, unanswered } => {
+                    if unanswered {
+                        tunnel
+                            .stop
+                            .stop("no reply from the server within the reply timeout");
+                        ForwardStats::add(&counters.tunnels_unanswered, 1);
+                        tracing::info!(transport = "udp", peer = %source, destination = %destination, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
                     }
-                    if !tunnels.contains(&source) && tunnels.len() >= max_tunnels {
-                        ForwardStats::add(&counters.tunnels_refused, 1);
-                        ForwardStats::add(&counters.dropped_other, 1);
-                        tracing::warn!(transport = "udp", peer = %source, limit = max_tunnels, "too many tunnels; dropping the datagram");
-                        continue;
-                    }
-                    // The datagram waits for its tunnel in a task of its own, within a bound.
-                    let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-                        ForwardStats::add(&counters.dropped_other, 1);
-                        continue;
-                    };
-                    let datagram = buf[..n].to_vec();
-                    let tunnels = Arc::clone(&tunnels);
-                    let destination = Arc::clone(&destination);
-                    let stats = stats.clone();
-                    let stopping = stopping.clone();
-                    tasks.spawn(async move {
-                        let created = tokio::select! {
-                            created = tunnels.get_or_create(source, destination.host(), destination.port(), Instant::now()) => created,
-                            () = stopping.cancelled() => return,
-                        };
-                        match created {
-                            Ok(tunnel) => forward(&tunnel, &datagram, &stats).await,
-                            // The failure was logged once, where the tunnel was opened.
-                            Err(_) => {
-                                ForwardStats::add(&stats.0.dropped_other, 1);
-                            }
-                        }
-                        drop(permit);
-                    });
+                    tunnels.remove_if_same(&source, &tunnel).await;
+                    None
                 }
+                Route::Open => None,
+                Route::Drop(reason) => {
+                    ForwardStats::add(&counters.tunnels_refused, 1);
+                    ForwardStats::add(&counters.dropped_other, 1);
+                    tracing::warn!(transport = "udp", peer = %source, limit = max_tunnels, reason, "dropping the datagram");
+                    continue;
+                }
+            };
+            if let Some(tunnel) = tunnel {
+                forward(&tunnel, &buf[..n], &stats).await;
+                continue;
             }
+            // The datagram waits for its tunnel in a task of its own, within a bound.
+            let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                ForwardStats::add(&counters.dropped_other, 1);
+                continue;
+            };
+            let datagram = buf[..n].to_vec();
+            let (tunnels, opener) = (Arc::clone(&tunnels), Arc::clone(&opener));
+            let (stats, stopping) = (stats.clone(), stopping.clone());
+            tasks.spawn(async move {
+                let make = || async { opener.open(source).await };
+                let created = tokio::select! {
+                    created = tunnels.get_or_create(source, Instant::now(), make) => created,
+                    () = stopping.cancelled() => return,
+                };
+                match created {
+                    Ok(tunnel) => forward(&tunnel, &datagram, &stats).await,
+                    // The failure was logged once, where the tunnel was opened.
+                    Err(_) => ForwardStats::add(&stats.0.dropped_other, 1),
+                }
+                drop(permit);
+            });
         }
         stopping.cancel();
         let closed = tunnels.close_all().await;
@@ -392,6 +342,50 @@ impl UdpForwarder {
     }
 }
 
+/// The limits the receive loop decides with.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    reply_timeout: Duration,
+    max_tunnels: usize,
+}
+
+/// What to do with a datagram from a source.
+enum Route {
+    /// Its tunnel is up: send it.
+    Forward(Arc<Tunnel>),
+    /// Its tunnel has ended, or its server stopped answering (`unanswered`): remove the
+    /// tunnel, then open a new one.
+    Replace {
+        /// The tunnel to remove.
+        tunnel: Arc<Tunnel>,
+        /// Whether it is replaced for want of replies (still running until then).
+        unanswered: bool,
+    },
+    /// No usable tunnel: open one (or wait for the one being opened).
+    Open,
+    /// Dropped, for this reason.
+    Drop(&'static str),
+}
+
+/// Where a datagram from `source` goes at `now`.
+fn route(tunnels: &Tunnels, source: SocketAddr, now: Instant, limits: Limits) -> Route {
+    match tunnels.get(&source, now) {
+        Some(tunnel) if tunnel.stop.is_stopped() => Route::Replace {
+            tunnel,
+            unanswered: false,
+        },
+        Some(tunnel) if tunnel.replies.is_unanswered(now, limits.reply_timeout) => Route::Replace {
+            tunnel,
+            unanswered: true,
+        },
+        Some(t) => Route::Forward(t),
+        None if !tunnels.contains(&source) && tunnels.len() >= limits.max_tunnels => {
+            Route::Drop("too many tunnels")
+        }
+        None => Route::Open,
+    }
+}
+
 /// Sends one datagram through a tunnel: dropped and counted, never cut, when it is too large.
 async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
     let counters = &stats.0;
@@ -401,7 +395,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
     }
     match tunnel.send.send(datagram).await {
         Ok(()) => {
-            tunnel.sent();
+            tunnel.replies.sent(Instant::now());
             ForwardStats::add(&counters.datagrams_up, 1);
             ForwardStats::add(&counters.bytes_up, datagram.len() as u64);
             tunnel
@@ -411,8 +405,7 @@ async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
         Err(SendError::TooLarge { .. }) => ForwardStats::add(&counters.dropped_too_large, 1),
         Err(SendError::Closed) => {
             // The server ended the session; the next datagram from this source opens a new one.
-            let _ = tunnel.reason.set("closed by the server");
-            tunnel.stop.cancel();
+            tunnel.stop.stop("closed by the server");
             ForwardStats::add(&counters.dropped_other, 1);
         }
         Err(e) => {
@@ -506,12 +499,9 @@ impl Opener {
         let tunnel = Arc::new(Tunnel {
             send,
             max_payload,
-            stop: CancellationToken::new(),
-            reason: OnceLock::new(),
+            stop: Stop::default(),
             up: AtomicU64::new(0),
-            opened: Instant::now(),
-            answered: AtomicBool::new(false),
-            unanswered_since: AtomicU64::new(0),
+            replies: ReplyWatch::new(Instant::now()),
         });
         tracing::debug!(transport = "udp", peer = %source, destination = %self.destination, "tunnel open");
         self.tasks.spawn(replies(
@@ -524,25 +514,6 @@ impl Opener {
             self.stats.clone(),
         ));
         Ok(tunnel)
-    }
-}
-
-/// Why a tunnel ended, for the close log.
-enum End {
-    ServerClosed,
-    Stopped(&'static str),
-    Server(RecvError),
-    Local(std::io::Error),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::ServerClosed => f.write_str("server sent close_notify"),
-            End::Stopped(reason) => f.write_str(reason),
-            End::Server(e) => write!(f, "server: {}", crate::explain::ErrorChain(e)),
-            End::Local(e) => write!(f, "local socket: {}", crate::explain::ErrorChain(e)),
-        }
     }
 }
 
@@ -563,19 +534,19 @@ async fn replies(
     let mut buf = vec![0u8; tunnel.max_payload];
     let end = loop {
         let received = tokio::select! {
-            () = tunnel.stop.cancelled() => break End::Stopped(tunnel.reason.get().copied().unwrap_or("stopped")),
+            () = tunnel.stop.stopped() => break End::Stopped(tunnel.stop.reason("stopped")),
             received = recv.recv(&mut buf) => received,
         };
         let n = match received {
             Ok(Some(n)) => n,
-            Ok(None) => break End::ServerClosed,
+            Ok(None) => break End::PeerClosed,
             Err(RecvError::Truncated { .. }) => {
                 ForwardStats::add(&counters.dropped_too_large, 1);
                 continue;
             }
-            Err(e) => break End::Server(e),
+            Err(e) => break End::Recv(e),
         };
-        tunnel.answered();
+        tunnel.replies.answered();
         if let Some(tunnels) = tunnels.upgrade() {
             tunnels.touch(&source, Instant::now());
         }
@@ -586,11 +557,11 @@ async fn replies(
                 ForwardStats::add(&counters.bytes_down, n as u64);
             }
             Err(e) if is_transient(&e) => ForwardStats::add(&counters.dropped_other, 1),
-            Err(e) => break End::Local(e),
+            Err(e) => break End::Socket(e),
         }
     };
-    tunnel.stop.cancel();
-    if !matches!(end, End::ServerClosed | End::Stopped(_)) {
+    tunnel.stop.stop("stopped");
+    if !end.session_is_over() && !matches!(end, End::Stopped(_)) {
         let _ = tunnel.send.shutdown().await;
     }
     if let Some(tunnels) = tunnels.upgrade() {
@@ -600,8 +571,8 @@ async fn replies(
     // A server that ends a session it never answered on refused it (or lost the destination):
     // say so in words rather than as a protocol event.
     let unanswered = match (&end, down) {
-        (End::ServerClosed, 0) => Some(crate::explain::Diagnosis::ClosedBeforeAnswering),
-        (End::Server(e), 0) => crate::explain::explain(e),
+        (End::PeerClosed, 0) => Some(crate::explain::Diagnosis::ClosedBeforeAnswering),
+        (End::Recv(e), 0) => crate::explain::explain(e),
         _ => None,
     };
     match unanswered {
@@ -613,7 +584,7 @@ async fn replies(
             bytes_down = down,
             duration_ms = started.elapsed().as_millis() as u64,
             reason = %diagnosis,
-            end = %end,
+            end = %end.describe(FORWARDER),
             "tunnel closed before any answer"
         ),
         None => tracing::info!(
@@ -623,41 +594,8 @@ async fn replies(
             bytes_up = tunnel.up.load(Ordering::Relaxed),
             bytes_down = down,
             duration_ms = started.elapsed().as_millis() as u64,
-            reason = %end,
+            reason = %end.describe(FORWARDER),
             "tunnel closed"
         ),
     }
-}
-
-/// Frees tunnels idle for `idle`.
-async fn sweep(tunnels: Arc<Tunnels>, idle: Duration, stop: CancellationToken) {
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        for info in tunnels.snapshot() {
-            if now.saturating_duration_since(info.last_used) >= idle {
-                let _ = info.connection.reason.set("idle");
-            }
-        }
-        tunnels.evict_idle(now, idle).await;
-    }
-}
-
-/// Errors a UDP socket reports for an earlier datagram (ICMP port unreachable and the like);
-/// they do not end anything.
-fn is_transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::HostUnreachable
-            | std::io::ErrorKind::NetworkUnreachable
-            | std::io::ErrorKind::Interrupted
-    )
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod server;
+pub(crate) mod session;
 
 pub use client::{connect, connect_with, health_check};
 pub use server::UdpServer;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use connmgr::{Close, ConnectionManager, CreateRequest, GetError};
+use connmgr::{Close, CloseReason, ConnectionManager, GetError};
 use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
+
 use proto::Header;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -23,6 +24,7 @@ use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::request::{ReadHeaderError, Request};
 use crate::shutdown::Tasks;
 use crate::tunnel::{Client, Connection, Tunnel};
+use crate::udp::session::{self, End, SERVER, Stop, is_transient};
 
 /// The destination side of one UDP session: a connected socket, and the signal that ends the
 /// session when the manager closes it (idle eviction, shutdown, a replacing session).
@@ -32,39 +34,16 @@ use crate::tunnel::{Client, Connection, Tunnel};
 /// reclamation); a socket left in the entry would stay open until then.
 pub(crate) struct Outbound {
     socket: std::sync::Mutex<Option<UdpSocket>>,
-    stop: CancellationToken,
-    /// Why the session was stopped from outside, for the close log.
-    reason: std::sync::OnceLock<&'static str>,
-}
-
-impl Outbound {
-    fn stop(&self, reason: &'static str) {
-        let _ = self.reason.set(reason);
-        self.stop.cancel();
-    }
+    stop: Stop,
 }
 
 impl Close for Outbound {
-    async fn close(self: Arc<Self>) {
-        self.stop("closed by the server");
+    async fn close(self: Arc<Self>, why: CloseReason) {
+        self.stop.closed(why, "closed by the server");
     }
 }
 
-type Sessions = ConnectionManager<Outbound, DialError>;
-
-/// The dialer each session's grant gives, handed from the session to the registry's factory
-/// by client address (the factory is shared and told only the address and destination). A
-/// factory that finds none refuses: a destination is never dialed without a grant.
-#[derive(Default)]
-struct Grants(std::sync::Mutex<std::collections::HashMap<SocketAddr, Dialer>>);
-
-impl Grants {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Dialer>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+type Sessions = ConnectionManager<SocketAddr, Outbound, DialError>;
 
 /// A UDP-over-DTLS server on an already-bound [`DtlsListener`].
 pub struct UdpServer {
@@ -88,40 +67,14 @@ impl UdpServer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let UdpServer { mut listener, ctx } = self;
         let settings = ctx.settings.clone();
-        let grants = Arc::new(Grants::default());
-        let sessions: Arc<Sessions> = Arc::new(ConnectionManager::new({
-            let grants = Arc::clone(&grants);
-            move |create: CreateRequest| {
-                let dialer = grants.lock().remove(&create.client);
-                async move {
-                    let destination = Destination::new(&create.host, create.port).map_err(|e| {
-                        DialError::Connect {
-                            destination: Destination::new("invalid", 1).expect("valid"),
-                            source: std::io::Error::other(e),
-                        }
-                    })?;
-                    let dialer = dialer.ok_or_else(|| {
-                        DialError::Refused(crate::policy::Refusal::NotAllowed {
-                            host: create.host.clone(),
-                            port: create.port,
-                        })
-                    })?;
-                    let socket = dial_udp(&destination, &dialer, Some(create.client.ip())).await?;
-                    Ok(Arc::new(Outbound {
-                        socket: std::sync::Mutex::new(Some(socket)),
-                        stop: CancellationToken::new(),
-                        reason: std::sync::OnceLock::new(),
-                    }))
-                }
-            }
-        }));
+        let sessions: Arc<Sessions> = Arc::new(ConnectionManager::new());
+        // The listener's handshake counters are read at every scrape.
+        ctx.metrics.watch_udp_listener(listener.handle());
         let limit = Arc::new(Semaphore::new(settings.max_udp_sessions));
         let tasks = Tasks::new();
         let sweep_stop = CancellationToken::new();
-        let sweeper = tokio::spawn(sweep(
+        let sweeper = tokio::spawn(session::sweep(
             Arc::clone(&sessions),
-            listener.handle(),
-            Arc::clone(&ctx.metrics),
             settings.udp_idle_timeout,
             sweep_stop.clone(),
         ));
@@ -145,9 +98,8 @@ impl UdpServer {
             };
             let ctx = ctx.clone();
             let sessions = Arc::clone(&sessions);
-            let grants = Arc::clone(&grants);
             tasks.spawn(async move {
-                serve_session(session, &ctx, &sessions, &grants).await;
+                serve_session(session, &ctx, &sessions).await;
                 drop(permit);
             });
         }
@@ -172,72 +124,7 @@ impl UdpServer {
     }
 }
 
-/// Frees idle sessions and mirrors the listener's handshake counters (failures, evictions)
-/// into the metrics.
-async fn sweep(
-    sessions: Arc<Sessions>,
-    handle: dtls::ListenerHandle,
-    metrics: Arc<Metrics>,
-    idle: Duration,
-    stop: CancellationToken,
-) {
-    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut seen_failures, mut seen_evictions) = (0, 0);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for info in sessions.snapshot() {
-            if Instant::now().saturating_duration_since(info.last_used) >= idle {
-                info.connection.stop("idle");
-            }
-        }
-        sessions.evict_idle(Instant::now(), idle).await;
-        let stats = handle.stats();
-        for _ in seen_failures..stats.handshakes_failed {
-            metrics.handshake_failed(Transport::Udp);
-        }
-        seen_failures = stats.handshakes_failed;
-        // As on TCP, a handshake evicted at the limit counts as a limit refusal.
-        for _ in seen_evictions..stats.handshakes_evicted {
-            metrics.limit_refused(Transport::Udp);
-        }
-        seen_evictions = stats.handshakes_evicted;
-    }
-}
-
-/// Why a session ended, for the close log.
-enum End {
-    ClientClosed,
-    Stopped(&'static str),
-    Replaced,
-    ClientError(RecvError),
-    DestinationError(std::io::Error),
-    SendError(SendError),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::ClientClosed => f.write_str("client sent close_notify"),
-            End::Stopped(reason) => f.write_str(reason),
-            End::Replaced => f.write_str("replaced by a new session from the same address"),
-            End::ClientError(e) => write!(f, "client: {e}"),
-            End::DestinationError(e) => write!(f, "destination: {e}"),
-            End::SendError(e) => write!(f, "sending to the client: {e}"),
-        }
-    }
-}
-
-async fn serve_session(
-    session: DtlsSession,
-    ctx: &ServerContext,
-    sessions: &Sessions,
-    grants: &Grants,
-) {
+async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Sessions) {
     let client = Client::from_addr(session.peer_addr())
         .with_certificate(
             session.peer_subject().map(str::to_owned),
@@ -271,10 +158,9 @@ async fn serve_session(
     if sessions.contains(&client.addr) {
         sessions.remove(&client.addr).await;
     }
-    grants.lock().insert(client.addr, admission.dialer(&grant));
-    let opened = open(&admission, sessions, &client, &destination).await;
-    grants.lock().remove(&client.addr);
-    let Some((outbound, socket)) = opened else {
+    let dialer = admission.dialer(&grant);
+    let Some((outbound, socket)) = open(&admission, sessions, &client, &destination, dialer).await
+    else {
         let _ = send.shutdown().await;
         return;
     };
@@ -299,10 +185,10 @@ async fn serve_session(
     let end = tokio::select! {
         end = client_to_destination(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
         end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
-        () = outbound.stop.cancelled() => End::Stopped(outbound.reason.get().copied().unwrap_or("closed by the server")),
+        () = outbound.stop.stopped() => End::Stopped(outbound.stop.reason("closed by the server")),
         () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
     };
-    if !matches!(end, End::ClientClosed | End::Replaced) {
+    if !end.session_is_over() {
         let _ = send.shutdown().await;
     }
     drop(socket);
@@ -311,7 +197,7 @@ async fn serve_session(
     tunnel.close(
         counters.up.load(Ordering::Relaxed),
         counters.down.load(Ordering::Relaxed),
-        &end,
+        &end.describe(SERVER),
     );
 }
 
@@ -347,13 +233,16 @@ async fn open(
     sessions: &Sessions,
     client: &Client,
     destination: &Destination,
+    dialer: Dialer,
 ) -> Option<(Arc<Outbound>, UdpSocket)> {
-    let created = sessions.get_or_create(
-        client.addr,
-        destination.host(),
-        destination.port(),
-        Instant::now(),
-    );
+    let ip = client.addr.ip();
+    let created = sessions.get_or_create(client.addr, Instant::now(), || async move {
+        let socket = dial_udp(destination, &dialer, Some(ip)).await?;
+        Ok(Arc::new(Outbound {
+            socket: std::sync::Mutex::new(Some(socket)),
+            stop: Stop::default(),
+        }))
+    });
     let dial = async {
         created.await.map_err(|e| match e {
             GetError::Create(dial) => dial,
@@ -450,10 +339,10 @@ async fn client_to_destination(
     loop {
         let n = match recv.recv(&mut buf[prefix..]).await {
             Ok(Some(n)) => n,
-            Ok(None) => return End::ClientClosed,
+            Ok(None) => return End::PeerClosed,
             Err(RecvError::Replaced) => return End::Replaced,
             Err(RecvError::Truncated { .. }) => continue,
-            Err(e) => return End::ClientError(e),
+            Err(e) => return End::Recv(e),
         };
         let now = Instant::now();
         sessions.touch(client, now);
@@ -464,7 +353,7 @@ async fn client_to_destination(
             }
             // A destination that is not listening answers with ICMP; the session lives on.
             Err(e) if is_transient(&e) => {}
-            Err(e) => return End::DestinationError(e),
+            Err(e) => return End::Socket(e),
         }
     }
 }
@@ -485,7 +374,7 @@ async fn destination_to_client(
         let n = match destination.recv(&mut buf).await {
             Ok(n) => n,
             Err(e) if is_transient(&e) => continue,
-            Err(e) => return End::DestinationError(e),
+            Err(e) => return End::Socket(e),
         };
         if n == 0 {
             // DTLS records cannot be empty: nothing to forward.
@@ -504,23 +393,10 @@ async fn destination_to_client(
             Err(SendError::TooLarge { .. }) => {
                 metrics.datagram_dropped(Transport::Udp, "too_large");
             }
-            Err(SendError::Closed) => return End::ClientClosed,
-            Err(e) => return End::SendError(e),
+            Err(SendError::Closed) => return End::PeerClosed,
+            Err(e) => return End::Send(e),
         }
     }
-}
-
-/// Errors a connected UDP socket reports for an earlier datagram (ICMP port unreachable and
-/// the like); they do not end a session.
-fn is_transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::HostUnreachable
-            | std::io::ErrorKind::NetworkUnreachable
-            | std::io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]
