@@ -227,11 +227,19 @@ async fn check(plan: Plan) -> anyhow::Result<()> {
 /// together with them, or nothing at all when anything is wrong. Logs one line: what
 /// changed, or why nothing did. `in_force` is the description of what is in force.
 fn reload(args: &ServerArgs, reloader: &Reloader, in_force: &mut String) {
-    let outcome = plan(args).and_then(|plan| {
-        let live = LivePolicy::new(plan.access.access.clone(), &plan.settings);
-        reloader.reload_with(Some(live))?;
-        Ok(plan)
-    });
+    let outcome = match plan(args) {
+        Ok(plan) => {
+            let live = LivePolicy::new(plan.access.access.clone(), &plan.settings);
+            reloader
+                .reload_with(Some(live))
+                .map(|()| plan)
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => {
+            reloader.refused();
+            Err(e)
+        }
+    };
     match outcome {
         Ok(plan) => {
             let now = describe(&plan);

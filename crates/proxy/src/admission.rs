@@ -121,8 +121,14 @@ impl<'a> Admission<'a> {
         read: impl Future<Output = Result<Request, Refusal>>,
     ) -> Result<Asked, Refusal> {
         let timeout = self.live.header_timeout;
+        let started = std::time::Instant::now();
         let request = match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(request)) => request,
+            Ok(Ok(request)) => {
+                self.ctx
+                    .metrics
+                    .header_took(self.transport, started.elapsed());
+                request
+            }
             Ok(Err(refusal)) => return Err(self.refuse(refusal)),
             Err(_) => return Err(self.refuse(Refusal::HeaderTimeout(timeout))),
         };
@@ -197,7 +203,14 @@ impl<'a> Admission<'a> {
         destination: &Destination,
         dial: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Refusal> {
-        dial.await.map_err(|error| {
+        let started = std::time::Instant::now();
+        let dialed = dial.await;
+        if dialed.is_ok() {
+            self.ctx
+                .metrics
+                .dial_took(self.transport, started.elapsed());
+        }
+        dialed.map_err(|error| {
             self.refuse(Refusal::Dial {
                 destination: destination.clone(),
                 error: error.into(),

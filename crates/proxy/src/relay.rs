@@ -120,9 +120,9 @@ struct Buffer {
 #[derive(Debug)]
 pub struct RelayOutcome {
     /// Bytes read from the client and written to the destination.
-    pub client_to_destination: u64,
+    pub up: u64,
     /// Bytes read from the destination and written to the client.
-    pub destination_to_client: u64,
+    pub down: u64,
     /// `Ok` when both directions reached end of stream; the first error otherwise.
     pub result: io::Result<()>,
 }
@@ -149,6 +149,21 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_reporting(client, destination, |_, _| {}).await
+}
+
+/// [`relay`], telling `moved(up, down)` the bytes read since its last call whenever some
+/// were, so that counters follow the bytes as they move rather than when the relay ends.
+pub async fn relay_reporting<C, D>(
+    client: &mut C,
+    destination: &mut D,
+    mut moved: impl FnMut(u64, u64),
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut reported = (0u64, 0u64);
     let mut up = Direction::new();
     let mut down = Direction::new();
     let mut up_end: Option<Result<(), Fault>> = None;
@@ -167,6 +182,10 @@ where
                 down_end = Some(end);
             }
         }
+        if (up.read, down.read) != reported {
+            moved(up.read - reported.0, down.read - reported.1);
+            reported = (up.read, down.read);
+        }
         match (&mut up_end, &mut down_end) {
             (Some(Ok(())), Some(Ok(()))) => Poll::Ready(Ok(())),
             // The destination is gone: drain what it sent before it went.
@@ -177,8 +196,8 @@ where
     })
     .await;
     RelayOutcome {
-        client_to_destination: up.read,
-        destination_to_client: down.read,
+        up: up.read,
+        down: down.read,
         result,
     }
 }
@@ -657,7 +676,7 @@ mod tests {
         writer.await.expect("writer");
         let outcome = relay.await.expect("relay");
         assert!(outcome.result.is_ok());
-        assert_eq!(outcome.client_to_destination, 7);
-        assert_eq!(outcome.destination_to_client, 100_000);
+        assert_eq!(outcome.up, 7);
+        assert_eq!(outcome.down, 100_000);
     }
 }

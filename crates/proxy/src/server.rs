@@ -226,6 +226,7 @@ impl ServerBuilder {
             _ => None,
         };
         let dtls_handle = udp.as_ref().map(dtls::DtlsListener::handle);
+        record_not_after(&ctx.metrics, &self.certs.cert);
         Ok(Server {
             tcp: TcpServer::new(tcp, acceptor, StreamHandler::new(ctx.clone()))
                 .with_api_settings(self.api),
@@ -235,6 +236,7 @@ impl ServerBuilder {
                 dtls: dtls_handle,
                 certs: self.certs,
                 live: Arc::clone(&ctx.live),
+                metrics: Arc::clone(&ctx.metrics),
             },
             ctx,
         })
@@ -292,6 +294,7 @@ pub struct Reloader {
     dtls: Option<dtls::ListenerHandle>,
     certs: CertPaths,
     live: Arc<arc_swap::ArcSwap<LivePolicy>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
@@ -313,6 +316,21 @@ impl Reloader {
     /// nothing changes: neither the certificates nor the policy. Tunnels already admitted keep
     /// the policy that admitted them; new ones get `live`.
     pub fn reload_with(&self, live: Option<LivePolicy>) -> Result<(), ReloadError> {
+        let outcome = self.swap(live);
+        self.metrics.reloaded(outcome.is_ok());
+        if outcome.is_ok() {
+            record_not_after(&self.metrics, &self.certs.cert);
+        }
+        outcome
+    }
+
+    /// Counts a reload refused before it reached the certificates (a configuration that does
+    /// not validate), in `streamproxy_reloads_total{result="failure"}`.
+    pub fn refused(&self) {
+        self.metrics.reloaded(false);
+    }
+
+    fn swap(&self, live: Option<LivePolicy>) -> Result<(), ReloadError> {
         let dtls = match &self.dtls {
             Some(handle) => Some((
                 handle,
@@ -407,5 +425,20 @@ impl Server {
         if let Some(udp) = udp {
             let _ = udp.await;
         }
+    }
+}
+
+/// Puts the expiry of the certificate in `path` (PEM) in the metrics, as
+/// `streamproxy_certificate_not_after_seconds{role="server"}`; leaves it as it was when the file
+/// cannot be read as a certificate (the loaders report that).
+fn record_not_after(metrics: &Metrics, path: &std::path::Path) {
+    let Ok(pem) = std::fs::read(path) else {
+        return;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return;
+    };
+    if let Ok(cert) = pem.parse_x509() {
+        metrics.set_certificate_not_after("server", cert.validity().not_after.timestamp());
     }
 }

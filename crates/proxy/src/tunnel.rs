@@ -126,25 +126,25 @@ impl<'m> Tunnel<'m> {
         }
     }
 
-    /// Logs the tunnel's end and accounts its bytes.
-    pub(crate) fn close(mut self, upstream: u64, downstream: u64, reason: &dyn fmt::Display) {
-        self.finish(upstream, downstream, reason);
+    /// Logs the tunnel's end (its bytes were counted in the metrics as they moved).
+    pub(crate) fn close(mut self, up: u64, down: u64, reason: &dyn fmt::Display) {
+        self.finish(up, down, reason);
     }
 
-    fn finish(&mut self, upstream: u64, downstream: u64, reason: &dyn fmt::Display) {
+    fn finish(&mut self, up: u64, down: u64, reason: &dyn fmt::Display) {
         if self.closed {
             return;
         }
         self.closed = true;
         self.metrics
-            .tunnel_closed(self.transport, upstream, downstream);
+            .tunnel_closed(self.transport, self.opened.elapsed());
         tracing::info!(
             transport = %self.transport,
             peer = %self.client.addr,
             subject = self.client.subject.as_deref().unwrap_or("-"),
             destination = ?self.destination,
-            bytes_up = upstream,
-            bytes_down = downstream,
+            bytes_up = up,
+            bytes_down = down,
             duration_ms = self.opened.elapsed().as_millis() as u64,
             reason = %reason,
             "tunnel closed"

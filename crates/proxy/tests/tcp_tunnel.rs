@@ -443,10 +443,9 @@ async fn a_client_certificate_from_another_ca_fails_the_handshake_and_is_counted
             .is_err()
     );
     wait_until(|| {
-        server
-            .metrics
-            .encode()
-            .contains("streamproxy_handshake_failures_total{transport=\"tcp\"} 1")
+        server.metrics.encode().contains(
+            "streamproxy_handshake_failures_total{transport=\"tcp\",reason=\"certificate\"} 1",
+        )
     })
     .await;
     server.stop().await;

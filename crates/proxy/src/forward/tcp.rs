@@ -275,7 +275,7 @@ impl Tunnel {
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
         tracing::debug!(transport = "tcp", peer = %peer, destination = %self.destination, "tunnel open");
         let outcome = crate::relay::relay(&mut conn, &mut stream).await;
-        let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);
+        let (up, down) = (outcome.up, outcome.down);
         ForwardStats::add(&self.stats.0.bytes_up, up);
         ForwardStats::add(&self.stats.0.bytes_down, down);
         ForwardStats::add(&self.stats.0.tunnels_closed, 1);

@@ -10,7 +10,7 @@ use crate::context::ServerContext;
 use crate::dial::{DialError, dial_tcp};
 use crate::metrics::{Metrics, Transport};
 use crate::proxy_protocol::Transport as ProxyTransport;
-use crate::relay::relay;
+use crate::relay::relay_reporting;
 use crate::request::{Request, read_header};
 use crate::settings::Settings;
 use crate::tunnel::{Client, Tunnel};
@@ -38,9 +38,9 @@ pub enum Served {
         /// The destination requested.
         request: Request,
         /// Bytes from the client to the destination.
-        upstream: u64,
+        up: u64,
         /// Bytes from the destination to the client.
-        downstream: u64,
+        down: u64,
     },
 }
 
@@ -137,16 +137,17 @@ impl StreamHandler {
             destination,
             grant.rule(),
         );
-        let outcome = relay(&mut stream, &mut outbound).await;
-        let (up, down) = (outcome.client_to_destination, outcome.destination_to_client);
+        let (bytes_up, bytes_down) = inner.metrics.byte_counters(Transport::Tcp);
+        let outcome = relay_reporting(&mut stream, &mut outbound, |up, down| {
+            bytes_up.inc_by(up);
+            bytes_down.inc_by(down);
+        })
+        .await;
+        let (up, down) = (outcome.up, outcome.down);
         match outcome.result {
             Ok(()) => {
                 tunnel.close(up, down, &"end of stream");
-                Ok(Served::Tunnel {
-                    request,
-                    upstream: up,
-                    downstream: down,
-                })
+                Ok(Served::Tunnel { request, up, down })
             }
             Err(e) => {
                 tunnel.close(up, down, &e);

@@ -230,7 +230,12 @@ impl Shared {
                     // Closed without a byte: a port scan or a balancer's check.
                     _ => return None,
                 }
-                Some(self.acceptor.accept(tcp, addr).await)
+                let started = std::time::Instant::now();
+                let accepted = self.acceptor.accept(tcp, addr).await;
+                if accepted.is_ok() {
+                    self.metrics.handshake_took(Transport::Tcp, started.elapsed());
+                }
+                Some(accepted)
             } => accepted,
             () = slot.evicted() => None,
         };
@@ -238,7 +243,8 @@ impl Shared {
         match handshake? {
             Ok(accepted) => Some(accepted),
             Err(e) => {
-                self.metrics.handshake_failed(Transport::Tcp);
+                self.metrics
+                    .handshake_failed(Transport::Tcp, failure_reason(&e));
                 // A flood of failing handshakes must not flood the log.
                 if let Some(held_back) = self.failures.admit(std::time::Instant::now()) {
                     tracing::warn!(transport = "tcp", peer = %addr, held_back, error = %crate::explain::ErrorChain(&e), "handshake failed");
@@ -287,4 +293,18 @@ fn peer_client(accepted: &tls::Accepted) -> Client {
             accepted.peer.alpn.map(AppProtocol::name),
             version,
         ))
+}
+
+/// The `reason` label of a failed TLS handshake: one of a few fixed words.
+fn failure_reason(e: &tls::AcceptError) -> &'static str {
+    match e {
+        tls::AcceptError::Timeout(_) => "timeout",
+        tls::AcceptError::Io(_) => "io",
+        tls::AcceptError::AlertReceived(_) => "alert",
+        tls::AcceptError::PeerCertificate(_) => "certificate",
+        tls::AcceptError::Tls(
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
+        ) => "certificate",
+        _ => "tls",
+    }
 }

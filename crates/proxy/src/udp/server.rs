@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use connmgr::{Close, CloseReason, ConnectionManager, GetError};
 use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
 
+use prometheus_client::metrics::counter::Counter;
 use proto::Header;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -180,11 +181,11 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
         destination,
         grant.rule(),
     );
-    let counters = Counters::default();
+    let counters = Counters::new(&ctx.metrics);
     let silence = ctx.settings.udp_client_silence_timeout;
     let end = tokio::select! {
-        end = client_to_destination(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
-        end = destination_to_client(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
+        end = up(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
+        end = down(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
         () = outbound.stop.stopped() => End::Stopped(outbound.stop.reason("closed by the server")),
         () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
     };
@@ -277,16 +278,19 @@ async fn open(
 struct Counters {
     up: AtomicU64,
     down: AtomicU64,
+    /// The server's byte counters, added to per datagram.
+    metrics: (Counter, Counter),
     /// When the client last sent a datagram, in milliseconds since `epoch`.
     last_from_client: AtomicU64,
     epoch: Instant,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
+impl Counters {
+    fn new(metrics: &Metrics) -> Self {
         Counters {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
+            metrics: metrics.byte_counters(Transport::Udp),
             last_from_client: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -327,7 +331,7 @@ async fn client_silence(counters: &Counters, timeout: Duration) {
 
 /// Forwards the client's records to the destination. `buf` starts with `prefix` bytes (a
 /// PROXY protocol header, or none) that go in front of every datagram.
-async fn client_to_destination(
+async fn up(
     recv: &mut RecvHalf,
     buf: &mut [u8],
     prefix: usize,
@@ -350,6 +354,7 @@ async fn client_to_destination(
         match destination.send(&buf[..prefix + n]).await {
             Ok(_) => {
                 counters.up.fetch_add(n as u64, Ordering::Relaxed);
+                counters.metrics.0.inc_by(n as u64);
             }
             // A destination that is not listening answers with ICMP; the session lives on.
             Err(e) if is_transient(&e) => {}
@@ -358,7 +363,7 @@ async fn client_to_destination(
     }
 }
 
-async fn destination_to_client(
+async fn down(
     send: &SendHalf,
     max_payload: usize,
     destination: &UdpSocket,
@@ -389,6 +394,7 @@ async fn destination_to_client(
         match send.send(&buf[..n]).await {
             Ok(()) => {
                 counters.down.fetch_add(n as u64, Ordering::Relaxed);
+                counters.metrics.1.inc_by(n as u64);
             }
             Err(SendError::TooLarge { .. }) => {
                 metrics.datagram_dropped(Transport::Udp, "too_large");
@@ -413,7 +419,7 @@ mod tests {
 
     #[test]
     fn hearing_from_the_client_moves_the_deadline() {
-        let counters = Counters::default();
+        let counters = Counters::new(&Metrics::new());
         let later = counters.epoch + Duration::from_secs(42);
         counters.heard_from_client(later);
         assert_eq!(counters.last_from_client(), later);
