@@ -27,6 +27,8 @@ pub(crate) struct Connection {
     pub(crate) server: ServerAddr,
     pub(crate) tls: tls::ClientConfig,
     pub(crate) dtls: dtls::ClientConfig,
+    /// When the client certificate expires (Unix seconds), if it could be read.
+    pub(crate) not_after: Option<i64>,
 }
 
 /// Parses the server's address and loads the client certificate, flags first, then the file.
@@ -72,7 +74,13 @@ pub(crate) async fn connection(
     if let Some(n) = file.udp_buffer_bytes {
         dtls = dtls.socket_buffers((n > 0).then(|| dtls::UdpBuffers::both(n)));
     }
-    Ok(Connection { server, tls, dtls })
+    let not_after = streamproxy::proxy::metrics::certificate_not_after(&cert);
+    Ok(Connection {
+        server,
+        tls,
+        dtls,
+        not_after,
+    })
 }
 
 /// The `[client]` table's timeouts and limits over the defaults of [`ForwardSettings`].
@@ -205,6 +213,9 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     tokio::spawn(check_resolves(conn.server.clone()));
     let status = status_addr(args.status_listen, file.status_listen.as_deref())?;
     let metrics = Arc::new(ForwardMetrics::new());
+    if let Some(not_after) = conn.not_after {
+        metrics.set_certificate_not_after(not_after);
+    }
     let shutdown = CancellationToken::new();
     let plan = Plan {
         conn: &conn,
@@ -229,7 +240,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let name = loop {
         tokio::select! {
             name = stop.wait() => break name,
-            _ = hangup.recv() => reload(config_path.as_deref(), &conn_args, &live).await,
+            _ = hangup.recv() => reload(config_path.as_deref(), &conn_args, &live, &metrics).await,
         }
     };
     crate::notify::stopping();
@@ -331,7 +342,12 @@ async fn start_status(
 
 /// SIGHUP: reads the file again (its certificate paths may have changed too) and replaces
 /// the certificates for new tunnels, or keeps the previous ones and says why.
-async fn reload(config: Option<&std::path::Path>, args: &ServerConnection, live: &Live) {
+async fn reload(
+    config: Option<&std::path::Path>,
+    args: &ServerConnection,
+    live: &Live,
+    metrics: &ForwardMetrics,
+) {
     crate::notify::reloading();
     let fresh = match ConfigFile::load(config) {
         Ok(f) => connection(args.clone(), &f.client).await,
@@ -339,6 +355,9 @@ async fn reload(config: Option<&std::path::Path>, args: &ServerConnection, live:
     };
     match fresh {
         Ok(fresh) => {
+            if let Some(not_after) = fresh.not_after {
+                metrics.set_certificate_not_after(not_after);
+            }
             live.0.replace(fresh.tls);
             live.1.replace(fresh.dtls);
             tracing::info!(

@@ -579,6 +579,15 @@ impl Metrics {
     }
 }
 
+/// The expiry (`notAfter`, seconds since the Unix epoch) of the first certificate in the PEM
+/// file at `path`; `None` when it cannot be read or parsed.
+pub fn certificate_not_after(path: &std::path::Path) -> Option<i64> {
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,17 +428,11 @@ impl Server {
     }
 }
 
-/// Puts the expiry of the certificate in `path` (PEM) in the metrics, as
+/// Puts the expiry of the certificate in `path` in the metrics, as
 /// `streamproxy_certificate_not_after_seconds{role="server"}`; leaves it as it was when the file
 /// cannot be read as a certificate (the loaders report that).
 fn record_not_after(metrics: &Metrics, path: &std::path::Path) {
-    let Ok(pem) = std::fs::read(path) else {
-        return;
-    };
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
-        return;
-    };
-    if let Ok(cert) = pem.parse_x509() {
-        metrics.set_certificate_not_after("server", cert.validity().not_after.timestamp());
+    if let Some(not_after) = crate::metrics::certificate_not_after(path) {
+        metrics.set_certificate_not_after("server", not_after);
     }
 }

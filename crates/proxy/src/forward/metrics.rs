@@ -23,6 +23,8 @@ use crate::api::Exposition;
 #[derive(Debug, Default)]
 pub struct ForwardMetrics {
     forwarders: Mutex<Vec<(&'static str, String, ForwardStats)>>,
+    /// `notAfter` of the client certificate in force (Unix seconds), when known.
+    not_after: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +53,13 @@ impl ForwardMetrics {
         ForwardMetrics::default()
     }
 
+    /// Records the expiry (`notAfter`, seconds since the Unix epoch) of the client certificate
+    /// in force: `streamproxy_client_certificate_not_after_seconds`.
+    pub fn set_certificate_not_after(&self, unix_seconds: i64) {
+        self.not_after
+            .store(unix_seconds, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Adds a forwarder's counters under `transport` (`"tcp"`, `"udp"`) and its local address.
     pub fn add(&self, transport: &'static str, local: impl ToString, stats: ForwardStats) {
         self.forwarders
@@ -71,9 +80,21 @@ impl Exposition for ForwardMetrics {
         for (transport, local, stats) in forwarders {
             families.record(transport, &local, &stats.snapshot());
         }
+        let mut registry = families.registry();
+        let not_after = self.not_after.load(std::sync::atomic::Ordering::Relaxed);
+        if not_after != 0 {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(not_after);
+            registry.register_with_unit(
+                "certificate_not_after",
+                "When the client certificate in force expires, in seconds since the Unix epoch",
+                prometheus_client::registry::Unit::Seconds,
+                gauge,
+            );
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &families.registry());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -185,5 +206,17 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }
+    }
+
+    #[test]
+    fn the_client_certificates_expiry_is_a_gauge() {
+        let metrics = ForwardMetrics::new();
+        assert!(!metrics.encode().contains("certificate_not_after"));
+        metrics.set_certificate_not_after(1_900_000_000);
+        let text = metrics.encode();
+        assert!(
+            text.contains("streamproxy_client_certificate_not_after_seconds 1900000000"),
+            "{text}"
+        );
     }
 }
