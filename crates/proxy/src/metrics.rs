@@ -272,6 +272,12 @@ impl Metrics {
             "Datagrams the kernel dropped because the DTLS listener's receive buffer was full",
             self.udp_socket_drops.clone(),
         );
+        self.register_durations(&mut r);
+        r
+    }
+
+    /// The histograms, the certificate expiry, reloads and the build.
+    fn register_durations(&self, r: &mut Registry) {
         r.register_with_unit(
             "handshake",
             "TLS handshake durations (from the first byte)",
@@ -309,7 +315,6 @@ impl Metrics {
         );
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         r.register("build", "The running build", Info::new(version.to_vec()));
-        r
     }
 
     /// Series that exist from the start read as 0 rather than missing.

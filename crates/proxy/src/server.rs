@@ -206,23 +206,7 @@ impl ServerBuilder {
             ctx.dialer.resolver = resolver;
         }
         let udp = match (udp, dtls_config) {
-            (Some(socket), Some(config)) => {
-                let wanted = ctx.settings.udp_buffers;
-                let granted = wanted.apply(&socket);
-                if granted.short_of(wanted) {
-                    tracing::warn!(
-                        requested = wanted.recv,
-                        granted_recv = granted.recv,
-                        granted_send = granted.send,
-                        "the UDP listener got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
-                    );
-                }
-                if let Ok(inode) = dtls::socket_inode(&socket) {
-                    ctx.metrics
-                        .watch_udp_socket_drops(move || dtls::kernel_drops_by_inode(inode).ok());
-                }
-                Some(dtls::DtlsListener::from_socket(socket, config)?)
-            }
+            (Some(socket), Some(config)) => Some(udp_listener(socket, config, &ctx)?),
             _ => None,
         };
         let dtls_handle = udp.as_ref().map(dtls::DtlsListener::handle);
@@ -241,6 +225,30 @@ impl ServerBuilder {
             ctx,
         })
     }
+}
+
+/// The DTLS listener on `socket`, with the buffers the settings ask for (a warning when the
+/// kernel grants less) and its kernel drops in the metrics.
+fn udp_listener(
+    socket: UdpSocket,
+    config: dtls::ServerConfig,
+    ctx: &ServerContext,
+) -> Result<dtls::DtlsListener, ServerError> {
+    let wanted = ctx.settings.udp_buffers;
+    let granted = wanted.apply(&socket);
+    if granted.short_of(wanted) {
+        tracing::warn!(
+            requested = wanted.recv,
+            granted_recv = granted.recv,
+            granted_send = granted.send,
+            "the UDP listener got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
+        );
+    }
+    if let Ok(inode) = dtls::socket_inode(&socket) {
+        ctx.metrics
+            .watch_udp_socket_drops(move || dtls::kernel_drops_by_inode(inode).ok());
+    }
+    Ok(dtls::DtlsListener::from_socket(socket, config)?)
 }
 
 /// Binds a TCP listener and, if asked, a UDP socket on the same port number.

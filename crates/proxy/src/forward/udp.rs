@@ -221,21 +221,7 @@ impl UdpForwarder {
             udp_buffers,
             stats,
         } = self;
-        if let Some(wanted) = udp_buffers {
-            let granted = wanted.apply(&*socket);
-            if granted.short_of(wanted) {
-                tracing::warn!(
-                    transport = "udp",
-                    requested = wanted.recv,
-                    granted_recv = granted.recv,
-                    granted_send = granted.send,
-                    "the local UDP socket got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
-                );
-            }
-        }
-        if let Ok(inode) = dtls::socket_inode(&*socket) {
-            stats.0.socket_inode.store(inode, Ordering::Relaxed);
-        }
+        prepare_socket(&socket, udp_buffers, &stats);
         let local = socket.local_addr().ok();
         let destination = Arc::new(destination);
         let tasks = TaskTracker::new();
@@ -252,15 +238,17 @@ impl UdpForwarder {
             tasks: tasks.clone(),
             stats: stats.clone(),
         });
-        let sweeper = tokio::spawn(session::sweep(
-            Arc::clone(&tunnels),
-            idle_timeout,
-            stopping.clone(),
-        ));
-        let pending = Arc::new(Semaphore::new(max_pending));
-        let limits = Limits {
-            reply_timeout,
-            max_tunnels,
+        let sweep = session::sweep(Arc::clone(&tunnels), idle_timeout, stopping.clone());
+        let sweeper = tokio::spawn(sweep);
+        let dispatch = Dispatch {
+            tunnels: Arc::clone(&tunnels),
+            opener,
+            pending: Arc::new(Semaphore::new(max_pending)),
+            limits: Limits::new(reply_timeout, max_tunnels),
+            destination,
+            stats,
+            stopping: stopping.clone(),
+            tasks: tasks.clone(),
         };
         let mut buf = vec![0u8; MAX_DATAGRAM];
         tokio::pin!(shutdown);
@@ -277,68 +265,122 @@ impl UdpForwarder {
                     }
                 },
             };
-            let counters = &stats.0;
-            if n == 0 {
-                ForwardStats::add(&counters.dropped_other, 1);
-                continue;
-            }
-            let tunnel = match route(&tunnels, source, Instant::now(), limits) {
-                Route::Forward(tunnel) => Some(tunnel),
-                Route::Replace { tunnel, unanswered } => {
-                    if unanswered {
-                        tunnel
-                            .stop
-                            .stop("no reply from the server within the reply timeout");
-                        ForwardStats::add(&counters.tunnels_unanswered, 1);
-                        tracing::info!(transport = "udp", peer = %source, destination = %destination, reply_timeout = ?reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
-                    }
-                    tunnels.remove_if_same(&source, &tunnel).await;
-                    None
-                }
-                Route::Open => None,
-                Route::Drop(reason) => {
-                    ForwardStats::add(&counters.tunnels_refused, 1);
-                    ForwardStats::add(&counters.dropped_other, 1);
-                    tracing::warn!(transport = "udp", peer = %source, limit = max_tunnels, reason, "dropping the datagram");
-                    continue;
-                }
-            };
-            if let Some(tunnel) = tunnel {
-                forward(&tunnel, &buf[..n], &stats).await;
-                continue;
-            }
-            // The datagram waits for its tunnel in a task of its own, within a bound.
-            let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-                ForwardStats::add(&counters.dropped_other, 1);
-                continue;
-            };
-            let datagram = buf[..n].to_vec();
-            let (tunnels, opener) = (Arc::clone(&tunnels), Arc::clone(&opener));
-            let (stats, stopping) = (stats.clone(), stopping.clone());
-            tasks.spawn(async move {
-                let make = || async { opener.open(source).await };
-                let created = tokio::select! {
-                    created = tunnels.get_or_create(source, Instant::now(), make) => created,
-                    () = stopping.cancelled() => return,
-                };
-                match created {
-                    Ok(tunnel) => forward(&tunnel, &datagram, &stats).await,
-                    // The failure was logged once, where the tunnel was opened.
-                    Err(_) => ForwardStats::add(&stats.0.dropped_other, 1),
-                }
-                drop(permit);
-            });
+            dispatch.datagram(source, &buf[..n]).await;
         }
         stopping.cancel();
-        let closed = tunnels.close_all().await;
-        if closed > 0 {
-            tracing::info!(transport = "udp", local = %DisplayOpt(local), closed, "closed tunnels on shutdown");
-        }
-        tasks.close();
-        tasks.wait().await;
+        close_all(&tunnels, &tasks, local).await;
         let _ = sweeper.await;
-        // Tunnels whose creation finished during `close_all`.
-        tunnels.close_all().await;
+    }
+}
+
+/// Closes every tunnel with close_notify and waits for the tunnels' tasks.
+async fn close_all(tunnels: &Tunnels, tasks: &TaskTracker, local: Option<SocketAddr>) {
+    let closed = tunnels.close_all().await;
+    if closed > 0 {
+        tracing::info!(transport = "udp", local = %DisplayOpt(local), closed, "closed tunnels on shutdown");
+    }
+    tasks.close();
+    tasks.wait().await;
+    // Tunnels whose creation finished during the first `close_all`.
+    tunnels.close_all().await;
+}
+
+/// Asks for the local socket's buffers (warning when the kernel grants less) and notes its
+/// inode, to read the kernel's drops.
+fn prepare_socket(socket: &UdpSocket, buffers: Option<dtls::UdpBuffers>, stats: &ForwardStats) {
+    if let Some(wanted) = buffers {
+        let granted = wanted.apply(socket);
+        if granted.short_of(wanted) {
+            tracing::warn!(
+                transport = "udp",
+                requested = wanted.recv,
+                granted_recv = granted.recv,
+                granted_send = granted.send,
+                "the local UDP socket got smaller buffers than asked (raise net.core.rmem_max and wmem_max, or give the process CAP_NET_ADMIN); bursts may be dropped"
+            );
+        }
+    }
+    if let Ok(inode) = dtls::socket_inode(socket) {
+        stats.0.socket_inode.store(inode, Ordering::Relaxed);
+    }
+}
+
+/// Waits for `source`'s tunnel (opening it if this is the first datagram, or joining the
+/// opening in flight) and sends `datagram` through it; dropped and counted when the tunnel
+/// cannot be opened (logged once, where it was opened).
+async fn open_then_forward(
+    tunnels: &Tunnels,
+    opener: &Opener,
+    source: SocketAddr,
+    datagram: &[u8],
+    stats: &ForwardStats,
+    stopping: &CancellationToken,
+) {
+    let make = || async { opener.open(source).await };
+    let created = tokio::select! {
+        created = tunnels.get_or_create(source, Instant::now(), make) => created,
+        () = stopping.cancelled() => return,
+    };
+    match created {
+        Ok(tunnel) => forward(&tunnel, datagram, stats).await,
+        Err(_) => ForwardStats::add(&stats.0.dropped_other, 1),
+    }
+}
+
+/// What the receive loop hands each datagram to.
+struct Dispatch {
+    tunnels: Arc<Tunnels>,
+    opener: Arc<Opener>,
+    /// Bounds the datagrams waiting for their tunnel.
+    pending: Arc<Semaphore>,
+    limits: Limits,
+    destination: Arc<Destination>,
+    stats: ForwardStats,
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Dispatch {
+    /// Sends a datagram from `source` through its tunnel, or has a task open the tunnel and
+    /// send it then; drops and counts it when it cannot go.
+    async fn datagram(&self, source: SocketAddr, datagram: &[u8]) {
+        let counters = &self.stats.0;
+        if datagram.is_empty() {
+            ForwardStats::add(&counters.dropped_other, 1);
+            return;
+        }
+        match route(&self.tunnels, source, Instant::now(), self.limits) {
+            Route::Forward(tunnel) => return forward(&tunnel, datagram, &self.stats).await,
+            Route::Replace { tunnel, unanswered } => {
+                if unanswered {
+                    tunnel
+                        .stop
+                        .stop("no reply from the server within the reply timeout");
+                    ForwardStats::add(&counters.tunnels_unanswered, 1);
+                    tracing::info!(transport = "udp", peer = %source, destination = %self.destination, reply_timeout = ?self.limits.reply_timeout, "no reply from the server since earlier datagrams; replacing the tunnel");
+                }
+                self.tunnels.remove_if_same(&source, &tunnel).await;
+            }
+            Route::Open => {}
+            Route::Drop(reason) => {
+                ForwardStats::add(&counters.tunnels_refused, 1);
+                ForwardStats::add(&counters.dropped_other, 1);
+                tracing::warn!(transport = "udp", peer = %source, limit = self.limits.max_tunnels, "{reason}; dropping the datagram");
+                return;
+            }
+        }
+        // The datagram waits for its tunnel in a task of its own, within a bound.
+        let Ok(permit) = Arc::clone(&self.pending).try_acquire_owned() else {
+            ForwardStats::add(&counters.dropped_other, 1);
+            return;
+        };
+        let datagram = datagram.to_vec();
+        let (tunnels, opener) = (Arc::clone(&self.tunnels), Arc::clone(&self.opener));
+        let (stats, stopping) = (self.stats.clone(), self.stopping.clone());
+        self.tasks.spawn(async move {
+            open_then_forward(&tunnels, &opener, source, &datagram, &stats, &stopping).await;
+            drop(permit);
+        });
     }
 }
 
@@ -347,6 +389,15 @@ impl UdpForwarder {
 struct Limits {
     reply_timeout: Duration,
     max_tunnels: usize,
+}
+
+impl Limits {
+    fn new(reply_timeout: Duration, max_tunnels: usize) -> Limits {
+        Limits {
+            reply_timeout,
+            max_tunnels,
+        }
+    }
 }
 
 /// What to do with a datagram from a source.
@@ -568,34 +619,31 @@ async fn replies(
         tunnels.remove_if_same(&source, &tunnel).await;
     }
     ForwardStats::add(&counters.tunnels_closed, 1);
-    // A server that ends a session it never answered on refused it (or lost the destination):
-    // say so in words rather than as a protocol event.
-    let unanswered = match (&end, down) {
+    let up = tunnel.up.load(Ordering::Relaxed);
+    log_close(source, &destination, (up, down), started.elapsed(), &end);
+}
+
+/// The tunnel's close line. A server that ends a session it never answered on refused it (or
+/// lost the destination): that is said in words rather than as a protocol event.
+fn log_close(
+    source: SocketAddr,
+    destination: &Destination,
+    (up, down): (u64, u64),
+    lifetime: Duration,
+    end: &End,
+) {
+    let duration_ms = lifetime.as_millis() as u64;
+    let unanswered = match (end, down) {
         (End::PeerClosed, 0) => Some(crate::explain::Diagnosis::ClosedBeforeAnswering),
         (End::Recv(e), 0) => crate::explain::explain(e),
         _ => None,
     };
     match unanswered {
-        Some(diagnosis) => tracing::warn!(
-            transport = "udp",
-            peer = %source,
-            destination = %destination,
-            bytes_up = tunnel.up.load(Ordering::Relaxed),
-            bytes_down = down,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %diagnosis,
-            end = %end.describe(FORWARDER),
-            "tunnel closed before any answer"
-        ),
-        None => tracing::info!(
-            transport = "udp",
-            peer = %source,
-            destination = %destination,
-            bytes_up = tunnel.up.load(Ordering::Relaxed),
-            bytes_down = down,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %end.describe(FORWARDER),
-            "tunnel closed"
-        ),
+        Some(diagnosis) => {
+            tracing::warn!(transport = "udp", peer = %source, destination = %destination, bytes_up = up, bytes_down = down, duration_ms, reason = %diagnosis, end = %end.describe(FORWARDER), "tunnel closed before any answer")
+        }
+        None => {
+            tracing::info!(transport = "udp", peer = %source, destination = %destination, bytes_up = up, bytes_down = down, duration_ms, reason = %end.describe(FORWARDER), "tunnel closed")
+        }
     }
 }

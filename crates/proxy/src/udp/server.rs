@@ -20,6 +20,7 @@ use crate::admission::{Admission, Asked, Refusal};
 use crate::context::ServerContext;
 use crate::destination::Destination;
 use crate::dial::{DialError, Dialer, dial_udp};
+use crate::identity::Grant;
 use crate::metrics::{Metrics, Transport};
 use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::request::{ReadHeaderError, Request};
@@ -125,8 +126,9 @@ impl UdpServer {
     }
 }
 
-async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Sessions) {
-    let client = Client::from_addr(session.peer_addr())
+/// Who is on the other side of `session`.
+fn client_of(session: &DtlsSession) -> Client {
+    Client::from_addr(session.peer_addr())
         .with_certificate(
             session.peer_subject().map(str::to_owned),
             session.peer_certificate(),
@@ -135,25 +137,36 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
             Some(session.local_addr()),
             None,
             Some("DTLSv1.2"),
-        ));
+        ))
+}
+
+/// The destination and grant of a session that asked for a tunnel; `None` (the session
+/// closed as it should be) for a health check or a refusal.
+async fn admit(
+    admission: &Admission<'_>,
+    send: &SendHalf,
+    recv: &mut RecvHalf,
+    buf: &mut [u8],
+) -> Option<(Destination, Grant)> {
+    match admission.request(first_record(recv, buf)).await {
+        Ok(Asked::Tunnel(_, destination, grant)) => return Some((destination, grant)),
+        // No close_notify for a client the identity rules refuse: its health check must not
+        // look healthy.
+        Err(Refusal::Identity(_)) => return None,
+        Ok(Asked::HealthCheck) | Err(_) => {}
+    }
+    let _ = send.shutdown().await;
+    None
+}
+
+async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Sessions) {
+    let client = client_of(&session);
     let max_payload = session.max_payload();
     let (send, mut recv) = session.into_split();
     let mut buf = vec![0u8; max_payload.max(proto::MAX_HEADER_LEN)];
     let admission = Admission::new(ctx, Transport::Udp, &client);
-    let asked = admission.request(first_record(&mut recv, &mut buf)).await;
-    let (destination, grant) = match asked {
-        Ok(Asked::Tunnel(_, destination, grant)) => (destination, grant),
-        Ok(Asked::HealthCheck) => {
-            let _ = send.shutdown().await;
-            return;
-        }
-        // No close_notify for a client the identity rules refuse: its health check must not
-        // look healthy.
-        Err(Refusal::Identity(_)) => return,
-        Err(_) => {
-            let _ = send.shutdown().await;
-            return;
-        }
+    let Some((destination, grant)) = admit(&admission, &send, &mut recv, &mut buf).await else {
+        return;
     };
     // A session from an address that still has one (a restarted client) replaces it.
     if sessions.contains(&client.addr) {
@@ -184,8 +197,8 @@ async fn serve_session(session: DtlsSession, ctx: &ServerContext, sessions: &Ses
     let counters = Counters::new(&ctx.metrics);
     let silence = ctx.settings.udp_client_silence_timeout;
     let end = tokio::select! {
-        end = up(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
-        end = down(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
+        end = relay_up(&mut recv, &mut buf, prefix.len(), &socket, sessions, &client.addr, &counters) => end,
+        end = relay_down(&send, max_payload, &socket, sessions, &client.addr, &ctx.metrics, &counters) => end,
         () = outbound.stop.stopped() => End::Stopped(outbound.stop.reason("closed by the server")),
         () = client_silence(&counters, silence) => End::Stopped("the client sent nothing for udp_client_silence_timeout"),
     };
@@ -331,7 +344,7 @@ async fn client_silence(counters: &Counters, timeout: Duration) {
 
 /// Forwards the client's records to the destination. `buf` starts with `prefix` bytes (a
 /// PROXY protocol header, or none) that go in front of every datagram.
-async fn up(
+async fn relay_up(
     recv: &mut RecvHalf,
     buf: &mut [u8],
     prefix: usize,
@@ -363,7 +376,7 @@ async fn up(
     }
 }
 
-async fn down(
+async fn relay_down(
     send: &SendHalf,
     max_payload: usize,
     destination: &UdpSocket,
