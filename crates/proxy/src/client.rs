@@ -9,7 +9,7 @@ use std::time::Duration;
 pub enum ClientError {
     /// The server's name did not resolve.
     #[error(transparent)]
-    Resolve(#[from] crate::forward::ResolveError),
+    Resolve(#[from] ResolveError),
     /// The destination cannot be put in a header.
     #[error(transparent)]
     Header(#[from] proto::EncodeError),
@@ -46,4 +46,25 @@ pub enum HealthError {
     /// Reading the server's answer over DTLS failed.
     #[error("reading the answer")]
     Dtls(#[source] dtls::RecvError),
+}
+
+/// Why a server name could not be turned into addresses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The resolver failed.
+    #[error("cannot resolve the server {server}")]
+    Failed {
+        /// The server, `host:port`.
+        server: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The name has no address.
+    #[error("the server name {server} resolves to no address")]
+    NoAddress {
+        /// The server, `host:port`.
+        server: String,
+    },
 }

@@ -113,7 +113,7 @@ pub enum HandshakeError {
     #[error("DTLS handshake timed out after {0:?}")]
     TimedOut(Duration),
     /// The peer's certificate failed verification (unknown CA, wrong name, expired, ...).
-    #[error("peer certificate rejected: {0}")]
+    #[error("peer certificate rejected")]
     PeerCertificate(#[source] X509VerifyResult),
     /// The TLS protocol failed: an alert from the peer, no shared cipher suite, no client
     /// certificate, ...

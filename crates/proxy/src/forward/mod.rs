@@ -46,10 +46,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::client::ResolveError;
 pub use live::LiveConfig;
 pub use metrics::ForwardMetrics;
 use server_addr::ServerLookup;
-pub use server_addr::{ResolveError, ServerAddr, ServerAddrError};
+pub use server_addr::{ServerAddr, ServerAddrError};
 pub use settings::ForwardSettings;
 pub use tcp::TcpForwarder;
 pub use udp::UdpForwarder;

@@ -17,11 +17,11 @@
 //! ```
 
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use crate::client::ResolveError;
 use crate::dial::Resolve;
 
 /// The server a forwarder opens its tunnels to: a socket address, or `host:port` resolved
@@ -40,27 +40,6 @@ enum Repr {
 #[error("server `{text}`: expected HOST:PORT with a port from 1 to 65535")]
 pub struct ServerAddrError {
     text: String,
-}
-
-/// Why a server name could not be turned into addresses.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResolveError {
-    /// The resolver failed.
-    #[error("cannot resolve the server {server}")]
-    Failed {
-        /// The server, `host:port`.
-        server: String,
-        /// The resolver's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The name has no address.
-    #[error("the server name {server} resolves to no address")]
-    NoAddress {
-        /// The server, `host:port`.
-        server: String,
-    },
 }
 
 impl ServerAddr {
