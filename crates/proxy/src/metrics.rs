@@ -280,7 +280,7 @@ impl Metrics {
     fn register_durations(&self, r: &mut Registry) {
         r.register_with_unit(
             "handshake",
-            "TLS handshake durations (from the first byte)",
+            "TLS and DTLS handshake durations (TLS from the first byte; DTLS from the first flight the server answers)",
             Unit::Seconds,
             self.handshake_seconds.clone(),
         );

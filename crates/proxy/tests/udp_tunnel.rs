@@ -50,6 +50,20 @@ async fn echoes_datagrams_with_both_header_versions() {
         session.shutdown().await.expect("close_notify");
     }
     assert_eq!(server.metrics.total_tunnels(Transport::Udp), 2);
+    // Two handshakes, two headers and two dials were timed; the bytes were counted as they
+    // moved.
+    let text = server.metrics.encode();
+    for series in [
+        "streamproxy_handshake_seconds_count{transport=\"udp\"} 2",
+        "streamproxy_header_seconds_count{transport=\"udp\"} 2",
+        "streamproxy_dial_seconds_count{transport=\"udp\"} 2",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("streamproxy_bytes_total{transport=\"udp\",direction=\"up\"} 0"),
+        "{text}"
+    );
     server.stop().await;
 }
 

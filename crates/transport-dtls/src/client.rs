@@ -139,6 +139,7 @@ impl DtlsConnector {
             server,
             self.common.max_payload.get(),
             None,
+            None,
         ))
     }
 

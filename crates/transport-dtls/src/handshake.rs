@@ -103,7 +103,8 @@ impl Handshake {
     /// Runs the handshake and hands the session to `accept`.
     pub(crate) async fn run(mut self) {
         let counters = &self.shared.counters;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.timeout;
         let result = tokio::time::timeout_at(deadline, session::handshake(&mut self.stream))
             .await
             .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
@@ -130,7 +131,14 @@ impl Handshake {
             return;
         }
         bump(&counters.handshakes_ok);
-        let session = DtlsSession::new(self.stream, self.source, self.max_payload, Some(self.link));
+        let took = Some(started.elapsed());
+        let session = DtlsSession::new(
+            self.stream,
+            self.source,
+            self.max_payload,
+            Some(self.link),
+            took,
+        );
         let handed = tokio::time::timeout_at(deadline, self.accept_tx.send(Ok(session))).await;
         if !matches!(handed, Ok(Ok(()))) {
             bump(&counters.accept_overflows);

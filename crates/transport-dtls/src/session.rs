@@ -244,6 +244,7 @@ struct Info {
     key_exchange_group: Option<&'static str>,
     data_mtu: usize,
     resumed: bool,
+    handshake: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -291,6 +292,7 @@ impl DtlsSession {
         peer: SocketAddr,
         max_payload: usize,
         link: Option<Arc<PeerLink>>,
+        handshake: Option<std::time::Duration>,
     ) -> Self {
         let socket = stream.get_ref().socket().clone();
         let ssl = stream.ssl();
@@ -305,6 +307,7 @@ impl DtlsSession {
             key_exchange_group: key_exchange_group(ssl),
             data_mtu: ffi::data_mtu(ssl),
             resumed: ssl.session_reused(),
+            handshake,
         };
         let shared = Arc::new(Shared {
             stream: Mutex::new(stream),
@@ -371,6 +374,12 @@ impl DtlsSession {
     /// client side. `None` on the server side and for a resumed session (no key exchange).
     pub fn key_exchange_group(&self) -> Option<&'static str> {
         self.send.shared.info.key_exchange_group
+    }
+
+    /// How long the server's side of the handshake took, from the first flight it answered
+    /// to its last (`None` on a client's session).
+    pub fn handshake_duration(&self) -> Option<std::time::Duration> {
+        self.send.shared.info.handshake
     }
 
     /// Whether the handshake resumed an earlier session instead of a

@@ -92,6 +92,9 @@ impl UdpServer {
                     }
                 },
             };
+            if let Some(took) = session.handshake_duration() {
+                ctx.metrics.handshake_took(Transport::Udp, took);
+            }
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                 ctx.metrics.limit_refused(Transport::Udp);
                 tracing::warn!(transport = "udp", peer = %session.peer_addr(), limit = settings.max_udp_sessions, "too many sessions; closing the new one");
