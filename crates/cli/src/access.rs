@@ -27,8 +27,39 @@ pub(crate) struct AccessPlan {
     pub(crate) lines: Vec<(&'static str, String)>,
 }
 
+/// The server-wide rules, flags over the file.
+struct ServerWide {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+    /// The `--allow-client` / `allow_clients` matches.
+    short: Vec<ClientMatch>,
+    proxy_protocol: ProxyProtocol,
+}
+
 /// Builds the access rules from the flags (which win) and the file.
 pub(crate) fn plan(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<AccessPlan> {
+    let wide = server_wide(args, file)?;
+    let mut lines = Vec::new();
+    let policy = server_policy(args, file, &wide, &mut lines)?;
+    lines.extend(wide.allow.iter().map(|r| ("allow", r.to_string())));
+    lines.extend(wide.deny.iter().map(|r| ("deny", r.to_string())));
+    lines.push(("proxy_protocol", wide.proxy_protocol.to_string()));
+
+    let mut rules = table_rules(file, &wide.deny, &mut lines)?;
+    if let Some(rule) = short_form_rule(wide.short, &rules, &policy, &mut lines)? {
+        rules.push(rule);
+    }
+    lines.push(("identity", closing_line(&rules).to_owned()));
+    Ok(AccessPlan {
+        access: Access::new(policy)
+            .identities(rules)
+            .proxy_protocol(wide.proxy_protocol),
+        lines,
+    })
+}
+
+/// The server-wide allow and deny rules, short-form matches and PROXY protocol setting.
+fn server_wide(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<ServerWide> {
     let allow = if args.allow.is_empty() {
         parse_rules(&file.allow, "allow")?
     } else {
@@ -55,9 +86,24 @@ pub(crate) fn plan(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<Acc
         (None, Some(text)) => text.parse().context("proxy_protocol in the config file")?,
         (None, None) => ProxyProtocol::Off,
     };
+    Ok(ServerWide {
+        allow,
+        deny,
+        short,
+        proxy_protocol,
+    })
+}
+
+/// The server's own destination policy; says in `lines` when it allows more than its rules.
+fn server_policy(
+    args: &ServerArgs,
+    file: &ServerConfig,
+    wide: &ServerWide,
+    lines: &mut Vec<(&'static str, String)>,
+) -> anyhow::Result<Policy> {
+    let (allow, deny) = (&wide.allow, &wide.deny);
     let allow_all = args.allow_all || (allow.is_empty() && file.allow_all == Some(true));
-    let mut lines = Vec::new();
-    let policy = if allow_all {
+    if allow_all {
         if !allow.is_empty() {
             bail!("give either allow rules or allow-all, not both");
         }
@@ -65,9 +111,9 @@ pub(crate) fn plan(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<Acc
             "allow",
             "every destination not denied (allow_all)".to_owned(),
         ));
-        Policy::allow_all(deny.clone())
+        Ok(Policy::allow_all(deny.clone()))
     } else if allow.is_empty() {
-        if file.identity.is_empty() || !short.is_empty() {
+        if file.identity.is_empty() || !wide.short.is_empty() {
             bail!(NO_POLICY);
         }
         // Every client needs an identity rule: the server's own policy admits nobody.
@@ -75,18 +121,22 @@ pub(crate) fn plan(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<Acc
             "allow",
             "only what an identity rule allows (no server-wide allow rule)".to_owned(),
         ));
-        Policy::allow_all(deny.clone())
+        Ok(Policy::allow_all(deny.clone()))
     } else {
-        Policy::new(allow.clone(), deny.clone())?
-    };
-    lines.extend(allow.iter().map(|r| ("allow", r.to_string())));
-    lines.extend(deny.iter().map(|r| ("deny", r.to_string())));
-    lines.push(("proxy_protocol", proxy_protocol.to_string()));
+        Ok(Policy::new(allow.clone(), deny.clone())?)
+    }
+}
 
+/// The `[[server.identity]]` tables as rules, in order, each with its `--check` line.
+fn table_rules(
+    file: &ServerConfig,
+    server_deny: &[Rule],
+    lines: &mut Vec<(&'static str, String)>,
+) -> anyhow::Result<Vec<IdentityRule>> {
     let mut rules = Vec::new();
     let mut names = HashSet::new();
     for (index, table) in file.identity.iter().enumerate() {
-        let (rule, line) = identity_rule(index, table, &deny)?;
+        let (rule, line) = identity_rule(index, table, server_deny)?;
         if !names.insert(rule.name().to_owned()) {
             bail!(
                 "[[server.identity]] #{}: the name `{}` is used twice; give each rule its own",
@@ -97,38 +147,46 @@ pub(crate) fn plan(args: &ServerArgs, file: &ServerConfig) -> anyhow::Result<Acc
         lines.push(("identity", line));
         rules.push(rule);
     }
-    if !short.is_empty() {
-        if names.contains(SHORT_FORM_NAME) {
-            bail!(
-                "[[server.identity]]: the name `{SHORT_FORM_NAME}` is the rule of --allow-client / allow_clients; name the table otherwise"
-            );
-        }
-        lines.push((
-            "identity",
-            format!(
-                "{SHORT_FORM_NAME}: {} -> the allow and deny rules above",
-                join(&short, " ")
-            ),
-        ));
-        rules.push(IdentityRule::new(SHORT_FORM_NAME, short, policy.clone())?);
+    Ok(rules)
+}
+
+/// The rule of `--allow-client` / `allow_clients`, if any matches are given: the server's own
+/// policy for those clients.
+fn short_form_rule(
+    short: Vec<ClientMatch>,
+    tables: &[IdentityRule],
+    policy: &Policy,
+    lines: &mut Vec<(&'static str, String)>,
+) -> anyhow::Result<Option<IdentityRule>> {
+    if short.is_empty() {
+        return Ok(None);
     }
+    if tables.iter().any(|rule| rule.name() == SHORT_FORM_NAME) {
+        bail!(
+            "[[server.identity]]: the name `{SHORT_FORM_NAME}` is the rule of --allow-client / allow_clients; name the table otherwise"
+        );
+    }
+    lines.push((
+        "identity",
+        format!(
+            "{SHORT_FORM_NAME}: {} -> the allow and deny rules above",
+            join(&short, " ")
+        ),
+    ));
+    Ok(Some(IdentityRule::new(
+        SHORT_FORM_NAME,
+        short,
+        policy.clone(),
+    )?))
+}
+
+/// The last `identity` line: what happens to a client no rule matches.
+fn closing_line(rules: &[IdentityRule]) -> &'static str {
     if rules.is_empty() {
-        lines.push((
-            "identity",
-            "none: every client gets the rules above".to_owned(),
-        ));
+        "none: every client gets the rules above"
     } else {
-        lines.push((
-            "identity",
-            "a client no rule above matches is refused".to_owned(),
-        ));
+        "a client no rule above matches is refused"
     }
-    Ok(AccessPlan {
-        access: Access::new(policy)
-            .identities(rules)
-            .proxy_protocol(proxy_protocol),
-        lines,
-    })
 }
 
 /// One `[[server.identity]]` table as a rule, and its `--check` line.

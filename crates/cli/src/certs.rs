@@ -70,86 +70,96 @@ impl Paths {
 type File<'a> = (&'a str, &'a str, bool);
 
 pub(crate) fn run(args: CertsArgs) -> anyhow::Result<()> {
-    match args.command {
-        None => {
-            let Some(out) = args.out else {
-                bail!(
-                    "give --out DIR (a CA, a server and a client certificate), or a subcommand: certs ca, certs server, certs client"
-                );
-            };
-            for name in &args.server_names {
-                check_name(name)?;
-            }
-            let days = args.days.unwrap_or(LEAF_DAYS);
-            let bundle = generate(&args.server_names, days)?;
-            write(&out, &bundle, args.force)?;
-            println!(
-                "wrote ca.pem server.pem server-key.pem client.pem client-key.pem to {} and the CA's key to {} (server names: {}; valid {days} days)",
-                out.display(),
-                out.join("ca").display(),
-                server_names(&args.server_names).join(", "),
-            );
-            Ok(())
-        }
+    match &args.command {
+        None => first_try(&args),
         Some(CertsCommand::Ca {
             out,
             name,
             days,
             force,
-        }) => {
-            let (params, key, name) = ca_params(name.as_deref(), days.unwrap_or(CA_DAYS))?;
-            let cert = params.self_signed(&key).context("signing the CA")?;
-            let key_pem = key.serialize_pem();
-            write_files(
-                &out,
-                &[
-                    ("ca.pem", &cert.pem(), false),
-                    ("ca-key.pem", &key_pem, true),
-                ],
-                force,
-            )?;
-            println!(
-                "wrote ca.pem and ca-key.pem to {} (CA {name:?}); keep ca-key.pem here, copy only ca.pem to hosts",
-                out.display(),
-            );
-            Ok(())
-        }
-        Some(CertsCommand::Server(issue)) => {
-            for name in &issue.server_names {
-                check_name(name)?;
-            }
-            let names = server_names(&issue.server_names)
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
-            let cn = issue
-                .name
-                .clone()
-                .unwrap_or_else(|| "godoxy.agent".to_owned());
-            issue_from(
-                &issue,
-                &cn,
-                names,
-                ExtendedKeyUsagePurpose::ServerAuth,
-                "server",
-            )
-        }
-        Some(CertsCommand::Client(issue)) => {
-            let Some(cn) = issue.name.clone() else {
-                bail!(
-                    "give --name NAME for the client certificate (its common name, e.g. --name alice)"
-                );
-            };
-            let sans = vec![client_dns_name(&cn)];
-            issue_from(
-                &issue,
-                &cn,
-                sans,
-                ExtendedKeyUsagePurpose::ClientAuth,
-                "client",
-            )
-        }
+        }) => new_ca(out, name.as_deref(), days.unwrap_or(CA_DAYS), *force),
+        Some(CertsCommand::Server(issue)) => issue_server(issue),
+        Some(CertsCommand::Client(issue)) => issue_client(issue),
     }
+}
+
+/// `certs --out DIR`: a new CA and one server and one client certificate.
+fn first_try(args: &CertsArgs) -> anyhow::Result<()> {
+    let Some(out) = &args.out else {
+        bail!(
+            "give --out DIR (a CA, a server and a client certificate), or a subcommand: certs ca, certs server, certs client"
+        );
+    };
+    for name in &args.server_names {
+        check_name(name)?;
+    }
+    let days = args.days.unwrap_or(LEAF_DAYS);
+    let bundle = generate(&args.server_names, days)?;
+    write(out, &bundle, args.force)?;
+    println!(
+        "wrote ca.pem server.pem server-key.pem client.pem client-key.pem to {} and the CA's key to {} (server names: {}; valid {days} days)",
+        out.display(),
+        out.join("ca").display(),
+        server_names(&args.server_names).join(", "),
+    );
+    Ok(())
+}
+
+/// `certs ca`: a CA to keep, `ca.pem` and `ca-key.pem` in `out`.
+fn new_ca(out: &Path, name: Option<&str>, days: u32, force: bool) -> anyhow::Result<()> {
+    let (params, key, name) = ca_params(name, days)?;
+    let cert = params.self_signed(&key).context("signing the CA")?;
+    let key_pem = key.serialize_pem();
+    write_files(
+        out,
+        &[
+            ("ca.pem", &cert.pem(), false),
+            ("ca-key.pem", &key_pem, true),
+        ],
+        force,
+    )?;
+    println!(
+        "wrote ca.pem and ca-key.pem to {} (CA {name:?}); keep ca-key.pem here, copy only ca.pem to hosts",
+        out.display(),
+    );
+    Ok(())
+}
+
+/// `certs server`: a server certificate for the default names and `--server-name`s.
+fn issue_server(issue: &IssueArgs) -> anyhow::Result<()> {
+    for name in &issue.server_names {
+        check_name(name)?;
+    }
+    let names = server_names(&issue.server_names)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let cn = issue
+        .name
+        .clone()
+        .unwrap_or_else(|| "godoxy.agent".to_owned());
+    issue_from(
+        issue,
+        &cn,
+        names,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+    )
+}
+
+/// `certs client`: a client certificate named by `--name`.
+fn issue_client(issue: &IssueArgs) -> anyhow::Result<()> {
+    let Some(cn) = issue.name.clone() else {
+        bail!("give --name NAME for the client certificate (its common name, e.g. --name alice)");
+    };
+    let sans = vec![client_dns_name(&cn)];
+    issue_from(
+        issue,
+        &cn,
+        sans,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+    )
 }
 
 fn server_names(extra: &[String]) -> Vec<&str> {

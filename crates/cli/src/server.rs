@@ -113,7 +113,14 @@ fn host_name() -> String {
 }
 
 fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
-    let mut s = Settings::default();
+    let s = limits(timeouts(Settings::default(), file), file)?;
+    let s = lookups(s, file);
+    refuse_unusable(&s)?;
+    Ok(s.tcp_keepalive(file.keepalive().settings()?))
+}
+
+/// The file's timeouts and drain period over `s`.
+fn timeouts(mut s: Settings, file: &ServerConfig) -> Settings {
     if let Some(d) = file.header_timeout {
         s = s.header_timeout(d);
     }
@@ -132,6 +139,11 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(d) = file.drain_period {
         s = s.drain_period(d);
     }
+    s
+}
+
+/// The file's limits, resumption and UDP buffer sizes over `s`.
+fn limits(mut s: Settings, file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(n) = file.max_tcp_tunnels {
         s = s.max_tcp_tunnels(n);
     }
@@ -155,6 +167,11 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(n) = file.udp_buffer_bytes {
         s = s.udp_buffers(streamproxy::dtls::UdpBuffers::both(n));
     }
+    Ok(s)
+}
+
+/// The file's name lookup limits and timeout over `s`.
+fn lookups(mut s: Settings, file: &ServerConfig) -> Settings {
     let (global, per_client) = (
         file.max_lookups.unwrap_or(s.max_lookups),
         file.max_lookups_per_client
@@ -164,6 +181,12 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
     if let Some(d) = file.lookup_timeout {
         s = s.lookup_timeout(d);
     }
+    s
+}
+
+/// Refuses settings that would refuse every connection, or lookup limits that contradict
+/// each other.
+fn refuse_unusable(s: &Settings) -> anyhow::Result<()> {
     // A limit of zero refuses every connection: refused here rather than serving nothing.
     for (key, value) in [
         ("max_tcp_tunnels", s.max_tcp_tunnels),
@@ -197,29 +220,34 @@ fn settings(file: &ServerConfig) -> anyhow::Result<Settings> {
             s.max_lookups
         );
     }
-    Ok(s.tcp_keepalive(file.keepalive().settings()?))
+    Ok(())
 }
 
 /// `server --check`: loads everything the server would (certificates, key, CA, the DTLS
 /// context) by starting it on a loopback port of its own, then prints the effective
 /// configuration. The real address is not bound, so a port in use is not detected.
 async fn check(plan: Plan) -> anyhow::Result<()> {
-    let mut builder = builder(&plan);
-    if let Some(settings) = plan.api.clone() {
-        builder = builder.api_settings(settings);
-    }
     let probe_addr = match plan.listen {
         SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
         SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
     };
-    builder
+    bind(&plan, probe_addr).await?;
+    print!("{}", describe(&plan));
+    Ok(())
+}
+
+/// Starts the server the plan describes on `addr`.
+async fn bind(plan: &Plan, addr: SocketAddr) -> anyhow::Result<Server> {
+    let mut builder = builder(plan);
+    if let Some(settings) = plan.api.clone() {
+        builder = builder.api_settings(settings);
+    }
+    Ok(builder
         .settings(plan.settings.clone())
         .udp(plan.udp)
         .api(plan.api.is_some())
-        .bind(probe_addr)
-        .await?;
-    print!("{}", describe(&plan));
-    Ok(())
+        .bind(addr)
+        .await?)
 }
 
 /// SIGHUP: reads the flags and the config file again and reloads the certificates; puts the
@@ -298,8 +326,20 @@ fn raise_open_files_limit(plan: &Plan) {
 
 /// The effective configuration, one `key  value` line each.
 fn describe(plan: &Plan) -> String {
-    let s = &plan.settings;
-    let mut lines: Vec<(&str, String)> = vec![
+    let mut lines = place_lines(plan);
+    lines.extend(api_lines(plan.api.as_ref()));
+    lines.extend(plan.access.lines.iter().cloned());
+    lines.extend(settings_lines(&plan.settings));
+    let mut out = String::from("configuration is valid\n");
+    for (key, value) in lines {
+        out.push_str(&format!("{key:<22} {value}\n"));
+    }
+    out
+}
+
+/// Where the server listens, on what, with which certificates.
+fn place_lines(plan: &Plan) -> Vec<(&'static str, String)> {
+    let mut lines = vec![
         ("listen", plan.listen.to_string()),
         (
             "transports",
@@ -317,19 +357,36 @@ fn describe(plan: &Plan) -> String {
     if let Some(addr) = &plan.status {
         lines.push(("status_listen", addr.to_string()));
     }
-    match &plan.api {
-        Some(api) => {
-            lines.push(("api", "on (/health, /metrics, /godoxy/agent/info)".into()));
-            lines.push(("agent_name", api.agent_name.clone()));
-            lines.push(("api_header_timeout", secs(api.header_timeout)));
-            lines.push(("api_idle_timeout", secs(api.idle_timeout)));
-            lines.push(("api_max_connections", api.max_connections.to_string()));
-            lines.push(("api_max_request_bytes", api.max_request_bytes.to_string()));
-        }
-        None => lines.push(("api", "off".into())),
+    lines
+}
+
+/// The API on the server's port: off, or on and its settings.
+fn api_lines(api: Option<&ApiSettings>) -> Vec<(&'static str, String)> {
+    match api {
+        Some(api) => vec![
+            ("api", "on (/health, /metrics, /godoxy/agent/info)".into()),
+            ("agent_name", api.agent_name.clone()),
+            ("api_header_timeout", secs(api.header_timeout)),
+            ("api_idle_timeout", secs(api.idle_timeout)),
+            ("api_max_connections", api.max_connections.to_string()),
+            ("api_max_request_bytes", api.max_request_bytes.to_string()),
+        ],
+        None => vec![("api", "off".into())],
     }
-    lines.extend(plan.access.lines.iter().cloned());
-    lines.extend([
+}
+
+/// Timeouts, limits and socket settings.
+fn settings_lines(s: &Settings) -> Vec<(&'static str, String)> {
+    let keepalive = match &s.tcp_keepalive {
+        Some(k) => format!(
+            "idle {}, interval {}, retries {}",
+            secs(k.idle),
+            secs(k.interval),
+            k.retries
+        ),
+        None => "off".into(),
+    };
+    vec![
         ("header_timeout", secs(s.header_timeout)),
         ("dial_timeout", secs(s.dial_timeout)),
         ("handshake_timeout", secs(s.handshake_timeout)),
@@ -348,24 +405,8 @@ fn describe(plan: &Plan) -> String {
         ),
         ("resumption", s.resumption.to_string()),
         ("udp_buffer_bytes", s.udp_buffers.recv.to_string()),
-    ]);
-    match &s.tcp_keepalive {
-        Some(k) => lines.push((
-            "tcp_keepalive",
-            format!(
-                "idle {}, interval {}, retries {}",
-                secs(k.idle),
-                secs(k.interval),
-                k.retries
-            ),
-        )),
-        None => lines.push(("tcp_keepalive", "off".into())),
-    }
-    let mut out = String::from("configuration is valid\n");
-    for (key, value) in lines {
-        out.push_str(&format!("{key:<22} {value}\n"));
-    }
-    out
+        ("tcp_keepalive", keepalive),
+    ]
 }
 
 fn secs(d: std::time::Duration) -> String {
@@ -392,30 +433,44 @@ fn builder(plan: &Plan) -> streamproxy::proxy::server::ServerBuilder {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let check_only = args.check;
     let plan = plan(&args)?;
-    if check_only {
+    if args.check {
         return check(plan).await;
     }
     // Registered before binding, so that a signal right after the ready line is not missed.
-    let mut stop = Stop::register()?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let drain = plan.settings.drain_period;
-    let api = plan.api.is_some();
-    let mut builder = builder(&plan);
-    if let Some(settings) = plan.api.clone() {
-        builder = builder.api_settings(settings);
-    }
-    let server = builder
-        .settings(plan.settings.clone())
-        .udp(plan.udp)
-        .api(plan.api.is_some())
-        .bind(plan.listen)
-        .await?;
+    let stop = Stop::register()?;
+    let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let server = bind(&plan, plan.listen).await?;
     // After binding, so that a user error (a port in use) stays the only line.
     raise_open_files_limit(&plan);
     // After the material loaded: a file that holds no key gets its error alone.
     warn_if_key_readable(&plan.certs.key);
+    log_listening(&server, &plan);
+    let reloader = server.reloader();
+    let status_stop = tokio_util::sync::CancellationToken::new();
+    let status = start_status(&plan, &server, &status_stop).await?;
+    crate::notify::ready();
+    let in_force = describe(&plan);
+    let signals = Signals {
+        stop,
+        hangup,
+        reloader,
+        in_force,
+    };
+    server
+        .run(signals.until_stopped(&args, plan.settings.drain_period))
+        .await;
+    status_stop.cancel();
+    if let Some(status) = status {
+        let _ = status.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The `listening` line: the bound addresses and what the rules allow.
+fn log_listening(server: &Server, plan: &Plan) {
+    let api = plan.api.is_some();
     let tcp = server.tcp_addr();
     match server.udp_addr() {
         Some(udp) => {
@@ -425,47 +480,54 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             tracing::info!(tcp = %tcp, udp = "off", api, allow_all = plan.access.access.policy().is_allow_all(), identity_rules = plan.access.access.identity_rules().len(), "listening")
         }
     }
-    let reloader = server.reloader();
-    let status_stop = tokio_util::sync::CancellationToken::new();
-    let status = match &plan.status {
-        Some(addr) => {
-            let listener = StatusListener::bind(addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
-            let metrics = server.metrics();
-            let settings = plan.api.clone().unwrap_or_default();
-            Some(tokio::spawn(listener.run(
-                metrics,
-                settings,
-                status_stop.clone().cancelled_owned(),
-            )))
-        }
-        None => None,
+}
+
+/// Binds the status listener, if the plan has one, and serves it until `stop`.
+async fn start_status(
+    plan: &Plan,
+    server: &Server,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = &plan.status else {
+        return Ok(None);
     };
-    crate::notify::ready();
-    let mut in_force = describe(&plan);
-    server
-        .run(async move {
-            let name = loop {
-                tokio::select! {
-                    name = stop.wait() => break name,
-                    _ = hangup.recv() => {
-                        crate::notify::reloading();
-                        reload(&args, &reloader, &mut in_force);
-                        crate::notify::reloaded();
-                    }
+    let listener = StatusListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "status listening (/health, /metrics)");
+    let metrics = server.metrics();
+    let settings = plan.api.clone().unwrap_or_default();
+    Ok(Some(tokio::spawn(listener.run(
+        metrics,
+        settings,
+        stop.clone().cancelled_owned(),
+    ))))
+}
+
+/// What the running server answers signals with.
+struct Signals {
+    stop: Stop,
+    hangup: tokio::signal::unix::Signal,
+    reloader: Reloader,
+    /// The description of the configuration in force.
+    in_force: String,
+}
+
+impl Signals {
+    /// Reloads on SIGHUP until SIGINT or SIGTERM, then announces the drain.
+    async fn until_stopped(mut self, args: &ServerArgs, drain: std::time::Duration) {
+        let name = loop {
+            tokio::select! {
+                name = self.stop.wait() => break name,
+                _ = self.hangup.recv() => {
+                    crate::notify::reloading();
+                    reload(args, &self.reloader, &mut self.in_force);
+                    crate::notify::reloaded();
                 }
-            };
-            crate::notify::stopping();
-            tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels (a second signal exits at once)");
-            stop.exit_on_next();
-        })
-        .await;
-    status_stop.cancel();
-    if let Some(status) = status {
-        let _ = status.await;
+            }
+        };
+        crate::notify::stopping();
+        tracing::info!(signal = name, drain = ?drain, "shutting down: draining live tunnels (a second signal exits at once)");
+        self.stop.exit_on_next();
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 #[cfg(test)]
