@@ -27,6 +27,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     no_std_check()?;
+    crate::circles::check(&cmd::project_root())?;
     // CI runs as root on Debian with the packages installed: the network-namespace, systemd,
     // OpenSSL command-line and HAProxy cases must run, not skip.
     cmd::run(

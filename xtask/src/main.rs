@@ -5,6 +5,7 @@
 
 mod bench;
 mod ci;
+mod circles;
 mod cmd;
 mod fuzz;
 mod interop;
