@@ -224,7 +224,7 @@ pub(crate) fn drops_since(before: &HashMap<u64, u64>, after: &HashMap<u64, u64>)
 
 /// User + system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in clock
 /// ticks of 1/100 s, which is what Linux reports to user space on every architecture).
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces: count fields after its closing paren.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -263,7 +263,7 @@ pub(crate) fn start(
                 "[server]\nmax_tcp_tunnels = 65536\nmax_udp_sessions = 65536\n\
                  [client]\nmax_tunnels = 65536\n",
             )?;
-            let mut cmd = tools.streamproxy();
+            let mut cmd = streamproxy(tools);
             cmd.args([
                 "server",
                 "--listen",
@@ -280,7 +280,7 @@ pub(crate) fn start(
                 Transport::Tcp => "--tcp",
                 Transport::Udp => "--udp",
             };
-            let mut cmd = tools.streamproxy();
+            let mut cmd = streamproxy(tools);
             cmd.args(["client", "--server", &format!("127.0.0.1:{server_port}")])
                 .args([flag, &format!("127.0.0.1:{local}={target_addr}")])
                 .arg("--config")
@@ -371,6 +371,20 @@ pub(crate) fn start(
                 procs: vec![client, server],
             })
         }
+    }
+}
+
+/// The streamproxy command: the release build, or the binary named by
+/// `STREAMPROXY_BENCH_BINARY` (to compare another build of the same code in the same run
+/// shape, e.g. other runtime settings; the environment is passed on to it).
+fn streamproxy(tools: &Tools) -> Command {
+    match std::env::var_os("STREAMPROXY_BENCH_BINARY") {
+        Some(path) => {
+            let mut cmd = Command::new(path);
+            cmd.env("RUST_LOG", "info");
+            cmd
+        }
+        None => tools.streamproxy(),
     }
 }
 

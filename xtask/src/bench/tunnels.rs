@@ -151,6 +151,9 @@ struct UdpScenario {
     rate_target: Option<Target>,
     /// rate, lost, refused, drops, CPU, calls.
     ids: [&'static str; 6],
+    /// The id of a row with the bench's own CPU per echoed datagram (load generator and echo,
+    /// the same work for every contender), if the scenario has one.
+    bench_cpu: Option<&'static str>,
 }
 
 const UDP_SCENARIOS: [UdpScenario; 6] = [
@@ -170,6 +173,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_64_cpu",
             "udp_64_syscalls",
         ],
+        bench_cpu: Some("udp_64_bench_cpu"),
     },
     UdpScenario {
         name: "UDP 1200 B",
@@ -187,6 +191,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_1200_cpu",
             "udp_1200_syscalls",
         ],
+        bench_cpu: Some("udp_1200_bench_cpu"),
     },
     UdpScenario {
         name: "UDP sessions",
@@ -204,6 +209,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_sessions_cpu",
             "udp_sessions_syscalls",
         ],
+        bench_cpu: None,
     },
     UdpScenario {
         name: "UDP burst 8",
@@ -221,6 +227,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_burst_8_cpu",
             "udp_burst_8_syscalls",
         ],
+        bench_cpu: None,
     },
     UdpScenario {
         name: "UDP burst 50",
@@ -238,6 +245,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_burst_50_cpu",
             "udp_burst_50_syscalls",
         ],
+        bench_cpu: Some("udp_burst_50_bench_cpu"),
     },
     UdpScenario {
         name: "UDP storm 50",
@@ -255,6 +263,7 @@ const UDP_SCENARIOS: [UdpScenario; 6] = [
             "udp_storm_cpu",
             "udp_storm_syscalls",
         ],
+        bench_cpu: None,
     },
 ];
 
@@ -350,6 +359,18 @@ impl UdpScenario {
             .lower()
             .optional(),
         );
+        if let Some(id) = self.bench_cpu {
+            rows.push(
+                Metric::new(
+                    id,
+                    format!(
+                        "6. UDP, {shape}, the bench's own CPU per echoed datagram, generator + echo (µs)"
+                    ),
+                    UDP,
+                )
+                .lower(),
+            );
+        }
         rows
     }
 }
@@ -669,9 +690,14 @@ fn udp_flow(st: &Stack, u: &UdpScenario, flow: load::Flow) -> Result<Vec<(&'stat
     let drops_before = st.udp_drops();
     let refused_before = st.refused_sessions();
     let counted = Counted::start(st)?;
+    let own_cpu = contenders::cpu_seconds(std::process::id())?;
     let r = load::udp_flow(st.port, flow)?;
     let mut values = vec![(rate, r.per_second), (lost, r.lost as f64)];
     let echoed = r.echoed.max(1) as f64;
+    if let Some(id) = u.bench_cpu {
+        let own = contenders::cpu_seconds(std::process::id())? - own_cpu;
+        values.push((id, own * 1e6 / echoed));
+    }
     counted.finish_per(st, echoed / 1e6, echoed, [cpu, calls], &mut values)?;
     if st.server_pid.is_some() {
         values.push((
