@@ -16,6 +16,8 @@
 //	              -target HOST:PORT [-version V]         client-side forwarder (benchmarks):
 //	              every accepted TCP connection, or every UDP source address, gets its own
 //	              tunnel to the server for TARGET
+//	goPeer relay  -listen ADDR -target HOST:PORT     plain UDP relay, no tunnel (benchmarks,
+//	              relay.go)
 package main
 
 import (
@@ -253,7 +255,12 @@ func serveUDP(c net.Conn) {
 		return
 	}
 	r, err := parseHeader(buf[:n])
-	if err != nil || r.health {
+	if err != nil {
+		// The only change to the original: say so, so that a benchmark can count rejections.
+		fmt.Fprintf(os.Stderr, "rejected session from %s: %v\n", c.RemoteAddr(), err)
+		return
+	}
+	if r.health {
 		return
 	}
 	dst, err := net.DialTimeout("udp", net.JoinHostPort(r.host, r.port), dialTimeout)
@@ -558,7 +565,7 @@ func fail(msg string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: goPeer server|check|health|echo|header|forward [flags]")
+		fail("usage: goPeer server|check|health|echo|header|forward|relay [flags]")
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "server address")
@@ -601,6 +608,8 @@ func main() {
 		b, err := header(*version, *host, *port, flags)
 		must(err)
 		fmt.Println(hex.EncodeToString(b))
+	case "relay":
+		relay(*listen, *target)
 	case "forward":
 		forward(*transport, *listen, *server, *target, *version, loadPKI(*ca, *cert, *key))
 	default:

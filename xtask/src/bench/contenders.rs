@@ -9,8 +9,11 @@
 //!   each, logging off (TCP only).
 //! - haproxy splice: the same two haproxy processes in plain `mode tcp` with kernel splicing,
 //!   no crypto: the ceiling of the three-hop topology (TCP only).
+//! - plain UDP relay: two of the Go peer's `relay` role in a row, no header and no crypto, one
+//!   socket per source address on each hop: the ceiling of the two-hop topology (UDP only).
 //! - loopback: no tunnel; the load generator connects to the destination itself.
 
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,16 +33,18 @@ pub(crate) enum Contender {
     Stunnel,
     HaproxyTls,
     HaproxySplice,
+    UdpRelay,
     Loopback,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 6] = [
+    pub(crate) const ALL: [Contender; 7] = [
         Contender::Streamproxy,
         Contender::Go,
         Contender::Stunnel,
         Contender::HaproxyTls,
         Contender::HaproxySplice,
+        Contender::UdpRelay,
         Contender::Loopback,
     ];
 
@@ -51,6 +56,7 @@ impl Contender {
             Contender::Stunnel => "stunnel",
             Contender::HaproxyTls => "haproxy_tls",
             Contender::HaproxySplice => "haproxy_splice",
+            Contender::UdpRelay => "udp_relay",
             Contender::Loopback => "loopback",
         }
     }
@@ -63,6 +69,7 @@ impl Contender {
             Contender::Stunnel => "stunnel",
             Contender::HaproxyTls => "haproxy mTLS",
             Contender::HaproxySplice => "haproxy splice",
+            Contender::UdpRelay => "plain UDP relay",
             Contender::Loopback => "loopback",
         }
     }
@@ -91,6 +98,37 @@ impl Stack {
             total += cpu_seconds(proc.pid())?;
         }
         Ok(total)
+    }
+
+    /// Sessions the server side refused so far, from its log: streamproxy's `rejected
+    /// session`, `rejected header`, `no header in time` and `tunnel refused` lines, the Go
+    /// peer's `rejected session` lines. `None` for contenders without such a log.
+    pub(crate) fn refused_sessions(&self) -> Option<usize> {
+        let pid = self.server_pid?;
+        let server = self.procs.iter().find(|p| p.pid() == pid)?;
+        let output = server.output();
+        Some(
+            output
+                .lines()
+                .filter(|l| {
+                    [
+                        "rejected session",
+                        "rejected header",
+                        "no header in time",
+                        "tunnel refused",
+                    ]
+                    .iter()
+                    .any(|what| l.contains(what))
+                })
+                .count(),
+        )
+    }
+
+    /// The kernel's drop counters (`/proc/net/udp`, last column) of every UDP socket the
+    /// contender's processes hold now, by socket inode.
+    pub(crate) fn udp_drops(&self) -> HashMap<u64, u64> {
+        let pids: Vec<u32> = self.procs.iter().map(Proc::pid).collect();
+        udp_drops(&pids)
     }
 
     /// Starts counting the system calls of the contender's processes (all their threads,
@@ -132,9 +170,61 @@ impl SyscallCount {
     }
 }
 
+/// The drop counters of the UDP sockets held by `pids`, by socket inode.
+pub(crate) fn udp_drops(pids: &[u32]) -> HashMap<u64, u64> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse::<u64>().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    let mut drops = HashMap::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            let (Some(inode), Some(dropped)) = (
+                fields.get(9).and_then(|f| f.parse::<u64>().ok()),
+                fields.last().and_then(|f| f.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            if inodes.contains(&inode) {
+                drops.insert(inode, dropped);
+            }
+        }
+    }
+    drops
+}
+
+/// Datagrams dropped between two readings of [`udp_drops`] (sockets opened in between count
+/// from zero; sockets closed in between are not seen).
+pub(crate) fn drops_since(before: &HashMap<u64, u64>, after: &HashMap<u64, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(inode, n)| n.saturating_sub(before.get(inode).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// User + system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in clock
 /// ticks of 1/100 s, which is what Linux reports to user space on every architecture).
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces: count fields after its closing paren.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -173,7 +263,7 @@ pub(crate) fn start(
                 "[server]\nmax_tcp_tunnels = 65536\nmax_udp_sessions = 65536\n\
                  [client]\nmax_tunnels = 65536\n",
             )?;
-            let mut cmd = tools.streamproxy();
+            let mut cmd = streamproxy(tools);
             cmd.args([
                 "server",
                 "--listen",
@@ -190,7 +280,7 @@ pub(crate) fn start(
                 Transport::Tcp => "--tcp",
                 Transport::Udp => "--udp",
             };
-            let mut cmd = tools.streamproxy();
+            let mut cmd = streamproxy(tools);
             cmd.args(["client", "--server", &format!("127.0.0.1:{server_port}")])
                 .args([flag, &format!("127.0.0.1:{local}={target_addr}")])
                 .arg("--config")
@@ -227,6 +317,18 @@ pub(crate) fn start(
                 port,
                 server_pid: Some(server.pid()),
                 procs: vec![client, server],
+            })
+        }
+        Contender::UdpRelay => {
+            if transport == Transport::Tcp {
+                bail!("the plain relay carries UDP only");
+            }
+            let server = start_relay(tools, "server", &target_addr)?;
+            let client = start_relay(tools, "client", &format!("127.0.0.1:{}", server.1))?;
+            Ok(Stack {
+                port: client.1,
+                server_pid: Some(server.0.pid()),
+                procs: vec![client.0, server.0],
             })
         }
         Contender::HaproxyTls | Contender::HaproxySplice => {
@@ -270,6 +372,33 @@ pub(crate) fn start(
             })
         }
     }
+}
+
+/// The streamproxy command: the release build, or the binary named by
+/// `STREAMPROXY_BENCH_BINARY` (to compare another build of the same code in the same run
+/// shape, e.g. other runtime settings; the environment is passed on to it).
+fn streamproxy(tools: &Tools) -> Command {
+    match std::env::var_os("STREAMPROXY_BENCH_BINARY") {
+        Some(path) => {
+            let mut cmd = Command::new(path);
+            cmd.env("RUST_LOG", "info");
+            cmd
+        }
+        None => tools.streamproxy(),
+    }
+}
+
+/// One hop of the plain UDP relay (the Go peer's `relay` role); the process and its port.
+fn start_relay(tools: &Tools, side: &str, target: &str) -> Result<(Proc, u16)> {
+    let mut cmd = tools.go();
+    cmd.args(["relay", "-listen", "127.0.0.1:0", "-target", target]);
+    let mut proc = Proc::start(&format!("plain UDP relay ({side})"), &mut cmd)?;
+    let port = proc.wait_for_line(READY, |l| {
+        l.starts_with("relaying")
+            .then(|| find_port(l, "127.0.0.1"))
+            .flatten()
+    })?;
+    Ok((proc, port))
 }
 
 /// haproxy's settings for both sides: one thread, no logging, room for scenario 5's 5,000

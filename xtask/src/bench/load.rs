@@ -6,7 +6,10 @@
 //!
 //! Destinations: a TCP sink (reads an 8-byte length, then that many bytes, then answers one
 //! byte), a TCP echo and a UDP echo, one thread per TCP connection and one thread for UDP.
+//! Every UDP socket here (the echo's and the generator's) asks for 4 MiB buffers, so that a
+//! datagram lost in a UDP scenario is lost by the contender, not by the bench.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Barrier};
@@ -29,7 +32,7 @@ impl Destinations {
     pub(crate) fn start() -> Result<Destinations> {
         let sink = TcpListener::bind("127.0.0.1:0")?;
         let echo = TcpListener::bind("127.0.0.1:0")?;
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let udp = udp_socket()?;
         let ports = Destinations {
             tcp_sink: sink.local_addr()?.port(),
             tcp_echo: echo.local_addr()?.port(),
@@ -316,84 +319,230 @@ pub(crate) fn idle_connections(port: u16, count: usize) -> Result<Vec<TcpStream>
     Ok(all)
 }
 
-/// What a UDP run found: datagrams echoed per second, and the share lost.
-pub(crate) struct UdpRate {
-    pub(crate) per_second: f64,
-    pub(crate) loss: f64,
+/// A UDP socket on 127.0.0.1 with 4 MiB receive and send buffers (the kernel doubles the
+/// figure; `net.core.rmem_max` may cap it).
+fn udp_socket() -> Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    socket.set_recv_buffer_size(4 << 20)?;
+    socket.set_send_buffer_size(4 << 20)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    Ok(socket.into())
 }
 
-/// Scenario 6: `sessions` UDP sockets (one tunnel each) send `size`-byte datagrams to the echo
-/// for `duration`, each keeping `window` in flight; a window with nothing back for 20 ms
-/// counts as lost and is refilled. The rate counts echoed datagrams (round trips).
-pub(crate) fn udp(
-    port: u16,
-    sessions: usize,
-    size: usize,
-    window: usize,
-    duration: Duration,
-) -> Result<UdpRate> {
+/// How the sessions of a [`udp_flow`] start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Each session is opened first (one echo back), then all send for a time.
+    Established(Duration),
+    /// All sessions start at once on fresh sockets, each sending this many datagrams with its
+    /// window full from the first datagram on: the first datagram opens the session (a DTLS
+    /// handshake, then the header), the rest arrive while it opens.
+    Storm(u64),
+}
+
+/// The shape of a [`udp_flow`].
+#[derive(Clone, Copy)]
+pub(crate) struct Flow {
+    pub(crate) sessions: usize,
+    pub(crate) size: usize,
+    pub(crate) window: usize,
+    pub(crate) start: Start,
+}
+
+/// What a [`udp_flow`] found.
+pub(crate) struct FlowResult {
+    /// Distinct datagrams echoed in time per second, all sessions together.
+    pub(crate) per_second: f64,
+    /// Distinct datagrams echoed in time.
+    pub(crate) echoed: u64,
+    /// Datagrams sent and never echoed, late echoes included.
+    pub(crate) lost: u64,
+    pub(crate) sent: u64,
+    /// Sessions that got no echo at all.
+    pub(crate) silent: usize,
+}
+
+/// A datagram not echoed within this time stops counting as in flight, so the window makes
+/// room for a new one (an echo that comes later is late, not lost). Before a session's first
+/// echo (its handshake, whose first retransmission comes after 1 s) the time is longer.
+const OPENING_WAIT: Duration = Duration::from_secs(3);
+const ECHO_WAIT: Duration = Duration::from_millis(200);
+/// How often a waiting session looks at its clock.
+const POLL: Duration = Duration::from_millis(10);
+
+/// UDP bursts with a loss checker: `sessions` sockets (one tunnel each) keep `window`
+/// datagrams of `size` bytes in flight to the echo. Each datagram carries its sequence number,
+/// so every echo is matched to what was sent: a duplicate is not counted twice and a datagram
+/// is lost only if it never comes back (a late echo, after the window was refilled, is not
+/// lost). The rate counts distinct echoes per second, from the start until the end of the
+/// time (established) or the last echo (storm).
+pub(crate) fn udp_flow(port: u16, flow: Flow) -> Result<FlowResult> {
+    let Flow {
+        sessions,
+        size,
+        window,
+        start,
+    } = flow;
+    let size = size.max(8);
     let barrier = Arc::new(Barrier::new(sessions + 1));
     let mut threads = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let socket = udp_socket()?;
         socket.connect(("127.0.0.1", port))?;
         let barrier = Arc::clone(&barrier);
-        threads.push(thread::spawn(move || -> Result<(u64, u64, u64)> {
+        threads.push(thread::spawn(move || -> Result<SessionFlow> {
             let mut buf = vec![0u8; 65536];
-            let datagram = vec![0x17u8; size];
-            // The first datagram opens the tunnel (handshake): wait until echoes come back.
-            let warm = warm_up(&socket, &datagram, &mut buf);
+            let mut datagram = vec![0x17u8; size];
+            let warm = match start {
+                Start::Established(_) => {
+                    datagram[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+                    warm_up(&socket, &datagram, &mut buf)
+                }
+                Start::Storm(_) => Ok(()),
+            };
             barrier.wait();
             warm?;
-            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-            let deadline = Instant::now() + duration;
-            let (mut sent, mut received, mut in_flight) = (0u64, 0u64, 0usize);
-            while Instant::now() < deadline {
-                while in_flight < window {
-                    socket.send(&datagram)?;
-                    sent += 1;
-                    in_flight += 1;
-                }
-                match socket.recv(&mut buf) {
-                    Ok(_) => {
-                        received += 1;
-                        in_flight = in_flight.saturating_sub(1);
-                    }
-                    Err(e) if is_timeout(&e) => in_flight = 0,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let in_time = received;
-            // Late echoes are not lost, only late.
-            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-            while socket.recv(&mut buf).is_ok() {
-                received += 1;
-            }
-            Ok((sent, received, in_time))
+            session_flow(&socket, &mut datagram, &mut buf, window, start)
         }));
     }
     barrier.wait();
     let started = Instant::now();
-    let (mut sent, mut received, mut in_time) = (0, 0, 0);
+    let mut total = FlowResult {
+        per_second: 0.0,
+        echoed: 0,
+        lost: 0,
+        sent: 0,
+        silent: 0,
+    };
+    let mut last_echo = started;
     for t in threads {
-        let (s, r, i) = t
+        let s = t
             .join()
             .map_err(|_| anyhow::anyhow!("a session panicked"))??;
-        sent += s;
-        received += r.min(s);
-        in_time += i;
+        total.sent += s.sent;
+        total.echoed += s.in_time;
+        total.lost += s.sent - s.received;
+        total.silent += usize::from(s.received == 0);
+        if let Some(t) = s.last_echo {
+            last_echo = last_echo.max(t);
+        }
     }
-    let elapsed = started
-        .elapsed()
-        .min(duration)
-        .max(Duration::from_millis(1));
-    Ok(UdpRate {
-        per_second: in_time as f64 / elapsed.as_secs_f64(),
-        loss: if sent == 0 {
-            0.0
+    let elapsed = match start {
+        Start::Established(d) => d,
+        Start::Storm(_) => last_echo - started,
+    }
+    .max(Duration::from_millis(1));
+    total.per_second = total.echoed as f64 / elapsed.as_secs_f64();
+    Ok(total)
+}
+
+/// One session of a [`udp_flow`].
+struct SessionFlow {
+    sent: u64,
+    /// Distinct echoes, late ones included.
+    received: u64,
+    /// Distinct echoes before the end of the time, or before the session gave up waiting.
+    in_time: u64,
+    last_echo: Option<Instant>,
+}
+
+fn session_flow(
+    socket: &UdpSocket,
+    datagram: &mut [u8],
+    buf: &mut [u8],
+    window: usize,
+    start: Start,
+) -> Result<SessionFlow> {
+    let (deadline, count) = match start {
+        Start::Established(d) => (Some(Instant::now() + d), u64::MAX),
+        Start::Storm(n) => (None, n),
+    };
+    let mut states: Vec<Echo> = Vec::new();
+    let mut outstanding: VecDeque<(usize, Instant)> = VecDeque::new();
+    let mut s = SessionFlow {
+        sent: 0,
+        received: 0,
+        in_time: 0,
+        last_echo: None,
+    };
+    let mut in_flight = 0usize;
+    socket.set_read_timeout(Some(POLL))?;
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        let wait = if s.received == 0 {
+            OPENING_WAIT
         } else {
-            1.0 - received as f64 / sent as f64
-        },
+            ECHO_WAIT
+        };
+        while let Some(&(seq, at)) = outstanding.front() {
+            match states[seq] {
+                Echo::InFlight if now.duration_since(at) >= wait => {
+                    states[seq] = Echo::Overdue;
+                    in_flight -= 1;
+                }
+                Echo::InFlight => break,
+                Echo::Overdue | Echo::Back => {}
+            }
+            outstanding.pop_front();
+        }
+        if s.sent >= count && in_flight == 0 {
+            break;
+        }
+        while in_flight < window && s.sent < count {
+            datagram[..8].copy_from_slice(&s.sent.to_be_bytes());
+            socket.send(datagram)?;
+            outstanding.push_back((states.len(), Instant::now()));
+            states.push(Echo::InFlight);
+            s.sent += 1;
+            in_flight += 1;
+        }
+        match socket.recv(buf) {
+            Ok(n) => {
+                if let Some(was) = record_echo(&buf[..n], &mut states) {
+                    if was == Echo::InFlight {
+                        in_flight -= 1;
+                    }
+                    s.received += 1;
+                    s.in_time += 1;
+                    s.last_echo = Some(Instant::now());
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Late echoes are not lost, only late.
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    while let Ok(n) = socket.recv(buf) {
+        if record_echo(&buf[..n], &mut states).is_some() {
+            s.received += 1;
+        }
+    }
+    Ok(s)
+}
+
+/// Where a datagram of a [`udp_flow`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    InFlight,
+    /// Not echoed in time: no longer counted in the window.
+    Overdue,
+    Back,
+}
+
+/// Marks the echo of a datagram; what the datagram was before, if this is the first echo of a
+/// datagram sent.
+fn record_echo(echo: &[u8], states: &mut [Echo]) -> Option<Echo> {
+    let seq = u64::from_be_bytes(echo.get(..8)?.try_into().ok()?);
+    let state = states.get_mut(usize::try_from(seq).ok()?)?;
+    let was = *state;
+    (was != Echo::Back).then(|| {
+        *state = Echo::Back;
+        was
     })
 }
 
@@ -440,4 +589,39 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_counts_once_and_only_for_a_datagram_sent() {
+        let mut states = vec![Echo::InFlight, Echo::Overdue];
+        let echo = |seq: u64| {
+            let mut d = seq.to_be_bytes().to_vec();
+            d.extend_from_slice(&[0x17; 8]);
+            d
+        };
+        assert!(record_echo(&echo(0), &mut states) == Some(Echo::InFlight));
+        assert!(record_echo(&echo(0), &mut states).is_none());
+        assert!(record_echo(&echo(1), &mut states) == Some(Echo::Overdue));
+        assert!(record_echo(&echo(2), &mut states).is_none());
+        assert!(record_echo(&echo(u64::MAX), &mut states).is_none());
+        assert!(record_echo(&[1, 2], &mut states).is_none());
+    }
+
+    #[test]
+    fn a_storm_through_plain_loopback_loses_nothing() {
+        let dest = Destinations::start().unwrap();
+        let flow = Flow {
+            sessions: 4,
+            size: 512,
+            window: 16,
+            start: Start::Storm(100),
+        };
+        let r = udp_flow(dest.udp_echo, flow).unwrap();
+        assert_eq!((r.sent, r.lost, r.silent), (400, 0, 0));
+        assert_eq!(r.echoed, 400);
+    }
 }

@@ -26,9 +26,11 @@ pub(crate) struct Metric {
 pub(crate) enum Target {
     /// streamproxy / Go at least this.
     Ratio(f64),
-    /// streamproxy / Go at least the first, and streamproxy / haproxy with mutual TLS at least
-    /// the second.
-    RatioAndHaproxy(f64, f64),
+    /// streamproxy / Go at least the first, and streamproxy / the other contender (haproxy with
+    /// mutual TLS, the plain UDP relay) at least the last.
+    RatioAnd(f64, Contender, f64),
+    /// streamproxy's figure is zero (datagrams lost, sessions refused).
+    Zero,
     /// streamproxy / Go at most this (lower is better).
     RatioAtMost(f64),
     /// streamproxy at most Go (lower is better).
@@ -90,21 +92,21 @@ impl Metric {
     fn target_text(&self) -> Option<String> {
         Some(match self.target? {
             Target::Ratio(x) => format!("≥ {x}× Go"),
-            Target::RatioAndHaproxy(x, y) => format!("≥ {x}× Go, ≥ {y}× haproxy mTLS"),
+            Target::RatioAnd(x, other, y) => format!("≥ {x}× Go, ≥ {y}× {}", other.title()),
+            Target::Zero => "0".to_owned(),
             Target::NoWorse => "≤ Go".to_owned(),
             Target::RatioAtMost(x) => format!("≤ {x:.2}× Go"),
         })
     }
 
     fn target_met(&self, samples: &Samples) -> Option<bool> {
-        let go = self.ratio(samples, Contender::Go)?;
+        let go = || self.ratio(samples, Contender::Go);
         Some(match self.target? {
-            Target::Ratio(x) => go >= x,
-            Target::RatioAndHaproxy(x, y) => {
-                go >= x && self.ratio(samples, Contender::HaproxyTls)? >= y
-            }
-            Target::RatioAtMost(x) => go <= x,
-            Target::NoWorse => go <= 1.0,
+            Target::Zero => self.median(samples, Contender::Streamproxy)? == 0.0,
+            Target::Ratio(x) => go()? >= x,
+            Target::RatioAnd(x, other, y) => go()? >= x && self.ratio(samples, other)? >= y,
+            Target::RatioAtMost(x) => go()? <= x,
+            Target::NoWorse => go()? <= 1.0,
         })
     }
 }
@@ -161,11 +163,12 @@ pub(crate) struct Context {
     pub(crate) partial: bool,
 }
 
-const RATIO_TO: [Contender; 5] = [
+const RATIO_TO: [Contender; 6] = [
     Contender::Go,
     Contender::Stunnel,
     Contender::HaproxyTls,
     Contender::HaproxySplice,
+    Contender::UdpRelay,
     Contender::Loopback,
 ];
 

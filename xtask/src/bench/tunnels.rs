@@ -28,6 +28,7 @@ pub(crate) struct Sizes {
     idle_tunnels: usize,
     udp_time: Duration,
     udp_sessions: usize,
+    storm_datagrams: u64,
     handshake_time: Duration,
 }
 
@@ -44,6 +45,7 @@ impl Sizes {
                 idle_tunnels: 100,
                 udp_time: Duration::from_millis(300),
                 udp_sessions: 32,
+                storm_datagrams: 64,
                 handshake_time: Duration::from_millis(500),
             }
         } else {
@@ -55,8 +57,9 @@ impl Sizes {
                 setup_time: Duration::from_secs(3),
                 round_trips: 20_000,
                 idle_tunnels: 5_000,
-                udp_time: Duration::from_secs(3),
+                udp_time: Duration::from_secs(2),
                 udp_sessions: 32,
+                storm_datagrams: 500,
                 handshake_time: Duration::from_secs(3),
             }
         }
@@ -120,8 +123,257 @@ const PARALLEL_IDS: [[&str; 3]; 2] = [
         "tcp_parallel_32_syscalls",
     ],
 ];
-const UDP: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Loopback];
+/// The UDP contenders: the two tunnels, the plain relay (no crypto) and plain loopback.
+const UDP: &[Contender] = &[
+    Contender::Streamproxy,
+    Contender::Go,
+    Contender::UdpRelay,
+    Contender::Loopback,
+];
+/// The UDP contenders that run processes of their own.
+const UDP_PROCS: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::UdpRelay];
+/// The contenders that open DTLS sessions (plain loopback as the generator's ceiling).
+const DTLS_RATE: &[Contender] = &[Contender::Streamproxy, Contender::Go, Contender::Loopback];
 const DTLS: &[Contender] = &[Contender::Streamproxy, Contender::Go];
+
+/// One UDP flow scenario (scenario 6): its name for `--only`, its row label, the shape and the
+/// metric ids.
+struct UdpScenario {
+    name: &'static str,
+    /// Number of sessions; 0 means [`Sizes::udp_sessions`].
+    sessions: usize,
+    size: usize,
+    window: usize,
+    /// All sessions start at once on fresh sockets ([`load::Start::Storm`]).
+    storm: bool,
+    /// Whether refused sessions and kernel drops get rows of their own.
+    many: bool,
+    rate_target: Option<Target>,
+    /// rate, lost, refused, drops, CPU, calls.
+    ids: [&'static str; 6],
+    /// The id of a row with the bench's own CPU per echoed datagram (load generator and echo,
+    /// the same work for every contender), if the scenario has one.
+    bench_cpu: Option<&'static str>,
+}
+
+const UDP_SCENARIOS: [UdpScenario; 6] = [
+    UdpScenario {
+        name: "UDP 64 B",
+        sessions: 1,
+        size: 64,
+        window: 64,
+        storm: false,
+        many: false,
+        rate_target: Some(Target::RatioAnd(3.0, Contender::UdpRelay, 1.0)),
+        ids: [
+            "udp_64_rate",
+            "udp_64_lost",
+            "udp_64_refused",
+            "udp_64_drops",
+            "udp_64_cpu",
+            "udp_64_syscalls",
+        ],
+        bench_cpu: Some("udp_64_bench_cpu"),
+    },
+    UdpScenario {
+        name: "UDP 1200 B",
+        sessions: 1,
+        size: 1200,
+        window: 64,
+        storm: false,
+        many: false,
+        rate_target: Some(Target::RatioAnd(3.0, Contender::UdpRelay, 1.0)),
+        ids: [
+            "udp_1200_rate",
+            "udp_1200_lost",
+            "udp_1200_refused",
+            "udp_1200_drops",
+            "udp_1200_cpu",
+            "udp_1200_syscalls",
+        ],
+        bench_cpu: Some("udp_1200_bench_cpu"),
+    },
+    UdpScenario {
+        name: "UDP sessions",
+        sessions: 0,
+        size: 1200,
+        window: 2,
+        storm: false,
+        many: false,
+        rate_target: Some(Target::Ratio(3.0)),
+        ids: [
+            "udp_sessions_rate",
+            "udp_sessions_lost",
+            "udp_sessions_refused",
+            "udp_sessions_drops",
+            "udp_sessions_cpu",
+            "udp_sessions_syscalls",
+        ],
+        bench_cpu: None,
+    },
+    UdpScenario {
+        name: "UDP burst 8",
+        sessions: 8,
+        size: 512,
+        window: 64,
+        storm: false,
+        many: true,
+        rate_target: Some(Target::Ratio(3.0)),
+        ids: [
+            "udp_burst_8_rate",
+            "udp_burst_8_lost",
+            "udp_burst_8_refused",
+            "udp_burst_8_drops",
+            "udp_burst_8_cpu",
+            "udp_burst_8_syscalls",
+        ],
+        bench_cpu: None,
+    },
+    UdpScenario {
+        name: "UDP burst 50",
+        sessions: 50,
+        size: 512,
+        window: 64,
+        storm: false,
+        many: true,
+        rate_target: None,
+        ids: [
+            "udp_burst_50_rate",
+            "udp_burst_50_lost",
+            "udp_burst_50_refused",
+            "udp_burst_50_drops",
+            "udp_burst_50_cpu",
+            "udp_burst_50_syscalls",
+        ],
+        bench_cpu: Some("udp_burst_50_bench_cpu"),
+    },
+    UdpScenario {
+        name: "UDP storm 50",
+        sessions: 50,
+        size: 512,
+        window: 64,
+        storm: true,
+        many: true,
+        rate_target: None,
+        ids: [
+            "udp_storm_rate",
+            "udp_storm_lost",
+            "udp_storm_refused",
+            "udp_storm_drops",
+            "udp_storm_cpu",
+            "udp_storm_syscalls",
+        ],
+        bench_cpu: None,
+    },
+];
+
+impl UdpScenario {
+    fn sessions(&self, s: &Sizes) -> usize {
+        if self.sessions == 0 {
+            s.udp_sessions
+        } else {
+            self.sessions
+        }
+    }
+
+    /// The shape in words, for the table.
+    fn shape(&self, s: &Sizes) -> String {
+        let sessions = self.sessions(s);
+        let who = if self.storm {
+            format!(
+                "{sessions} new sessions at once, {} datagrams each",
+                s.storm_datagrams
+            )
+        } else if sessions == 1 {
+            "1 session".to_owned()
+        } else {
+            format!("{sessions} sessions")
+        };
+        format!("{who} × {} in flight × {} B", self.window, self.size)
+    }
+
+    fn flow(&self, s: &Sizes) -> load::Flow {
+        load::Flow {
+            sessions: self.sessions(s),
+            size: self.size,
+            window: self.window,
+            start: if self.storm {
+                load::Start::Storm(s.storm_datagrams)
+            } else {
+                load::Start::Established(s.udp_time)
+            },
+        }
+    }
+
+    fn metrics(&self, s: &Sizes) -> Vec<Metric> {
+        let [rate, lost, refused, drops, cpu, calls] = self.ids;
+        let shape = self.shape(s);
+        let rate_label = if self.sessions(s) == 1 {
+            "datagrams/s"
+        } else {
+            "aggregate datagrams/s"
+        };
+        let mut rate = Metric::new(rate, format!("6. UDP, {shape} ({rate_label})"), UDP);
+        if let Some(target) = self.rate_target {
+            rate = rate.target(target);
+        }
+        let mut lost = Metric::new(lost, format!("6. UDP, {shape}, datagrams lost"), UDP).loss();
+        if self.many {
+            lost = lost.target(Target::Zero);
+        }
+        let mut rows = vec![rate, lost];
+        if self.many {
+            rows.push(
+                Metric::new(
+                    refused,
+                    format!("6. UDP, {shape}, sessions refused by the server"),
+                    DTLS,
+                )
+                .loss()
+                .target(Target::Zero),
+            );
+            rows.push(
+                Metric::new(
+                    drops,
+                    format!("6. UDP, {shape}, kernel drops at the contender's sockets"),
+                    UDP_PROCS,
+                )
+                .loss(),
+            );
+        }
+        rows.push(
+            Metric::new(
+                cpu,
+                format!("6. UDP, {shape}, CPU per echoed datagram, both sides (µs)"),
+                UDP_PROCS,
+            )
+            .lower()
+            .optional(),
+        );
+        rows.push(
+            Metric::new(
+                calls,
+                format!("6. UDP, {shape}, system calls per echoed datagram, both sides"),
+                UDP_PROCS,
+            )
+            .lower()
+            .optional(),
+        );
+        if let Some(id) = self.bench_cpu {
+            rows.push(
+                Metric::new(
+                    id,
+                    format!(
+                        "6. UDP, {shape}, the bench's own CPU per echoed datagram, generator + echo (µs)"
+                    ),
+                    UDP,
+                )
+                .lower(),
+            );
+        }
+        rows
+    }
+}
 
 /// The rows of the table, in order.
 fn metrics(s: &Sizes) -> Vec<Metric> {
@@ -141,7 +393,7 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
             let shape = format!("{} one way in {} KiB writes", size(s.bulk), write >> 10);
             [
                 Metric::new(rate, format!("1. TCP bulk, {shape} (MB/s)"), TCP)
-                    .target(Target::RatioAndHaproxy(1.5, 1.2)),
+                    .target(Target::RatioAnd(1.5, Contender::HaproxyTls, 1.2)),
                 Metric::new(
                     cpu,
                     format!(
@@ -175,7 +427,7 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
                         ),
                         TCP,
                     )
-                    .target(Target::RatioAndHaproxy(1.5, 1.2)),
+                    .target(Target::RatioAnd(1.5, Contender::HaproxyTls, 1.2)),
                     Metric::new(
                         cpu,
                         format!("2. TCP parallel, {streams} tunnels, CPU per GiB, both sides (s)"),
@@ -244,38 +496,16 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
             )
             .lower()
             .target(Target::RatioAtMost(1.0 / 3.0)),
-            Metric::new("udp_64_rate", "6. UDP 64 B, 1 session (datagrams/s)", UDP)
-                .target(more(3.0)),
-            Metric::new("udp_64_loss", "6. UDP 64 B, 1 session, loss (%)", UDP).loss(),
-            Metric::new(
-                "udp_1200_rate",
-                "6. UDP 1200 B, 1 session (datagrams/s)",
-                UDP,
-            )
-            .target(more(3.0)),
-            Metric::new("udp_1200_loss", "6. UDP 1200 B, 1 session, loss (%)", UDP).loss(),
-            Metric::new(
-                "udp_sessions_rate",
-                format!(
-                    "6. UDP 1200 B, {} sessions (aggregate datagrams/s)",
-                    s.udp_sessions
-                ),
-                UDP,
-            )
-            .target(more(3.0)),
-            Metric::new(
-                "udp_sessions_loss",
-                format!("6. UDP 1200 B, {} sessions, loss (%)", s.udp_sessions),
-                UDP,
-            )
-            .loss(),
+        ])
+        .chain(UDP_SCENARIOS.iter().flat_map(|u| u.metrics(s)))
+        .chain([
             Metric::new(
                 "dtls_handshake_rate",
                 format!(
                     "7. DTLS handshakes, {} clients (sessions/s)",
                     s.setup_clients
                 ),
-                UDP,
+                DTLS_RATE,
             )
             .target(more(2.0)),
             Metric::new(
@@ -287,13 +517,13 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
             Metric::new(
                 "dtls_handshake_p50",
                 "7. DTLS session, time to first echo p50 (ms)",
-                UDP,
+                DTLS_RATE,
             )
             .lower(),
             Metric::new(
                 "dtls_handshake_p99",
                 "7. DTLS session, time to first echo p99 (ms)",
-                UDP,
+                DTLS_RATE,
             )
             .lower(),
         ])
@@ -326,10 +556,7 @@ impl Bench<'_> {
         target: u16,
         measure: impl Fn(&Stack) -> Result<Vec<(&'static str, f64)>>,
     ) {
-        if self
-            .only
-            .is_some_and(|only| !name.to_lowercase().contains(&only.to_lowercase()))
-        {
+        if self.only.is_some_and(|only| !selected(name, only)) {
             return;
         }
         for run in 1..=self.sizes.runs {
@@ -366,6 +593,15 @@ impl Bench<'_> {
             }
         }
     }
+}
+
+/// Whether `--only TEXT` selects the scenario `name`: TEXT is one or more words separated by
+/// commas, and a scenario runs when its name contains any of them (case ignored).
+fn selected(name: &str, only: &str) -> bool {
+    let name = name.to_lowercase();
+    only.split(',')
+        .map(|w| w.trim().to_lowercase())
+        .any(|w| !w.is_empty() && name.contains(&w))
 }
 
 /// Starts a contender, retrying twice: a port picked free can be taken a moment later.
@@ -419,18 +655,70 @@ impl Counted {
         calls_id: &'static str,
         values: &mut Vec<(&'static str, f64)>,
     ) -> Result<()> {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let mib = bytes as f64 / (1u64 << 20) as f64;
+        self.finish_per(st, gib, mib, [cpu_id, calls_id], values)
+    }
+
+    /// Adds CPU seconds per `cpu_units` and system calls per `call_units` (when counted).
+    fn finish_per(
+        self,
+        st: &Stack,
+        cpu_units: f64,
+        call_units: f64,
+        [cpu_id, calls_id]: [&'static str; 2],
+        values: &mut Vec<(&'static str, f64)>,
+    ) -> Result<()> {
         if let Some(before) = self.cpu {
-            let gib = bytes as f64 / (1u64 << 30) as f64;
-            values.push((cpu_id, (st.cpu_seconds()? - before) / gib));
+            values.push((cpu_id, (st.cpu_seconds()? - before) / cpu_units));
         }
         if let Some(calls) = self.calls {
             match calls.stop() {
-                Ok(n) => values.push((calls_id, n / (bytes as f64 / (1u64 << 20) as f64))),
+                Ok(n) => values.push((calls_id, n / call_units)),
                 Err(e) => eprintln!("bench: no system call count: {e:#}"),
             }
         }
         Ok(())
     }
+}
+
+/// One measurement of a UDP flow scenario: rate, loss, refused sessions, kernel drops, CPU
+/// and system calls per echoed datagram.
+fn udp_flow(st: &Stack, u: &UdpScenario, flow: load::Flow) -> Result<Vec<(&'static str, f64)>> {
+    let [rate, lost, refused, drops, cpu, calls] = u.ids;
+    let own_drops = contenders::udp_drops(&[std::process::id()]);
+    let drops_before = st.udp_drops();
+    let refused_before = st.refused_sessions();
+    let counted = Counted::start(st)?;
+    let own_cpu = contenders::cpu_seconds(std::process::id())?;
+    let r = load::udp_flow(st.port, flow)?;
+    let mut values = vec![(rate, r.per_second), (lost, r.lost as f64)];
+    let echoed = r.echoed.max(1) as f64;
+    if let Some(id) = u.bench_cpu {
+        let own = contenders::cpu_seconds(std::process::id())? - own_cpu;
+        values.push((id, own * 1e6 / echoed));
+    }
+    counted.finish_per(st, echoed / 1e6, echoed, [cpu, calls], &mut values)?;
+    if st.server_pid.is_some() {
+        values.push((
+            drops,
+            contenders::drops_since(&drops_before, &st.udp_drops()) as f64,
+        ));
+    }
+    if let Some(before) = refused_before {
+        // The server logs a refusal as it happens; give the last lines a moment to arrive.
+        std::thread::sleep(Duration::from_millis(100));
+        let after = st.refused_sessions().unwrap_or(before);
+        values.push((refused, after.saturating_sub(before) as f64));
+    }
+    let bench_drops =
+        contenders::drops_since(&own_drops, &contenders::udp_drops(&[std::process::id()]));
+    eprintln!(
+        "bench: {}: sent {}, echoed in time {}, lost {}, sessions without any echo {}, \
+         dropped at the bench's own sockets {bench_drops}",
+        u.name, r.sent, r.echoed, r.lost, r.silent
+    );
+    Ok(values)
 }
 
 fn ms(us: f64) -> f64 {
@@ -515,26 +803,15 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
         let per = (after - before) / s.idle_tunnels as f64;
         Ok(vec![("memory_per_tunnel", per)])
     });
-    for (name, size, sessions, window, rate, loss) in [
-        ("UDP 64 B", 64, 1, 32, "udp_64_rate", "udp_64_loss"),
-        ("UDP 1200 B", 1200, 1, 32, "udp_1200_rate", "udp_1200_loss"),
-        (
-            "UDP sessions",
-            1200,
-            s.udp_sessions,
-            2,
-            "udp_sessions_rate",
-            "udp_sessions_loss",
-        ),
-    ] {
-        bench.scenario(name, UDP, Transport::Udp, dest.udp_echo, |st| {
-            let r = load::udp(st.port, sessions, size, window, s.udp_time)?;
-            Ok(vec![(rate, r.per_second), (loss, r.loss * 100.0)])
+    for u in &UDP_SCENARIOS {
+        let flow = u.flow(s);
+        bench.scenario(u.name, UDP, Transport::Udp, dest.udp_echo, |st| {
+            udp_flow(st, u, flow)
         });
     }
     bench.scenario(
         "DTLS handshakes",
-        UDP,
+        DTLS_RATE,
         Transport::Udp,
         dest.udp_echo,
         |st| {
@@ -645,4 +922,28 @@ fn machine() -> String {
         kernel.trim(),
         std::env::consts::ARCH
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_selects_by_any_word() {
+        assert!(selected("UDP burst 50", "udp"));
+        assert!(selected("UDP storm 50", "burst, Storm"));
+        assert!(selected("DTLS handshakes", "udp,dtls"));
+        assert!(!selected("TCP bulk 16 KiB", "udp,dtls"));
+        assert!(!selected("TCP bulk 16 KiB", ","));
+    }
+
+    #[test]
+    fn udp_scenario_ids_are_unique() {
+        let s = Sizes::new(true);
+        let mut ids: Vec<&str> = metrics(&s).iter().map(|m| m.id).collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+    }
 }
