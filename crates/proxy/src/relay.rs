@@ -1,12 +1,11 @@
 //! The byte relay between a client stream and a destination stream.
 
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use tls::{BufferPool, LentBuffer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Size of the copy buffer a direction borrows from the pool while data moves. A read drains
@@ -34,86 +33,41 @@ static POOL: BufferPool = BufferPool::new(
     POOL_LEND_BYTES / RELAY_BUFFER,
 );
 
-/// A bounded pool of large copy buffers: it lends at most `max_lent` at once and keeps at most
-/// `max_spare` for reuse; past its lending bound it hands out small buffers it does not keep.
+/// A copy buffer: a large one lent by the pool, or a small one of its own when the pool has
+/// lent all it may.
 #[derive(Debug)]
-struct BufferPool {
-    size: usize,
-    max_spare: usize,
-    max_lent: usize,
-    spare: Mutex<Vec<Box<[u8]>>>,
-    lent: AtomicUsize,
+enum Buffer {
+    Lent(LentBuffer),
+    Small(Box<[u8]>),
 }
 
-impl BufferPool {
-    const fn new(size: usize, max_spare: usize, max_lent: usize) -> BufferPool {
-        BufferPool {
-            size,
-            max_spare,
-            max_lent,
-            spare: Mutex::new(Vec::new()),
-            lent: AtomicUsize::new(0),
+impl Buffer {
+    fn take(pool: &'static BufferPool) -> Buffer {
+        match pool.lend() {
+            Some(buf) => Buffer::Lent(buf),
+            None => Buffer::Small(vec![0u8; SMALL_RELAY_BUFFER.min(pool.size())].into()),
         }
-    }
-
-    /// A large buffer if the pool may lend one more, a small one otherwise.
-    fn take(&self) -> Buffer {
-        let lent = self
-            .lent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_lent).then_some(n + 1)
-            });
-        if lent.is_err() {
-            return Buffer {
-                bytes: vec![0u8; SMALL_RELAY_BUFFER.min(self.size)].into_boxed_slice(),
-                pooled: false,
-            };
-        }
-        let bytes = self
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut spare| spare.pop())
-            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
-        Buffer {
-            bytes,
-            pooled: true,
-        }
-    }
-
-    /// Takes back a buffer from [`BufferPool::take`]: a large one is kept for reuse while
-    /// there is room, a small one goes to the allocator.
-    fn give(&self, buf: Buffer) {
-        if !buf.pooled {
-            return;
-        }
-        self.lent.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut spare) = self.spare.lock() {
-            if spare.len() < self.max_spare {
-                spare.push(buf.bytes);
-            }
-        }
-    }
-
-    /// Large buffers lent and not given back yet.
-    #[cfg(test)]
-    fn lent(&self) -> usize {
-        self.lent.load(Ordering::Acquire)
-    }
-
-    /// Large buffers kept for reuse.
-    #[cfg(test)]
-    fn spare(&self) -> usize {
-        self.spare.lock().map_or(0, |s| s.len())
     }
 }
 
-/// A copy buffer lent by a [`BufferPool`].
-#[derive(Debug)]
-struct Buffer {
-    bytes: Box<[u8]>,
-    /// Whether it counts against the pool's lending bound (and may be kept for reuse).
-    pooled: bool,
+impl Deref for Buffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buffer::Lent(buf) => buf,
+            Buffer::Small(buf) => buf,
+        }
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buffer::Lent(buf) => buf,
+            Buffer::Small(buf) => buf,
+        }
+    }
 }
 
 /// What a finished relay moved, and how it ended.
@@ -234,12 +188,6 @@ struct Direction {
     shutdown_at_eof: bool,
 }
 
-impl Drop for Direction {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
 impl Direction {
     fn new() -> Direction {
         Direction::with_pool(&POOL)
@@ -260,9 +208,8 @@ impl Direction {
     }
 
     fn give_back(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.pool.give(buf);
-        }
+        // A lent buffer goes back to its pool when dropped.
+        self.buf = None;
     }
 
     /// Reads into the empty buffer until it is full or the reader has nothing more ready:
@@ -275,7 +222,7 @@ impl Direction {
         self.pos = 0;
         self.cap = 0;
         let pool = self.pool;
-        let buf = &mut self.buf.get_or_insert_with(|| pool.take()).bytes;
+        let buf = self.buf.get_or_insert_with(|| Buffer::take(pool));
         while self.cap < buf.len() {
             let mut rb = ReadBuf::new(&mut buf[self.cap..]);
             match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
@@ -342,7 +289,7 @@ impl Direction {
                     // Unreachable: a read fills the buffer it keeps.
                     return Poll::Ready(Err(Fault::Read(io::Error::other("relay buffer lost"))));
                 };
-                match Pin::new(&mut *writer).poll_write(cx, &buf.bytes[self.pos..self.cap]) {
+                match Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Fault::Write(io::ErrorKind::WriteZero.into())));
                     }
@@ -494,36 +441,25 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_lends_a_bounded_number_of_large_buffers_and_keeps_a_bounded_number() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 2, 3));
-        let taken: Vec<Buffer> = (0..5).map(|_| POOL.take()).collect();
-        let sizes: Vec<usize> = taken.iter().map(|b| b.bytes.len()).collect();
+    fn past_the_pool_bound_a_direction_copies_through_a_small_buffer_of_its_own() {
+        static POOL: BufferPool = BufferPool::new(64 << 10, 2, 1);
+        let first = Buffer::take(&POOL);
+        let second = Buffer::take(&POOL);
+        assert!(matches!(first, Buffer::Lent(_)));
+        assert!(matches!(second, Buffer::Small(_)));
+        assert_eq!((first.len(), second.len()), (64 << 10, SMALL_RELAY_BUFFER));
+        assert_eq!(POOL.lent(), 1, "small buffers are not counted");
+        drop((first, second));
         assert_eq!(
-            sizes,
-            [
-                64 << 10,
-                64 << 10,
-                64 << 10,
-                SMALL_RELAY_BUFFER,
-                SMALL_RELAY_BUFFER
-            ]
+            (POOL.lent(), POOL.spare()),
+            (0, 1),
+            "only the lent one is kept"
         );
-        assert_eq!(POOL.lent(), 3, "past the bound, small buffers not counted");
-        for buf in taken {
-            POOL.give(buf);
-        }
-        assert_eq!(POOL.lent(), 0);
-        assert_eq!(POOL.spare(), 2, "keeps no more than its bound");
-        // A spare is reused, and lending is possible again.
-        assert_eq!(POOL.take().bytes.len(), 64 << 10);
-        assert_eq!(POOL.spare(), 1);
     }
 
     #[test]
     fn a_direction_borrows_while_data_moves_and_gives_back_when_idle() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 4, 4));
+        static POOL: BufferPool = BufferPool::new(64 << 10, 4, 4);
         let mut d = Direction::with_pool(&POOL);
         let mut r = chunks(&[1000], None);
         // A writer that is never blocked: one poll moves everything and goes idle.
@@ -566,8 +502,7 @@ mod tests {
 
     #[test]
     fn a_read_drains_everything_ready_and_one_write_takes_it() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        static POOL: BufferPool = BufferPool::new(64 << 10, 1, 1);
         let mut d = Direction::with_pool(&POOL);
         // Five records' worth of plaintext ready, as rustls hands them out: one per read.
         let mut r = chunks(&[16 << 10, 16 << 10, 16 << 10, 16 << 10, 5000], None);
@@ -588,8 +523,7 @@ mod tests {
 
     #[test]
     fn partial_writes_deliver_every_byte_in_order() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        static POOL: BufferPool = BufferPool::new(64 << 10, 1, 1);
         let mut d = Direction::with_pool(&POOL);
         let mut r = chunks(&[3000, 7000], None);
         let mut w = Writes {
@@ -604,8 +538,7 @@ mod tests {
 
     #[test]
     fn a_read_error_after_some_bytes_comes_after_those_bytes() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        static POOL: BufferPool = BufferPool::new(64 << 10, 1, 1);
         let mut d = Direction::with_pool(&POOL);
         let mut r = chunks(&[100, 200], Some(io::ErrorKind::ConnectionReset));
         let mut w = Writes {
@@ -630,8 +563,7 @@ mod tests {
 
     #[test]
     fn end_of_stream_after_some_bytes_writes_them_then_shuts_down() {
-        static POOL: std::sync::LazyLock<BufferPool> =
-            std::sync::LazyLock::new(|| BufferPool::new(64 << 10, 1, 1));
+        static POOL: BufferPool = BufferPool::new(64 << 10, 1, 1);
         let mut d = Direction::with_pool(&POOL);
         let mut r = chunks(&[100], Some(io::ErrorKind::UnexpectedEof));
         // An empty read after the chunk: end of stream.

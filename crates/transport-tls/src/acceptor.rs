@@ -7,10 +7,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::error::{AcceptError, Failure};
-use crate::{AppProtocol, CertificateSummary, PeerInfo, ServerConfig};
+use crate::{AppProtocol, CertificateSummary, PeerInfo, ReadAhead, ServerConfig, ServerTlsStream};
 
 /// Performs server handshakes with a [`ServerConfig`]. Cloning is cheap.
 #[derive(Clone)]
@@ -23,8 +22,9 @@ pub struct Acceptor {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Accepted<IO = TcpStream> {
-    /// The TLS stream, ready for application data.
-    pub stream: TlsStream<IO>,
+    /// The TLS stream, ready for application data; it reads the transport through a
+    /// [`ReadAhead`].
+    pub stream: ServerTlsStream<IO>,
     /// Who connected and what was negotiated.
     pub peer: PeerInfo,
 }
@@ -55,6 +55,8 @@ impl Acceptor {
     /// Runs the server handshake on an accepted transport (`peer_addr` is the client's
     /// address, as `TcpListener::accept` returns it).
     ///
+    /// The transport is read through a [`ReadAhead`], from the first handshake byte on.
+    ///
     /// Succeeds only with a client certificate that chains to the CA in force. The transport is
     /// dropped on error; when we aborted the handshake the client was sent an alert first.
     pub async fn accept<IO>(
@@ -65,7 +67,7 @@ impl Acceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let stream = tokio::time::timeout(self.timeout, self.inner.accept(io))
+        let stream = tokio::time::timeout(self.timeout, self.inner.accept(ReadAhead::new(io)))
             .await
             .map_err(|_| AcceptError::Timeout(self.timeout))?
             .map_err(|e| AcceptError::from(Failure::classify(e)))?;

@@ -9,10 +9,11 @@ use rustls_pki_types::{DnsName, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::error::{ConfigError, ConnectError, Failure};
-use crate::{CaCerts, DEFAULT_HANDSHAKE_TIMEOUT, Identity, TlsVersions, provider};
+use crate::{
+    CaCerts, ClientTlsStream, DEFAULT_HANDSHAKE_TIMEOUT, Identity, ReadAhead, TlsVersions, provider,
+};
 
 /// Builds a [`ClientConfig`].
 ///
@@ -118,8 +119,8 @@ impl fmt::Debug for ClientConfig {
 }
 
 /// Runs the client handshake over an established transport, under the configuration's
-/// timeout.
-pub async fn connect<IO>(io: IO, config: &ClientConfig) -> Result<TlsStream<IO>, ConnectError>
+/// timeout. The transport is read through a [`ReadAhead`].
+pub async fn connect<IO>(io: IO, config: &ClientConfig) -> Result<ClientTlsStream<IO>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -129,11 +130,11 @@ where
 }
 
 /// Connects over TCP (with `TCP_NODELAY`, as Go's dialer) and runs the client handshake; the
-/// configuration's timeout covers both.
+/// configuration's timeout covers both. The socket is read through a [`ReadAhead`].
 pub async fn connect_to<A: ToSocketAddrs>(
     addr: A,
     config: &ClientConfig,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<ClientTlsStream<TcpStream>, ConnectError> {
     let connect_and_handshake = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -146,12 +147,12 @@ pub async fn connect_to<A: ToSocketAddrs>(
         .map_err(|_| ConnectError::Timeout(config.timeout))?
 }
 
-async fn handshake<IO>(io: IO, config: &ClientConfig) -> Result<TlsStream<IO>, ConnectError>
+async fn handshake<IO>(io: IO, config: &ClientConfig) -> Result<ClientTlsStream<IO>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     TlsConnector::from(config.rustls())
-        .connect(config.server_name.clone(), io)
+        .connect(config.server_name.clone(), ReadAhead::new(io))
         .await
         .map_err(|e| ConnectError::from(Failure::classify(e)))
 }

@@ -20,6 +20,10 @@
 //! - **The client side** ([`ClientConfigBuilder`], [`connect`], [`connect_to`]): trusts only the
 //!   given CA, presents the client certificate, offers `godoxy-agent-stream/1`, verifies the
 //!   server name `godoxy.agent` unless told otherwise (a DNS name or an IP address).
+//! - **Reading ahead** ([`ReadAhead`]): the TLS streams both sides build read from their
+//!   transport through a buffer borrowed from a bounded pool ([`BufferPool`]) while it holds
+//!   bytes, so one system call brings in many TLS records and an idle connection holds no
+//!   buffer.
 //! - **The crypto provider** ([`crypto_provider`]): rustls' aws-lc-rs provider, chosen for the
 //!   whole workspace by measurement and passed explicitly to every builder, so no process-wide
 //!   default needs installing.
@@ -72,7 +76,9 @@ mod error;
 mod identity;
 mod load;
 mod peer;
+mod pool;
 mod provider;
+mod read_ahead;
 mod server;
 #[cfg(feature = "test-util")]
 pub mod testutil;
@@ -87,14 +93,20 @@ pub use credentials::{PreparedCredentials, ServerCredentials, ServerPaths};
 pub use error::{AcceptError, ConfigError, ConnectError, LoadError};
 pub use identity::Identity;
 pub use peer::{CertificateSummary, PeerInfo, SubjectAltName};
+pub use pool::{BufferPool, LentBuffer};
 pub use provider::crypto_provider;
+pub use read_ahead::{READ_AHEAD_BUFFER, ReadAhead};
 pub use server::{DEFAULT_HANDSHAKE_TIMEOUT, ServerConfig, ServerConfigBuilder};
 pub use versions::TlsVersions;
 
 /// The rustls and pki-types items that appear in this crate's API.
 pub use rustls::{AlertDescription, ProtocolVersion};
 pub use rustls_pki_types::{CertificateDer, ServerName};
-/// The TLS stream types the acceptor and the connect helpers return.
-pub use tokio_rustls::{
-    client::TlsStream as ClientTlsStream, server::TlsStream as ServerTlsStream,
-};
+/// The TLS stream the connect helpers return: rustls over the transport, which reads ahead
+/// through a [`ReadAhead`].
+pub type ClientTlsStream<IO = tokio::net::TcpStream> =
+    tokio_rustls::client::TlsStream<ReadAhead<IO>>;
+/// The TLS stream the acceptor returns: rustls over the transport, which reads ahead through
+/// a [`ReadAhead`].
+pub type ServerTlsStream<IO = tokio::net::TcpStream> =
+    tokio_rustls::server::TlsStream<ReadAhead<IO>>;

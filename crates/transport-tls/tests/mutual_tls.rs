@@ -25,7 +25,10 @@ async fn mutual_tls_succeeds_and_negotiates_the_stream_alpn() {
 
     let peer = server.next().await.expect("server handshake");
     assert_eq!(peer.alpn, Some(AppProtocol::Stream));
-    assert_eq!(peer.addr, stream.get_ref().0.local_addr().expect("addr"));
+    assert_eq!(
+        peer.addr,
+        stream.get_ref().0.get_ref().local_addr().expect("addr")
+    );
     assert_eq!(peer.certificate.common_name.as_deref(), Some("agent-1"));
     assert_eq!(peer.certificate.subject, "CN=agent-1");
     assert_eq!(

@@ -270,7 +270,7 @@ impl Tunnel {
             return;
         };
         if let Some(keepalive) = &self.keepalive {
-            keepalive.apply(stream.get_ref().0, "server");
+            keepalive.apply(stream.get_ref().0.get_ref(), "server");
         }
         ForwardStats::add(&self.stats.0.tunnels_opened, 1);
         tracing::debug!(transport = "tcp", peer = %peer, destination = %self.destination, "tunnel open");

@@ -276,7 +276,8 @@ impl Shared {
 /// The client of a finished handshake: its address and certificate, and what a PROXY
 /// protocol header reports about the connection.
 fn peer_client(accepted: &tls::Accepted) -> Client {
-    let (tcp, conn) = accepted.stream.get_ref();
+    let (io, conn) = accepted.stream.get_ref();
+    let tcp = io.get_ref();
     let version = match accepted.peer.version {
         Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
         Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
