@@ -103,6 +103,13 @@ pub struct LentBuffer {
     pool: &'static BufferPool,
 }
 
+impl LentBuffer {
+    /// The pool this buffer goes back to.
+    pub fn pool(&self) -> &'static BufferPool {
+        self.pool
+    }
+}
+
 impl Deref for LentBuffer {
     type Target = [u8];
 

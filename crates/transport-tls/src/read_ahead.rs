@@ -58,11 +58,17 @@ static POOL: BufferPool = BufferPool::new(
 #[derive(Debug)]
 pub struct ReadAhead<IO> {
     io: IO,
-    pool: &'static BufferPool,
-    /// Holds `buf[pos..end]`, not read yet; `None` whenever that range is empty.
-    buf: Option<LentBuffer>,
-    pos: usize,
-    end: usize,
+    ahead: Ahead,
+}
+
+/// What a [`ReadAhead`] holds. Kept small: a tunnel's tasks hold the stream by value at
+/// several levels, so every byte here is paid several times per connection.
+#[derive(Debug)]
+enum Ahead {
+    /// Nothing read ahead; the next read from the transport borrows from this pool.
+    Empty(&'static BufferPool),
+    /// `buf[pos..end]`, read from the transport and not yet served; never empty.
+    Holding { buf: LentBuffer, pos: u32, end: u32 },
 }
 
 impl<IO> ReadAhead<IO> {
@@ -74,10 +80,7 @@ impl<IO> ReadAhead<IO> {
     fn with_pool(io: IO, pool: &'static BufferPool) -> Self {
         Self {
             io,
-            pool,
-            buf: None,
-            pos: 0,
-            end: 0,
+            ahead: Ahead::Empty(pool),
         }
     }
 
@@ -93,24 +96,45 @@ impl<IO> ReadAhead<IO> {
 
     /// Bytes read from the transport and not yet read from this wrapper.
     pub fn buffered(&self) -> usize {
-        self.end - self.pos
+        match &self.ahead {
+            Ahead::Empty(_) => 0,
+            Ahead::Holding { pos, end, .. } => usize_from(end - pos),
+        }
     }
 
     /// Copies what the buffer holds into `out`, giving the buffer back once it is empty.
     /// `false` when it held nothing.
     fn serve(&mut self, out: &mut ReadBuf<'_>) -> bool {
-        let Some(buf) = &self.buf else {
+        let Ahead::Holding { buf, pos, end } = &mut self.ahead else {
             return false;
         };
-        let n = out.remaining().min(self.end - self.pos);
-        out.put_slice(&buf[self.pos..self.pos + n]);
-        self.pos += n;
-        if self.pos == self.end {
-            self.buf = None;
-            (self.pos, self.end) = (0, 0);
+        let (from, to) = (usize_from(*pos), usize_from(*end));
+        let n = out.remaining().min(to - from);
+        out.put_slice(&buf[from..from + n]);
+        if from + n == to {
+            // Dropping the buffer gives it back.
+            self.ahead = Ahead::Empty(buf.pool());
+        } else {
+            *pos = u32_from(from + n);
         }
         true
     }
+
+    fn pool(&self) -> &'static BufferPool {
+        match &self.ahead {
+            Ahead::Empty(pool) => pool,
+            Ahead::Holding { buf, .. } => buf.pool(),
+        }
+    }
+}
+
+/// Positions in a read-ahead buffer, which is at most `u32::MAX` bytes long.
+fn u32_from(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn usize_from(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
@@ -123,8 +147,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
         if this.serve(out) || out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let lent = if out.remaining() < this.pool.size() {
-            this.pool.lend()
+        let pool = this.pool();
+        let lent = if out.remaining() < pool.size() {
+            pool.lend()
         } else {
             None
         };
@@ -133,12 +158,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
         };
         // On `Pending`, an error or end of stream the buffer is dropped: back to the pool.
         let n = {
-            let mut ahead = ReadBuf::new(&mut buf);
+            let limit = buf.len().min(usize_from(u32::MAX));
+            let mut ahead = ReadBuf::new(&mut buf[..limit]);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut ahead))?;
             ahead.filled().len()
         };
         if n > 0 {
-            (this.buf, this.pos, this.end) = (Some(buf), 0, n);
+            this.ahead = Ahead::Holding {
+                buf,
+                pos: 0,
+                end: u32_from(n),
+            };
             this.serve(out);
         }
         Poll::Ready(Ok(()))
@@ -242,6 +272,11 @@ mod tests {
             Poll::Ready(Ok(bytes)) => bytes,
             other => panic!("expected bytes, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_wrapper_adds_at_most_four_words_to_the_transport() {
+        assert!(std::mem::size_of::<Ahead>() <= 4 * std::mem::size_of::<usize>());
     }
 
     #[test]
