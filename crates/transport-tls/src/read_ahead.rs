@@ -61,14 +61,23 @@ pub struct ReadAhead<IO> {
     ahead: Ahead,
 }
 
-/// What a [`ReadAhead`] holds. Kept small: a tunnel's tasks hold the stream by value at
-/// several levels, so every byte here is paid several times per connection.
+/// What a [`ReadAhead`] holds: two words. A tunnel's tasks hold the stream by value at several
+/// levels, so every byte here is paid several times per connection, idle or not; the bytes
+/// read ahead and their positions are boxed, allocated once per transport read.
 #[derive(Debug)]
 enum Ahead {
     /// Nothing read ahead; the next read from the transport borrows from this pool.
     Empty(&'static BufferPool),
-    /// `buf[pos..end]`, read from the transport and not yet served; never empty.
-    Holding { buf: LentBuffer, pos: u32, end: u32 },
+    /// Bytes read from the transport and not yet served.
+    Holding(Box<Held>),
+}
+
+/// `buf[pos..end]`, read from the transport and not yet served; never empty.
+#[derive(Debug)]
+struct Held {
+    buf: LentBuffer,
+    pos: usize,
+    end: usize,
 }
 
 impl<IO> ReadAhead<IO> {
@@ -98,24 +107,22 @@ impl<IO> ReadAhead<IO> {
     pub fn buffered(&self) -> usize {
         match &self.ahead {
             Ahead::Empty(_) => 0,
-            Ahead::Holding { pos, end, .. } => usize_from(end - pos),
+            Ahead::Holding(held) => held.end - held.pos,
         }
     }
 
     /// Copies what the buffer holds into `out`, giving the buffer back once it is empty.
     /// `false` when it held nothing.
     fn serve(&mut self, out: &mut ReadBuf<'_>) -> bool {
-        let Ahead::Holding { buf, pos, end } = &mut self.ahead else {
+        let Ahead::Holding(held) = &mut self.ahead else {
             return false;
         };
-        let (from, to) = (usize_from(*pos), usize_from(*end));
-        let n = out.remaining().min(to - from);
-        out.put_slice(&buf[from..from + n]);
-        if from + n == to {
+        let n = out.remaining().min(held.end - held.pos);
+        out.put_slice(&held.buf[held.pos..held.pos + n]);
+        held.pos += n;
+        if held.pos == held.end {
             // Dropping the buffer gives it back.
-            self.ahead = Ahead::Empty(buf.pool());
-        } else {
-            *pos = u32_from(from + n);
+            self.ahead = Ahead::Empty(held.buf.pool());
         }
         true
     }
@@ -123,18 +130,9 @@ impl<IO> ReadAhead<IO> {
     fn pool(&self) -> &'static BufferPool {
         match &self.ahead {
             Ahead::Empty(pool) => pool,
-            Ahead::Holding { buf, .. } => buf.pool(),
+            Ahead::Holding(held) => held.buf.pool(),
         }
     }
-}
-
-/// Positions in a read-ahead buffer, which is at most `u32::MAX` bytes long.
-fn u32_from(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn usize_from(n: u32) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
@@ -158,17 +156,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
         };
         // On `Pending`, an error or end of stream the buffer is dropped: back to the pool.
         let n = {
-            let limit = buf.len().min(usize_from(u32::MAX));
-            let mut ahead = ReadBuf::new(&mut buf[..limit]);
+            let mut ahead = ReadBuf::new(&mut buf);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut ahead))?;
             ahead.filled().len()
         };
         if n > 0 {
-            this.ahead = Ahead::Holding {
+            this.ahead = Ahead::Holding(Box::new(Held {
                 buf,
                 pos: 0,
-                end: u32_from(n),
-            };
+                end: n,
+            }));
             this.serve(out);
         }
         Poll::Ready(Ok(()))
@@ -275,8 +272,8 @@ mod tests {
     }
 
     #[test]
-    fn the_wrapper_adds_at_most_four_words_to_the_transport() {
-        assert!(std::mem::size_of::<Ahead>() <= 4 * std::mem::size_of::<usize>());
+    fn the_wrapper_adds_at_most_two_words_to_the_transport() {
+        assert!(std::mem::size_of::<Ahead>() <= 2 * std::mem::size_of::<usize>());
     }
 
     #[test]
