@@ -298,7 +298,7 @@ async fn a_tcp_client_that_vanishes_is_torn_down() {
         // Gone without close_notify: a plain FIN (the process died) or a reset.
         let (tcp, _) = stream.into_inner();
         if reset {
-            fixture::reset_on_close(&tcp).expect("linger");
+            fixture::reset_on_close(tcp.get_ref()).expect("linger");
         }
         drop(tcp);
     }

@@ -275,7 +275,7 @@ async fn vanish_tcp(server: SocketAddr, config: &tls::ClientConfig, echo: Socket
         let _ = s.write_all(&payload(50_000, seed)).await;
         let (tcp, _) = s.into_inner();
         if seed % 2 == 0 {
-            let _ = fixture::reset_on_close(&tcp);
+            let _ = fixture::reset_on_close(tcp.get_ref());
         }
     }
 }
