@@ -127,7 +127,7 @@ pub enum ConfigError {
 pub enum HandshakeError {
     /// The handshake did not finish in time.
     #[error("DTLS handshake timed out after {0:?}")]
-    TimedOut(Duration),
+    Timeout(Duration),
     /// The peer's certificate failed verification (unknown CA, wrong name, expired, ...).
     #[error("peer certificate rejected")]
     PeerCertificate(#[source] X509VerifyResult),
