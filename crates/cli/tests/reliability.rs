@@ -24,16 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
+use test_support::blocking::{tcp_echo, udp_echo, wait_until};
+use test_support::payload;
 
 fn write_config(dir: &Path, text: &str) -> String {
     let path = dir.join("server.toml");

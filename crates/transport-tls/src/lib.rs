@@ -74,8 +74,6 @@ mod load;
 mod peer;
 mod provider;
 mod server;
-#[cfg(feature = "test-util")]
-pub mod testutil;
 mod versions;
 
 pub use acceptor::{Accepted, Acceptor};

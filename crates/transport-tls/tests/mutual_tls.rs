@@ -5,12 +5,12 @@ mod support;
 use std::time::Duration;
 
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
-use streamproxy_tls::testutil::{LeafSpec, Usage, Validity};
 use streamproxy_tls::{
     AcceptError, Acceptor, AlpnPolicy, AppProtocol, ClientConfigBuilder, ConnectError, Identity,
     ServerConfigBuilder, ServerName, SubjectAltName, TlsVersions, connect, connect_to,
 };
 use support::{EchoServer, Pki, echo, raw_client, raw_connect, tls_error};
+use test_support::{LeafSpec, Usage, Validity};
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test]
@@ -351,4 +351,9 @@ async fn connect_to_a_closed_port_is_a_connect_error() {
         connect_to(addr, &pki.client_config()).await,
         Err(ConnectError::Connect(_))
     ));
+}
+
+#[test]
+fn test_server_certificates_carry_the_name_clients_verify_by_default() {
+    assert_eq!(test_support::SERVER_NAME, proto::DEFAULT_SERVER_NAME);
 }

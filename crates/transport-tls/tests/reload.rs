@@ -2,9 +2,9 @@
 
 mod support;
 
-use streamproxy_tls::testutil::{LeafSpec, TestCa, Usage};
 use streamproxy_tls::{AcceptError, LoadError, ServerPaths, connect_to};
 use support::{EchoServer, Pki, echo};
+use test_support::{LeafSpec, TestCa, Usage};
 
 fn presented(
     stream: &streamproxy_tls::ClientTlsStream<tokio::net::TcpStream>,

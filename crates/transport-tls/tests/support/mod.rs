@@ -1,32 +1,37 @@
-//! Shared pieces of the integration tests: a PKI, an echo server on a loopback port, clients.
+//! Shared pieces of the integration tests that need this crate's types: the PKI's TLS
+//! material, an echo server behind an `Acceptor`, raw rustls clients. The PKI itself comes from
+//! `test_support`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use streamproxy_tls::testutil::{CertFiles, TestCa};
 use streamproxy_tls::{
     AcceptError, Acceptor, AlpnPolicy, CaCerts, ClientConfig, ClientConfigBuilder, Identity,
     PeerInfo, ServerConfigBuilder, ServerCredentials, ServerPaths,
 };
+use test_support::CertFiles;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// A CA with a server certificate and a client certificate `agent-1`.
-pub struct Pki {
-    pub ca: TestCa,
-    pub server: CertFiles,
-    pub client: CertFiles,
+/// [`test_support::Pki`] (a CA with a server certificate and a client certificate `agent-1`)
+/// with its material loaded by this crate.
+pub struct Pki(test_support::Pki);
+
+impl Deref for Pki {
+    type Target = test_support::Pki;
+
+    fn deref(&self) -> &test_support::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     pub fn new(name: &str) -> Self {
-        let ca = TestCa::new(name);
-        let server = ca.server("server");
-        let client = ca.client("client", "agent-1");
-        Self { ca, server, client }
+        Self(test_support::Pki::named(name))
     }
 
     pub fn server_paths(&self) -> ServerPaths {
