@@ -45,7 +45,7 @@ async fn client_without_certificate_is_rejected() {
     let pki = Pki::new("main");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let config = raw_client(&pki.ca_bundle(), None, &[proto::STREAM_ALPN]);
+    let config = raw_client(&pki.ca_certs(), None, &[proto::STREAM_ALPN]);
     // TLS 1.3: the client finishes its side before the server refuses it; the refusal shows
     // on the first read.
     let client = match raw_connect(server.addr, config).await {
@@ -72,7 +72,7 @@ async fn client_certificate_from_another_ca_is_rejected() {
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
     // Trusts the right CA, presents a certificate issued by another one.
-    let config = ClientConfigBuilder::new(&pki.ca_bundle(), &other.client_identity())
+    let config = ClientConfigBuilder::new(&pki.ca_certs(), &other.client_identity())
         .build()
         .expect("client config");
     let client = match connect_to(server.addr, &config).await {
@@ -101,7 +101,7 @@ async fn expired_client_certificate_is_rejected() {
         Identity::from_pem_files(&expired.cert, &expired.key).expect("loads, with a warning");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let config = ClientConfigBuilder::new(&pki.ca_bundle(), &identity)
+    let config = ClientConfigBuilder::new(&pki.ca_certs(), &identity)
         .build()
         .expect("client config");
     let client = match connect_to(server.addr, &config).await {
@@ -126,7 +126,7 @@ async fn client_trusting_another_ca_rejects_the_server() {
     let other = Pki::new("other");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let config = ClientConfigBuilder::new(&other.ca_bundle(), &pki.client_identity())
+    let config = ClientConfigBuilder::new(&other.ca_certs(), &pki.client_identity())
         .build()
         .expect("client config");
     match connect_to(server.addr, &config).await {
@@ -241,7 +241,7 @@ async fn http11_only_client_fails_on_a_stream_only_listener() {
     let pki = Pki::new("main");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let config = raw_client(&pki.ca_bundle(), Some(&pki.client), &["http/1.1"]);
+    let config = raw_client(&pki.ca_certs(), Some(&pki.client), &["http/1.1"]);
     let e = raw_connect(server.addr, config)
         .await
         .expect_err("no common protocol");
@@ -262,7 +262,7 @@ async fn http11_client_negotiates_http11_on_a_shared_listener() {
     let pki = Pki::new("main");
     let mut server = EchoServer::with_alpn(&pki.credentials(), AlpnPolicy::SharedWithHttp11).await;
 
-    let config = raw_client(&pki.ca_bundle(), Some(&pki.client), &["http/1.1"]);
+    let config = raw_client(&pki.ca_certs(), Some(&pki.client), &["http/1.1"]);
     let mut stream = raw_connect(server.addr, config).await.expect("handshake");
     echo(&mut stream, b"GET").await.expect("echo");
     let peer = server.next().await.expect("server handshake");
@@ -284,7 +284,7 @@ async fn client_offering_no_alpn_is_accepted_and_reported_as_none() {
     let pki = Pki::new("main");
     let mut server = EchoServer::stream_only(&pki.credentials()).await;
 
-    let config = raw_client(&pki.ca_bundle(), Some(&pki.client), &[]);
+    let config = raw_client(&pki.ca_certs(), Some(&pki.client), &[]);
     let mut stream = raw_connect(server.addr, config).await.expect("handshake");
     echo(&mut stream, b"ping").await.expect("echo");
     assert_eq!(server.next().await.expect("handshake").alpn, None);

@@ -42,8 +42,8 @@ impl Pki {
         ServerCredentials::load(self.server_paths()).expect("server credentials")
     }
 
-    pub fn ca_bundle(&self) -> CaCerts {
-        CaCerts::from_pem_file(self.ca.ca_path()).expect("CA bundle")
+    pub fn ca_certs(&self) -> CaCerts {
+        CaCerts::from_pem_file(self.ca.ca_path()).expect("CA certificates")
     }
 
     pub fn client_identity(&self) -> Identity {
@@ -52,7 +52,7 @@ impl Pki {
 
     /// A client builder trusting this CA and presenting `agent-1`.
     pub fn client_builder(&self) -> ClientConfigBuilder {
-        ClientConfigBuilder::new(&self.ca_bundle(), &self.client_identity())
+        ClientConfigBuilder::new(&self.ca_certs(), &self.client_identity())
     }
 
     pub fn client_config(&self) -> ClientConfig {
