@@ -15,7 +15,8 @@ use streamproxy_proxy::forward::{
 };
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
-use support::{Pki, allow_all, payload, start, tcp_echo, udp_echo};
+use support::{Pki, allow_all, start};
+use test_support::{payload, tcp_echo, udp_echo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;

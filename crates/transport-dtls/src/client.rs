@@ -127,7 +127,7 @@ impl DtlsConnector {
         let done = tokio::time::timeout(timeout, session::handshake(&mut stream)).await;
         match done {
             Ok(r) => r?,
-            Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
+            Err(_) => return Err(HandshakeError::Timeout(timeout).into()),
         }
         if self.common.resumption && !stream.ssl().session_reused() {
             if let Some(session) = ResumableSession::of(stream.ssl()) {

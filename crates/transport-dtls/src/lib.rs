@@ -74,8 +74,6 @@ pub use config::{
     CaCerts, ClientConfig, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity, MaxPayload,
     Mtu, ServerConfig,
 };
-#[allow(deprecated)]
-pub use error::PemError;
 pub use error::{
     AcceptError, ConfigError, ConnectError, HandshakeError, ListenError, LoadError, RecvError,
     SendError,
