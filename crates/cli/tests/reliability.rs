@@ -543,6 +543,7 @@ fn a_client_that_vanishes_is_dropped_by_keepalive_and_the_idle_timeout() {
     // which this process reaches over the veth pair.
     let (tcp_dest, tcp_closes) = tcp_echo_reporting_close();
     let udp_dest = udp_echo();
+    let fds_before = server.proc.open_fds();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.name, BIN, "client"]);
     cmd.args(client_args(dir.path(), server.tcp));
@@ -551,7 +552,11 @@ fn a_client_that_vanishes_is_dropped_by_keepalive_and_the_idle_timeout() {
     let mut client = Proc::spawn_command(cmd);
     let tcp = field(&client.wait_for("forwarding"), "local");
     let udp = field(&client.wait_for("forwarding"), "local");
-    let fds_before = server.proc.open_fds();
+    // The client's start-up health check holds a server descriptor until the server has
+    // answered it; the baseline is the server before the client came.
+    wait_until("the health check's descriptor freed", WAIT, || {
+        server.proc.open_fds() <= fds_before
+    });
 
     let mut conn = TcpStream::connect(tcp).expect("connect");
     conn.set_read_timeout(Some(WAIT)).expect("timeout");
