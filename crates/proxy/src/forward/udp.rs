@@ -276,19 +276,7 @@ impl UdpForwarder {
                     }
                 },
             };
-            let mut i = 0;
-            while i < n {
-                let source = batch.get(i).and_then(|d| d.source);
-                let run = i
-                    + (i..n)
-                        .take_while(|&j| batch.get(j).and_then(|d| d.source) == source)
-                        .count();
-                match source {
-                    Some(source) => dispatch.datagrams(source, &batch, i..run).await,
-                    None => ForwardStats::add(&dispatch.stats.0.dropped_other, (run - i) as u64),
-                }
-                i = run;
-            }
+            dispatch.batch(&batch, n).await;
         }
         stopping.cancel();
         close_all(&tunnels, &tasks, local).await;
@@ -371,6 +359,22 @@ struct Dispatch {
 }
 
 impl Dispatch {
+    /// Hands the `n` datagrams of `batch` on, one run of datagrams from the same source at a
+    /// time, in order.
+    async fn batch(&self, batch: &RecvBatch, n: usize) {
+        let source_of = |i: usize| batch.get(i).and_then(|d| d.source);
+        let mut i = 0;
+        while i < n {
+            let source = source_of(i);
+            let run = i + (i..n).take_while(|&j| source_of(j) == source).count();
+            match source {
+                Some(source) => self.datagrams(source, batch, i..run).await,
+                None => ForwardStats::add(&self.stats.0.dropped_other, (run - i) as u64),
+            }
+            i = run;
+        }
+    }
+
     /// Sends datagrams `range` of `batch`, all from `source`, through its tunnel, or queues
     /// them for the task that opens it; drops and counts what cannot go.
     async fn datagrams(
