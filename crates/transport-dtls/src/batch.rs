@@ -74,6 +74,8 @@ pub struct RecvBatch {
     buf: Box<[u8]>,
     slot_len: usize,
     meta: Vec<Meta>,
+    /// The slots a batch that keeps filling up grows to.
+    max_slots: usize,
     /// How many datagrams the last call received.
     len: usize,
     /// The next datagram [`next_datagram`](Self::next_datagram) hands out.
@@ -94,21 +96,46 @@ impl RecvBatch {
     /// Room for `slots` datagrams (1 to [`MAX_SLOTS`]) of up to `slot_len` bytes each (at
     /// least 1); a longer datagram is received cut and marked [`truncated`](Datagram).
     pub fn new(slots: usize, slot_len: usize) -> Self {
+        Self::growing(slots, slots, slot_len)
+    }
+
+    /// A batch that starts with `slots` slots and doubles them, up to `max_slots`, after each
+    /// call that fills every slot: for per-session sockets, where most sessions never burst
+    /// and a slot of a large datagram costs a page of memory once touched.
+    pub fn growing(slots: usize, max_slots: usize, slot_len: usize) -> Self {
         let slots = slots.clamp(1, MAX_SLOTS);
         let slot_len = slot_len.max(1);
         Self {
             buf: vec![0; slots * slot_len].into_boxed_slice(),
             slot_len,
             meta: vec![Meta::default(); slots],
+            max_slots: max_slots.clamp(slots, MAX_SLOTS),
             len: 0,
             cursor: 0,
         }
+    }
+
+    /// How many datagrams the next call can receive.
+    pub fn slots(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Doubles the slots (within `max_slots`) when the last call filled them all.
+    fn grow_if_full(&mut self) {
+        let slots = self.meta.len();
+        if self.len < slots || slots >= self.max_slots {
+            return;
+        }
+        let slots = (slots * 2).min(self.max_slots);
+        self.buf = vec![0; slots * self.slot_len].into_boxed_slice();
+        self.meta = vec![Meta::default(); slots];
     }
 
     /// Receives what `socket` has queued, up to the batch's slots, replacing what the batch
     /// held, and returns how many (at least one). `WouldBlock` when there was nothing; other
     /// errors as the socket reports them (an ICMP error for an earlier datagram among them).
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.grow_if_full();
         self.len = 0;
         self.cursor = 0;
         let fd = socket.as_raw_fd();

@@ -42,8 +42,9 @@ use tokio::sync::mpsc;
 use crate::batch::{RecvBatch, SendBatch};
 use crate::record;
 
-/// Datagrams one read of the client's socket takes at most.
-const RECV_SLOTS: usize = 16;
+/// Datagrams one read of the client's socket takes at first, and at most once bursts have
+/// grown it (see [`RecvBatch::growing`]).
+const RECV_SLOTS: (usize, usize) = (4, 32);
 /// Room for a record's framing on top of its payload (DTLS 1.2 header, explicit nonce, tag or
 /// padding and MAC).
 pub(crate) const RECORD_OVERHEAD: usize = 256;
@@ -85,7 +86,7 @@ impl DatagramIo {
     /// Client side: a socket connected to the server, whose records carry up to `max_payload`
     /// bytes.
     pub(crate) fn connected(socket: Arc<UdpSocket>, mtu: usize, max_payload: usize) -> Self {
-        let batch = RecvBatch::new(RECV_SLOTS, max_payload + RECORD_OVERHEAD);
+        let batch = RecvBatch::growing(RECV_SLOTS.0, RECV_SLOTS.1, max_payload + RECORD_OVERHEAD);
         Self::new(socket, None, Inbox::Socket(batch), mtu)
     }
 

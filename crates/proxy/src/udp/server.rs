@@ -449,8 +449,8 @@ async fn relay_down(
     counters: &Counters,
 ) -> End {
     // A slot of a record's payload: a longer datagram is received cut, seen as such, and
-    // dropped rather than forwarded cut.
-    let mut batch = RecvBatch::new(BATCH, max_payload);
+    // dropped rather than forwarded cut. Few slots until the destination bursts.
+    let mut batch = RecvBatch::growing(4, BATCH, max_payload);
     loop {
         match batch.recv(destination).await {
             Ok(_) => {}

@@ -269,3 +269,28 @@ fn socket_addresses_survive_the_c_form() {
     let unspec: libc::sockaddr_storage = unsafe { zeroed() };
     assert_eq!(from_sockaddr(&unspec), None);
 }
+
+#[tokio::test]
+async fn a_growing_batch_doubles_only_after_a_call_that_filled_it() {
+    let (rx, tx) = pair().await;
+    let to = rx.local_addr().unwrap();
+    let mut batch = RecvBatch::growing(2, 8, 16);
+    tx.send_to(b"a", to).await.unwrap();
+    assert_eq!(batch.recv(&rx).await.unwrap(), 1);
+    tx.send_to(b"b", to).await.unwrap();
+    assert_eq!(batch.recv(&rx).await.unwrap(), 1);
+    assert_eq!(batch.slots(), 2, "a call that did not fill the slots");
+    for i in 0..20u8 {
+        tx.send_to(&[i], to).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    while seen.len() < 20 {
+        let n = batch.recv(&rx).await.unwrap();
+        sizes.push(n);
+        seen.extend(batch.iter().map(|d| d.bytes[0]));
+    }
+    assert_eq!(seen, (0..20).collect::<Vec<u8>>());
+    assert_eq!(&sizes[..3], &[2, 4, 8]);
+    assert_eq!(batch.slots(), 8, "never past the maximum");
+}
