@@ -13,7 +13,11 @@
 //! that finds nothing (tokio ignores a clear older than the latest readiness event). A
 //! [`SendBatch`] holds what its owner has to send and hands all of it to the kernel in one
 //! call when flushed; when the socket's buffer fills mid-batch, the rest stays queued, in
-//! order, for the next flush.
+//! order, for the next flush. Within that call, a run of datagrams of one size to one
+//! destination (a session's records are) is one message with UDP GSO (`UDP_SEGMENT`): the
+//! kernel builds and routes the run once and cuts it into the same datagrams. GSO sets no
+//! don't-fragment either; a path whose MTU is below the segment size refuses it (`EINVAL`), and
+//! the batch then sends datagrams that long one by one.
 //!
 //! ```no_run
 //! # async fn relay(from: tokio::net::UdpSocket, to: tokio::net::UdpSocket) -> std::io::Result<()> {
@@ -362,6 +366,9 @@ pub struct SendBatch {
     max_datagrams: usize,
     max_bytes: usize,
     sent: Sent,
+    /// Datagrams shorter than this go out with UDP GSO when they can; the path refused
+    /// segments this long (longer than its MTU), or GSO at all (0).
+    gso_below: usize,
 }
 
 impl SendBatch {
@@ -375,6 +382,7 @@ impl SendBatch {
             max_datagrams: max_datagrams.clamp(1, MAX_SLOTS),
             max_bytes,
             sent: Sent::default(),
+            gso_below: usize::MAX,
         }
     }
 
@@ -427,22 +435,35 @@ impl SendBatch {
     /// [`Sent::failed`], and the error returned; the rest stays queued.
     pub fn try_flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
         let fd = socket.as_raw_fd();
-        self.flush_with(|buf, items| socket.try_io(Interest::WRITABLE, || sendmmsg(fd, buf, items)))
+        self.flush_with(|buf, items, gso_below| {
+            socket.try_io(Interest::WRITABLE, || sendmmsg(fd, buf, items, gso_below))
+        })
     }
 
     /// The loop of [`try_flush`](Self::try_flush) over any `send`, which sends a prefix of the
-    /// datagrams it is given (their bytes in the buffer) and says how many.
+    /// datagrams it is given (their bytes in the buffer; GSO for those shorter than its third
+    /// argument) and says how many.
     fn flush_with(
         &mut self,
-        mut send: impl FnMut(&[u8], &[Item]) -> io::Result<usize>,
+        mut send: impl FnMut(&[u8], &[Item], usize) -> io::Result<usize>,
     ) -> io::Result<()> {
         while !self.is_empty() {
-            let end = (self.head + MAX_SLOTS).min(self.items.len());
-            match send(&self.buf, &self.items[self.head..end]) {
+            let waiting = &self.items[self.head..];
+            match send(&self.buf, waiting, self.gso_below) {
                 // A call that sends nothing without an error would loop for ever.
                 Ok(0) => return Err(io::ErrorKind::WouldBlock.into()),
-                Ok(n) => self.advance(n.min(end - self.head)),
+                Ok(n) => self.advance(n.min(waiting.len())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                // The path takes no GSO segments this long (EINVAL: over its MTU) or none at
+                // all (EIO: no checksum offload): send them one by one from now on.
+                Err(e) if run_len(waiting, self.gso_below) > 1 && gso_refused(&e) => {
+                    let len = waiting.first().map_or(0, |i| i.len);
+                    self.gso_below = if e.raw_os_error() == Some(libc::EIO) {
+                        0
+                    } else {
+                        len
+                    };
+                }
                 Err(e) => {
                     self.head += 1;
                     self.sent.failed += 1;
@@ -510,47 +531,120 @@ impl SendBatch {
     }
 }
 
-/// One non-blocking `sendmmsg` of `items` (at most [`MAX_SLOTS`]), their bytes in `buf`.
-fn sendmmsg(fd: RawFd, buf: &[u8], items: &[Item]) -> io::Result<usize> {
-    let count = items.len().min(MAX_SLOTS);
-    // SAFETY: all-zero bytes are valid values of these plain C structs.
+/// Datagrams one UDP GSO message carries at most (the limit of older kernels).
+const GSO_SEGMENTS: usize = 64;
+/// Bytes one UDP GSO message carries at most (within a UDP payload).
+const GSO_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` of `linux/udp.h`: the segment size of a GSO send.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Errors with which the kernel refuses a GSO send it would take without GSO.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO))
+}
+
+/// How many of `items` (at least one, if any) one message carries: with GSO, a run to one
+/// destination of datagrams of one size, the last of which may be shorter (what the kernel
+/// cuts one buffer into), when that size is below `gso_below`; else one datagram.
+fn run_len(items: &[Item], gso_below: usize) -> usize {
+    let Some(first) = items.first() else {
+        return 0;
+    };
+    if first.len == 0 || first.len >= gso_below {
+        return 1;
+    }
+    let (mut n, mut bytes) = (1, first.len);
+    for item in &items[1..] {
+        let fits = n < GSO_SEGMENTS && bytes + item.len <= GSO_BYTES;
+        if !fits || item.to != first.to || item.len == 0 || item.len > first.len {
+            break;
+        }
+        n += 1;
+        bytes += item.len;
+        if item.len < first.len {
+            break;
+        }
+    }
+    n
+}
+
+/// Room for one `UDP_SEGMENT` control message (`CMSG_SPACE(2)` is 24 on 64-bit Linux), aligned
+/// for `cmsghdr`.
+type Control = [u64; 4];
+
+/// One non-blocking `sendmmsg` of up to [`MAX_SLOTS`] messages, each one datagram of `items`
+/// or a GSO run of them (see [`run_len`]); their bytes, consecutive, in `buf`. Returns how
+/// many datagrams went.
+fn sendmmsg(fd: RawFd, buf: &[u8], items: &[Item], gso_below: usize) -> io::Result<usize> {
+    // SAFETY: all-zero bytes are valid values of these plain C structs and arrays.
     let mut addrs: [(libc::sockaddr_storage, libc::socklen_t); MAX_SLOTS] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut iovs: [libc::iovec; MAX_SLOTS] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_SLOTS] = unsafe { zeroed() };
-    for (i, item) in items.iter().take(count).enumerate() {
+    let mut controls: [Control; MAX_SLOTS] = [[0; 4]; MAX_SLOTS];
+    let mut runs = [0usize; MAX_SLOTS];
+    let (mut msgs, mut k) = (0, 0);
+    while msgs < MAX_SLOTS && k < items.len() {
+        let run = run_len(&items[k..], gso_below);
+        let (first, last) = (items[k], items[k + run - 1]);
         let bytes = buf
-            .get(item.start..item.start + item.len)
+            .get(first.start..last.start + last.len)
             .unwrap_or_default();
-        iovs[i] = libc::iovec {
+        iovs[msgs] = libc::iovec {
             // The kernel only reads through it.
             iov_base: bytes.as_ptr().cast_mut().cast(),
             iov_len: bytes.len(),
         };
-        hdrs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-        if let Some(to) = item.to {
-            addrs[i] = to_sockaddr(to);
-            hdrs[i].msg_hdr.msg_name = (&raw mut addrs[i].0).cast();
-            hdrs[i].msg_hdr.msg_namelen = addrs[i].1;
+        let hdr = &mut hdrs[msgs].msg_hdr;
+        hdr.msg_iov = &raw mut iovs[msgs];
+        hdr.msg_iovlen = 1;
+        if let Some(to) = first.to {
+            addrs[msgs] = to_sockaddr(to);
+            hdr.msg_name = (&raw mut addrs[msgs].0).cast();
+            hdr.msg_namelen = addrs[msgs].1;
         }
+        if run > 1 {
+            set_segment(hdr, &mut controls[msgs], first.len);
+        }
+        runs[msgs] = run;
+        msgs += 1;
+        k += run;
     }
-    // SAFETY: the first `count` headers point at live buffers (`buf`, `iovs`, `addrs`) that
-    // outlive the call and are as long as the headers say; the kernel only reads them; the call
-    // does not block (`MSG_DONTWAIT`) and keeps no pointer after it returns.
+    // SAFETY: the first `msgs` headers point at live buffers (`buf`, `iovs`, `addrs`,
+    // `controls`) that outlive the call and are as long as the headers say; the kernel only
+    // reads them; the call does not block (`MSG_DONTWAIT`) and keeps no pointer after it
+    // returns.
     let n = unsafe {
         libc::sendmmsg(
             fd,
             hdrs.as_mut_ptr(),
-            count as libc::c_uint,
+            msgs as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
     };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(n as usize)
+    Ok(runs.iter().take(n as usize).sum())
+}
+
+/// Makes `hdr` a GSO send of `segment`-byte datagrams, its control message in `control`.
+fn set_segment(hdr: &mut libc::msghdr, control: &mut Control, segment: usize) {
+    hdr.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: a pure computation on a constant.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    hdr.msg_controllen = space.min(size_of::<Control>()) as _;
+    // SAFETY: `hdr` points at `control`, large and aligned enough for one `cmsghdr` with two
+    // bytes of data (`space` ≤ its size), so the first header and its data lie inside it;
+    // the data pointer is written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+    }
 }
 
 #[cfg(test)]

@@ -156,21 +156,22 @@ fn a_full_batch_refuses_more_but_an_empty_one_takes_a_datagram_larger_than_its_b
 /// What a scripted send was offered: per call, the datagrams.
 type Offered = std::rc::Rc<std::cell::RefCell<Vec<Vec<Vec<u8>>>>>;
 
+/// A scripted send: the datagrams it is given, the GSO threshold.
+type Send = Box<dyn FnMut(&[u8], &[Item], usize) -> io::Result<usize>>;
+
 /// A scripted `sendmmsg`: each call takes the next result and records what it was offered.
-fn scripted(
-    results: Vec<io::Result<usize>>,
-) -> (impl FnMut(&[u8], &[Item]) -> io::Result<usize>, Offered) {
+fn scripted(results: Vec<io::Result<usize>>) -> (Send, Offered) {
     let offered = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let log = offered.clone();
     let mut results = results.into_iter();
-    let send = move |buf: &[u8], items: &[Item]| {
+    let send: Send = Box::new(move |buf: &[u8], items: &[Item], _gso_below: usize| {
         let batch = items
             .iter()
             .map(|i| buf[i.start..i.start + i.len].to_vec())
             .collect();
         log.borrow_mut().push(batch);
         results.next().unwrap_or(Ok(items.len()))
-    };
+    });
     (send, offered)
 }
 
@@ -293,4 +294,95 @@ async fn a_growing_batch_doubles_only_after_a_call_that_filled_it() {
     assert_eq!(seen, (0..20).collect::<Vec<u8>>());
     assert_eq!(&sizes[..3], &[2, 4, 8]);
     assert_eq!(batch.slots(), 8, "never past the maximum");
+}
+
+fn item(start: usize, len: usize, port: u16) -> Item {
+    Item {
+        start,
+        len,
+        to: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+    }
+}
+
+#[test]
+fn a_gso_run_is_one_size_to_one_destination_and_may_end_shorter() {
+    let same = [
+        item(0, 10, 1),
+        item(10, 10, 1),
+        item(20, 10, 1),
+        item(30, 4, 1),
+        item(34, 10, 1),
+    ];
+    assert_eq!(
+        run_len(&same, usize::MAX),
+        4,
+        "the shorter one ends the run"
+    );
+    assert_eq!(run_len(&same, 10), 1, "segments this long may not use GSO");
+    let other_port = [item(0, 10, 1), item(10, 10, 2)];
+    assert_eq!(run_len(&other_port, usize::MAX), 1);
+    let longer = [item(0, 10, 1), item(10, 11, 1)];
+    assert_eq!(run_len(&longer, usize::MAX), 1);
+    let empty = [item(0, 10, 1), item(10, 0, 1)];
+    assert_eq!(
+        run_len(&empty, usize::MAX),
+        1,
+        "an empty datagram is never a segment"
+    );
+    let many: Vec<Item> = (0..100).map(|i| item(i * 10, 10, 1)).collect();
+    assert_eq!(run_len(&many, usize::MAX), GSO_SEGMENTS);
+    assert_eq!(run_len(&[], usize::MAX), 0);
+}
+
+#[test]
+fn a_path_that_refuses_gso_gets_the_same_datagrams_one_by_one_and_none_is_lost() {
+    let mut out = SendBatch::new(16, 1 << 16);
+    for i in 0..4u8 {
+        assert!(out.push(None, &[i; 20]));
+    }
+    let mut thresholds = Vec::new();
+    let mut calls = 0;
+    out.flush_with(|_, items, gso_below| {
+        calls += 1;
+        thresholds.push(gso_below);
+        if calls == 1 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(items.len())
+    })
+    .unwrap();
+    assert_eq!(thresholds, vec![usize::MAX, 20]);
+    assert_eq!(
+        out.take_sent(),
+        Sent {
+            datagrams: 4,
+            bytes: 80,
+            failed: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn gso_runs_arrive_as_the_datagrams_they_were_in_order() {
+    let (rx, tx) = pair().await;
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (to, to_other) = (
+        Some(rx.local_addr().unwrap()),
+        Some(other.local_addr().unwrap()),
+    );
+    let mut sent = Vec::new();
+    let mut out = SendBatch::new(64, 1 << 20);
+    for i in 0..40u8 {
+        let len = if i == 20 { 33 } else { 100 };
+        assert!(out.push(to, &vec![i; len]));
+        sent.push(vec![i; len]);
+    }
+    assert!(out.push(to_other, b"elsewhere"));
+    out.flush(&tx).await.unwrap();
+    assert_eq!(out.take_sent().datagrams, 41);
+    let got = receive(&mut RecvBatch::new(64, 200), &rx, 40).await;
+    let bytes: Vec<Vec<u8>> = got.into_iter().map(|g| g.1).collect();
+    assert_eq!(bytes, sent);
+    let got = receive(&mut RecvBatch::new(4, 200), &other, 1).await;
+    assert_eq!(got[0].1, b"elsewhere");
 }
