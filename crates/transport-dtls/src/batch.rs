@@ -20,7 +20,8 @@
 //! the batch then sends datagrams that long one by one.
 //!
 //! ```no_run
-//! # async fn relay(from: tokio::net::UdpSocket, to: tokio::net::UdpSocket) -> std::io::Result<()> {
+//! # use tokio::net::UdpSocket;
+//! # async fn relay(from: UdpSocket, to: UdpSocket) -> std::io::Result<()> {
 //! use streamproxy_dtls::batch::{RecvBatch, SendBatch};
 //!
 //! let mut received = RecvBatch::new(32, 2048);
@@ -217,8 +218,8 @@ impl RecvBatch {
         (0..self.len).filter_map(|i| self.get(i))
     }
 
-    /// The next datagram of the last call not yet handed out by `next_datagram`, in order; `None` when
-    /// all have been.
+    /// The next datagram of the last call not yet handed out by `next_datagram`, in order;
+    /// `None` when all have been.
     pub fn next_datagram(&mut self) -> Option<Datagram<'_>> {
         let i = self.cursor;
         if i >= self.len {
