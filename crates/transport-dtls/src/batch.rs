@@ -339,6 +339,9 @@ fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// The room an emptied [`SendBatch`] keeps for the next batch; more is given back.
+const KEEP_BYTES: usize = 64 * 1024;
+
 /// What a [`SendBatch`] has handed to the kernel since it was last asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -358,6 +361,8 @@ struct Item {
 }
 
 /// Datagrams waiting to be sent with one `sendmmsg`, in the order they were pushed.
+///
+/// Its buffer grows to the largest batch pushed; once flushed empty it keeps at most 64 KiB.
 #[derive(Debug)]
 pub struct SendBatch {
     buf: Vec<u8>,
@@ -517,6 +522,10 @@ impl SendBatch {
             self.items.clear();
             self.buf.clear();
             self.head = 0;
+            if self.buf.capacity() > KEEP_BYTES {
+                // A burst of large datagrams is over: do not hold its room while idle.
+                self.buf = Vec::new();
+            }
             return;
         }
         let first = self.items.get(self.head).map_or(0, |i| i.start);

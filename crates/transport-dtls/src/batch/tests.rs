@@ -386,3 +386,18 @@ async fn gso_runs_arrive_as_the_datagrams_they_were_in_order() {
     let got = receive(&mut RecvBatch::new(4, 200), &other, 1).await;
     assert_eq!(got[0].1, b"elsewhere");
 }
+
+#[test]
+fn an_emptied_batch_gives_back_the_room_of_a_burst_of_large_datagrams() {
+    let mut out = SendBatch::new(32, 1 << 20);
+    for _ in 0..20 {
+        assert!(out.push(None, &[0; 8000]));
+    }
+    let (send, _) = scripted(vec![]);
+    out.flush_with(send).unwrap();
+    assert!(out.buf.capacity() <= KEEP_BYTES);
+    assert!(out.push(None, &[1; 100]));
+    let (send, _) = scripted(vec![]);
+    out.flush_with(send).unwrap();
+    assert!(out.buf.capacity() >= 100, "small batches keep their room");
+}
