@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod batch;
 mod buffers;
 mod client;
 mod config;
@@ -64,7 +65,6 @@ mod handshake;
 mod io;
 mod listener;
 mod record;
-mod recv_batch;
 mod session;
 mod shared;
 
@@ -79,7 +79,7 @@ pub use error::{
     SendError,
 };
 pub use listener::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
-pub use session::{DtlsSession, RecvHalf, SendHalf};
+pub use session::{DtlsSession, RecvHalf, SendHalf, SentMany};
 
 /// Re-exported so callers can build identities from parsed certificates and keys.
 pub use openssl;
