@@ -73,6 +73,9 @@ struct Meta {
     truncated: bool,
 }
 
+/// Calls in a row that use at most a quarter of a grown batch before it halves.
+const QUIET_CALLS: u32 = 64;
+
 /// Buffers for one `recvmmsg` call and what it received.
 pub struct RecvBatch {
     /// `slots` slots of `slot_len` bytes (allocated zeroed, so untouched pages cost nothing).
@@ -81,6 +84,10 @@ pub struct RecvBatch {
     meta: Vec<Meta>,
     /// The slots a batch that keeps filling up grows to.
     max_slots: usize,
+    /// The slots it started with, which a batch that has gone quiet shrinks back to.
+    min_slots: usize,
+    /// Calls in a row that received at most a quarter of the slots.
+    quiet_calls: u32,
     /// How many datagrams the last call received.
     len: usize,
     /// The next datagram [`next_datagram`](Self::next_datagram) hands out.
@@ -115,6 +122,8 @@ impl RecvBatch {
             slot_len,
             meta: vec![Meta::default(); slots],
             max_slots: max_slots.clamp(slots, MAX_SLOTS),
+            min_slots: slots,
+            quiet_calls: 0,
             len: 0,
             cursor: 0,
         }
@@ -125,13 +134,26 @@ impl RecvBatch {
         self.meta.len()
     }
 
-    /// Doubles the slots (within `max_slots`) when the last call filled them all.
-    fn grow_if_full(&mut self) {
+    /// Doubles the slots (within `max_slots`) when the last call filled them all; halves them
+    /// (down to the slots it started with) after [`QUIET_CALLS`] calls in a row that received
+    /// at most a quarter of them, so a session that burst once does not keep the memory.
+    fn resize(&mut self) {
         let slots = self.meta.len();
-        if self.len < slots || slots >= self.max_slots {
-            return;
+        if self.len >= slots && slots < self.max_slots {
+            self.quiet_calls = 0;
+            self.reallocate((slots * 2).min(self.max_slots));
+        } else if self.len <= slots / 4 && slots > self.min_slots {
+            self.quiet_calls += 1;
+            if self.quiet_calls >= QUIET_CALLS {
+                self.quiet_calls = 0;
+                self.reallocate((slots / 2).max(self.min_slots));
+            }
+        } else {
+            self.quiet_calls = 0;
         }
-        let slots = (slots * 2).min(self.max_slots);
+    }
+
+    fn reallocate(&mut self, slots: usize) {
         self.buf = vec![0; slots * self.slot_len].into_boxed_slice();
         self.meta = vec![Meta::default(); slots];
     }
@@ -140,7 +162,7 @@ impl RecvBatch {
     /// held, and returns how many (at least one). `WouldBlock` when there was nothing; other
     /// errors as the socket reports them (an ICMP error for an earlier datagram among them).
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        self.grow_if_full();
+        self.resize();
         self.len = 0;
         self.cursor = 0;
         let fd = socket.as_raw_fd();

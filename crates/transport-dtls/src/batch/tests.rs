@@ -296,6 +296,38 @@ async fn a_growing_batch_doubles_only_after_a_call_that_filled_it() {
     assert_eq!(batch.slots(), 8, "never past the maximum");
 }
 
+#[tokio::test]
+async fn a_grown_batch_shrinks_back_after_quiet_calls_and_no_further() {
+    let (rx, tx) = pair().await;
+    let to = rx.local_addr().unwrap();
+    let mut batch = RecvBatch::growing(2, 8, 16);
+    for i in 0..14u8 {
+        tx.send_to(&[i], to).await.unwrap();
+    }
+    let mut received = 0;
+    while received < 14 {
+        received += batch.recv(&rx).await.unwrap();
+    }
+    assert_eq!(batch.slots(), 8);
+    let mut slots = Vec::new();
+    for i in 0..(3 * QUIET_CALLS) {
+        tx.send_to(&[i as u8], to).await.unwrap();
+        assert_eq!(batch.recv(&rx).await.unwrap(), 1);
+        assert_eq!(batch.iter().next().map(|d| d.bytes[0]), Some(i as u8));
+        slots.push(batch.slots());
+    }
+    let q = QUIET_CALLS as usize;
+    assert_eq!(slots[q - 1], 8, "not before {QUIET_CALLS} quiet calls");
+    assert_eq!(slots[q], 4);
+    assert_eq!(slots[2 * q - 1], 4);
+    assert_eq!(slots[2 * q], 2);
+    assert_eq!(
+        slots.last(),
+        Some(&2),
+        "never below the slots it started with"
+    );
+}
+
 fn item(start: usize, len: usize, port: u16) -> Item {
     Item {
         start,
