@@ -1,43 +1,40 @@
 //! A running server with test certificates, and destinations on loopback.
+//!
+//! The certificates, payloads, echo destinations and `wait_until` come from `test_support`
+//! (re-exported here); what needs the server's types is here.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use streamproxy::proxy::metrics::Metrics;
 use streamproxy::proxy::policy::Policy;
 use streamproxy::proxy::server::{CertPaths, Reloader, Server, ServerBuilder};
 use streamproxy::proxy::settings::Settings;
-use tls::testutil::{CertFiles, TestCa};
-use tokio::io::AsyncWriteExt;
+use test_support::CertFiles;
+pub use test_support::{payload, tcp_echo, udp_echo, wait_until};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A CA with a server certificate and a client certificate.
-pub struct Pki {
-    /// The CA, which can issue more certificates (and reissue the server's for a rotation).
-    pub ca: TestCa,
-    /// The server's certificate files.
-    pub server: CertFiles,
-    /// The client's certificate files.
-    pub client: CertFiles,
-}
+/// [`test_support::Pki`] (a CA, a server certificate and a client certificate `agent-1`) with
+/// the server's and the clients' configurations built from it.
+#[derive(Default)]
+pub struct Pki(test_support::Pki);
 
-impl Default for Pki {
-    fn default() -> Self {
-        Pki::new()
+impl Deref for Pki {
+    type Target = test_support::Pki;
+
+    fn deref(&self) -> &test_support::Pki {
+        &self.0
     }
 }
 
 impl Pki {
     /// A fresh CA, server and client.
     pub fn new() -> Pki {
-        let ca = TestCa::new("e2e");
-        let server = ca.server("server");
-        let client = ca.client("client", "agent-1");
-        Pki { ca, server, client }
+        Pki(test_support::Pki::named("e2e"))
     }
 
     /// The server's files, for the builder.
@@ -142,35 +139,6 @@ pub async fn start(builder: ServerBuilder) -> Running {
     }
 }
 
-/// A TCP echo destination: each connection echoes until end of stream, then closes.
-pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// A UDP echo destination.
-pub async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
 /// A TCP listener that counts the connections it accepts (and closes them), and a UDP socket
 /// on another port that counts the datagrams it receives: a destination that must see nothing.
 pub struct Witness {
@@ -226,19 +194,6 @@ impl Witness {
     }
 }
 
-/// A deterministic pseudo-random payload (xorshift64 from `seed`).
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A small seeded random number generator (xorshift64*), for faults and payload sizes.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -273,19 +228,6 @@ impl Rng {
             let r = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
-    }
-}
-
-/// Polls `cond` (state the server's tasks set after the client saw the outcome) until it holds,
-/// for at most `limit`; panics with `what` otherwise.
-pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

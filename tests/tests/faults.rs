@@ -644,6 +644,121 @@ async fn dtls_through_a_lossy_relay_completes_handshakes_delivers_intact_and_lea
     settled(&server, Transport::Udp, base, "after the lossy relay").await;
 }
 
+/// A datagram of source `source`, number `n`: its identity, then bytes derived from it.
+fn numbered(source: u64, n: u64) -> Vec<u8> {
+    let id = source << 32 | n;
+    let mut d = id.to_be_bytes().to_vec();
+    d.extend(payload(192, id));
+    d
+}
+
+/// One datagram from `socket` within `ms` milliseconds.
+async fn recv_within(socket: &tokio::net::UdpSocket, buf: &mut [u8], ms: u64) -> Option<usize> {
+    tokio::time::timeout(Duration::from_millis(ms), socket.recv(buf))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The UDP forwarder's whole path on a lossy link: sources that each send until their first
+/// echo (from a new socket, so a new tunnel, after 8 tries: when the path drops a session's
+/// header the server refuses the session), then 30 paced datagrams. Every echo is intact and
+/// belongs to its source, and everything is freed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udp_forwarder_through_a_lossy_relay_delivers_intact_and_leaks_nothing() {
+    let _serial = fixture::serial().await;
+    let pki = Pki::new();
+    let echo = fixture::udp_echo().await;
+    let server = fixture::start(pki.builder(allow_all(), settings())).await;
+    let base = process::open_sockets();
+    let relay = lossy::start(
+        server.udp,
+        Faults {
+            drop: 0.2,
+            duplicate: 0.05,
+            reorder: 0.1,
+            seed: 11,
+            backward_pass_first: None,
+            drop_first_record: false,
+        },
+    )
+    .await;
+    let forwarder = streamproxy::proxy::forward::UdpForwarder::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        relay.addr,
+        pki.dtls_client(),
+        format!("127.0.0.1:{}", echo.port())
+            .parse()
+            .expect("target"),
+    )
+    .await
+    .expect("bind");
+    let local = forwarder.local_addr();
+    let stop = shutdown_trigger();
+    let forwarding = tokio::spawn(forwarder.run(stop.1));
+    let (sources, per_source) = (12u64, 30u64);
+    let mut tasks = Vec::new();
+    for source in 0..sources {
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let started = Instant::now();
+            let hello = numbered(source, u64::MAX >> 32);
+            let socket = 'tunnel: loop {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "source {source}: no echo through the lossy path"
+                );
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                socket.connect(local).await.expect("connect");
+                for _ in 0..8 {
+                    socket.send(&hello).await.expect("send");
+                    if recv_within(&socket, &mut buf, 300).await.is_some() {
+                        break 'tunnel socket;
+                    }
+                }
+            };
+            for n in 0..per_source {
+                socket.send(&numbered(source, n)).await.expect("send");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut intact = 0u64;
+            while let Some(len) = recv_within(&socket, &mut buf, 500).await {
+                let got = &buf[..len];
+                let id = u64::from_be_bytes(got[..8].try_into().expect("8 bytes"));
+                assert_eq!(id >> 32, source, "another source's datagram");
+                assert_eq!(got, &numbered(source, id & 0xffff_ffff)[..], "altered");
+                if id & 0xffff_ffff < per_source {
+                    intact += 1;
+                }
+            }
+            intact
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        delivered += t.await.expect("a source failed");
+    }
+    let total = sources * per_source;
+    let stats = &relay.stats;
+    eprintln!(
+        "figures lossy forwarder: {sources} sources through, {delivered}/{total} datagrams echoed intact (duplicates count twice); relay saw {} dropped {} duplicated {} reordered {}",
+        stats.seen.load(Ordering::Relaxed),
+        stats.dropped.load(Ordering::Relaxed),
+        stats.duplicated.load(Ordering::Relaxed),
+        stats.reordered.load(Ordering::Relaxed),
+    );
+    assert!(
+        delivered > 0 && delivered <= 2 * total,
+        "{delivered} of {total}"
+    );
+    let _ = stop.0.send(());
+    let _ = forwarding.await;
+    drop(relay);
+    settled(&server, Transport::Udp, base, "after the lossy forwarder").await;
+}
+
 /// A DTLS session's header is its first record, a datagram the path may lose. The server then
 /// reads a data record as the header: it refuses the session with the reason "first record is
 /// not a header" (counted apart from malformed headers), and the forwarder opens a new session

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use test_support::payload;
 
 use crate::cmd::{self, cargo, project_root};
 use crate::procs::{Proc, find_port};
@@ -650,7 +651,7 @@ fn start_client(
 /// Sends `len` bytes through a local TCP forward to an echo destination and checks them.
 pub(crate) fn tcp_check(port: u16, len: usize) -> Result<String> {
     let started = Instant::now();
-    let data = pattern(len, 1);
+    let data = payload(len, 1);
     let mut conn = TcpStream::connect(("127.0.0.1", port))?;
     conn.set_nodelay(true)?;
     let mut writer = conn.try_clone()?;
@@ -683,7 +684,7 @@ pub(crate) fn udp_check(port: u16, count: usize, size: usize) -> Result<String> 
     socket.connect(("127.0.0.1", port))?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     let datagram = |i: usize| {
-        let mut d = pattern(size, i as u64);
+        let mut d = payload(size, i as u64);
         d[..4].copy_from_slice(&(i as u32).to_be_bytes());
         d
     };
@@ -772,17 +773,4 @@ fn go_header(tools: &Tools, args: &[&str]) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A deterministic byte pattern.
-pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }

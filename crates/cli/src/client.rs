@@ -131,23 +131,22 @@ async fn check_server(
         // check_resolves reports it.
         Err(_) => return,
     };
-    let result = if udp {
-        let mut result = Err(None);
-        for &addr in &addrs {
-            match streamproxy::proxy::udp::health_check(addr, &dtls, TIMEOUT).await {
-                Ok(()) => {
-                    result = Ok(());
-                    break;
-                }
-                Err(e) => result = Err(Some(e)),
+    // Every address in turn, as the forwarders do.
+    let mut result = Err(None);
+    for &addr in &addrs {
+        let checked = if udp {
+            streamproxy::proxy::udp::health_check(addr, &dtls, TIMEOUT).await
+        } else {
+            streamproxy::proxy::tcp::health_check(addr, &tls, TIMEOUT).await
+        };
+        match checked {
+            Ok(()) => {
+                result = Ok(());
+                break;
             }
+            Err(e) => result = Err(Some(e)),
         }
-        result
-    } else {
-        streamproxy::proxy::tcp::health_check(&addrs[..], &tls, TIMEOUT)
-            .await
-            .map_err(Some)
-    };
+    }
     match result {
         Ok(()) => tracing::info!(server = %server, "the server answered a health check"),
         Err(Some(e)) => tracing::warn!(

@@ -16,22 +16,19 @@ pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let addrs = conn.server.resolve(&SystemResolver).await?;
     let timeout = args.timeout;
     let started = Instant::now();
-    let (transport, result) = if args.udp {
-        // Every address in turn, as the forwarder does; the last one's failure is the answer.
-        let mut result = Ok(());
-        for &server in &addrs {
-            result = proxy::udp::health_check(server, &conn.dtls, timeout).await;
-            if result.is_ok() {
-                break;
-            }
+    let transport = if args.udp { "udp" } else { "tcp" };
+    // Every address in turn, as the forwarders do; the last one's failure is the answer.
+    let mut result = Ok(());
+    for &server in &addrs {
+        result = if args.udp {
+            proxy::udp::health_check(server, &conn.dtls, timeout).await
+        } else {
+            proxy::tcp::health_check(server, &conn.tls, timeout).await
+        };
+        if result.is_ok() {
+            break;
         }
-        ("udp", result)
-    } else {
-        (
-            "tcp",
-            proxy::tcp::health_check(&addrs[..], &conn.tls, timeout).await,
-        )
-    };
+    }
     match result {
         Ok(()) => {
             println!(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use streamproxy::proto::Header;
 use streamproxy::proxy::{tcp, udp};
-use support::{Server, certs, s, server, tcp_echo, tmp};
+use support::{Server, certs, s, server, tmp};
+use test_support::blocking::tcp_echo;
 
 /// A rustls client config with our test client certificate and the given ALPN offer (GoDoxy's
 /// HTTP client offers none). `cert = false` presents no certificate.

@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::{Proc, field, payload, s, streamproxy, tcp_echo, tcp_roundtrip, tmp};
+use support::{Proc, field, s, streamproxy, tcp_roundtrip, tmp};
+use test_support::blocking::tcp_echo;
+use test_support::payload;
 
 fn ok(args: &[&str]) -> String {
     let out = streamproxy(args);

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 
 use support::*;
+use test_support::blocking::{tcp_echo, udp_echo};
+use test_support::payload;
 
 #[test]
 fn certs_server_and_client_forward_tcp_and_udp_byte_exact() {

@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use support::{Server, certs, client_args, server, streamproxy, tmp};
+use support::{Server, WAIT, certs, client_args, server, streamproxy, tmp};
+use test_support::blocking::wait_until;
 
 const DELAY: Duration = Duration::from_millis(50);
 const FLOOD_PER_SECOND: usize = 3000;
@@ -135,9 +136,9 @@ fn good_clients_with_a_real_rtt_are_served_during_a_handshake_flood() {
         thread::spawn(move || flood(tcp, stop, opened))
     };
     // Let the flood fill every slot first.
-    while opened.load(Ordering::Relaxed) < 1000 {
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the flood opens 1000 connections", WAIT, || {
+        opened.load(Ordering::Relaxed) >= 1000
+    });
     let lines_before = proc.lines.try_iter().count();
     let probes: Vec<_> = (0..10)
         .map(|i| {
@@ -402,9 +403,9 @@ fn good_dtls_clients_with_a_real_rtt_are_served_during_a_half_open_flood() {
             thread::spawn(move || dtls_flood(udp, hello, stop, opened))
         })
         .collect();
-    while opened.load(Ordering::Relaxed) < 1200 {
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the flood sends 1200 ClientHellos", WAIT, || {
+        opened.load(Ordering::Relaxed) >= 1200
+    });
     let probes: Vec<_> = (0..10)
         .map(|i| {
             let dir = dir.path().to_owned();

@@ -13,6 +13,8 @@ use rcgen::{
     PublicKeyData, SanType,
 };
 use support::*;
+use test_support::blocking::{tcp_echo, udp_echo};
+use test_support::payload;
 
 /// A client certificate to issue: its common name and subject alternative names.
 struct Who {

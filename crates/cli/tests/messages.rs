@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use support::{Proc, certs, s, server, tcp_echo, tmp, udp_echo};
+use support::{Proc, certs, s, server, tmp};
+use test_support::blocking::{tcp_echo, udp_echo};
 
 /// Sends through a TCP forward and gives the tunnel time to fail: writes, then reads until the
 /// forward closes the connection.

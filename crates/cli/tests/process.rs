@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
+use test_support::blocking::tcp_echo;
 
 fn second_signal_exits_at_once(proc: &mut Proc, signal: &str, code: i32) {
     proc.signal(signal);

@@ -38,10 +38,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
-
 use crate::policy::Policy;
 use crate::proxy_protocol::ProxyProtocol;
 
@@ -99,29 +95,14 @@ impl FromStr for SpkiPin {
     }
 }
 
-/// Decodes standard base64 (padding optional); `None` for anything else.
+/// Decodes standard base64, padding optional; `None` for anything else.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
-        }
-    }
-    // Leftover bits must be zero padding of the last group, and fewer than 6 of them.
-    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const STANDARD_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    base64::Engine::decode(&STANDARD_ANY_PADDING, text).ok()
 }
 
 /// What identifies a client: read from its verified certificate.
@@ -136,36 +117,26 @@ pub struct PeerCertificate {
 /// Why a client certificate could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the client certificate")]
-pub struct CertificateError(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>);
+pub struct CertificateError(#[source] x509_parser::error::X509Error);
 
 impl PeerCertificate {
     /// Reads a DER certificate: the first subject common name, the DNS and URI subject
     /// alternative names, and the SPKI pin.
     pub fn from_der(der: &[u8]) -> Result<PeerCertificate, CertificateError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(CertificateError)?;
-        let common_name = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_owned);
+        let summary = tls::CertificateSummary::from_der(&der.into()).map_err(CertificateError)?;
         let (mut dns_names, mut uris) = (Vec::new(), Vec::new());
-        // A malformed or duplicated SAN extension contributes no names (the verifier
-        // accepted the certificate; matching on names it cannot read fails closed).
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                match name {
-                    GeneralName::DNSName(n) => dns_names.push((*n).to_owned()),
-                    GeneralName::URI(u) => uris.push((*u).to_owned()),
-                    _ => {}
-                }
+        for name in summary.sans {
+            match name {
+                tls::SubjectAltName::Dns(n) => dns_names.push(n),
+                tls::SubjectAltName::Uri(u) => uris.push(u),
+                _ => {}
             }
         }
         Ok(PeerCertificate {
-            common_name,
+            common_name: summary.common_name,
             dns_names,
             uris,
-            spki: Some(SpkiPin::of_spki_der(cert.public_key().raw)),
+            spki: Some(SpkiPin::of_spki_der(&summary.public_key_info)),
         })
     }
 
@@ -646,6 +617,20 @@ mod tests {
                 .parse::<SpkiPin>()
                 .is_err()
         );
+        // Without its padding it is the same pin; with non-zero bits past the last byte, or
+        // characters outside the alphabet, it is none.
+        assert_eq!(
+            b64.trim_end_matches('=')
+                .parse::<SpkiPin>()
+                .expect("unpadded"),
+            pin()
+        );
+        for bad in [
+            "ChssPU5fYHGCk6S1xtfo+QobLD1OX2BxgpOktcbX6Pl=",
+            "ChssPU5fYHGCk6S1xtfo-QobLD1OX2BxgpOktcbX6Pk=",
+        ] {
+            assert!(bad.parse::<SpkiPin>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub enum ServerError {
     /// The TLS configuration was refused.
     #[error("the TLS configuration was refused")]
     TlsConfig(#[from] tls::ConfigError),
-    /// The DTLS material or configuration was refused.
+    /// The DTLS material could not be loaded.
+    #[error("the DTLS certificate, key or CA could not be loaded")]
+    DtlsLoad(#[from] dtls::LoadError),
+    /// The DTLS configuration was refused.
     #[error("the DTLS configuration was refused")]
     DtlsConfig(#[from] dtls::ConfigError),
     /// The DTLS listener could not start.
@@ -79,6 +82,9 @@ pub enum ReloadError {
     #[error("the new TLS certificate, key or CA was refused")]
     Tls(#[from] tls::LoadError),
     /// The DTLS material could not be loaded.
+    #[error("the new DTLS certificate, key or CA was refused")]
+    DtlsLoad(#[from] dtls::LoadError),
+    /// OpenSSL refused the DTLS material.
     #[error("the new DTLS certificate, key or CA was refused")]
     Dtls(#[from] dtls::ConfigError),
 }
@@ -179,6 +185,7 @@ impl ServerBuilder {
         };
         let tls_config = tls::ServerConfig::builder(&credentials)
             .alpn(alpn)
+            .handshake_timeout(self.settings.handshake_timeout)
             .resumption(self.settings.resumption)
             .build()?;
         let acceptor = tls::Acceptor::new(&tls_config);

@@ -15,7 +15,8 @@ use streamproxy_proxy::forward::{
 };
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
-use support::{Pki, allow_all, payload, start, tcp_echo, udp_echo};
+use support::{Pki, allow_all, start};
+use test_support::{payload, tcp_echo, udp_echo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
@@ -614,4 +615,70 @@ async fn udp_forwarder_replaces_a_tunnel_the_server_stopped_answering() {
     running.stop().await;
     first.stop().await;
     second.stop().await;
+}
+
+/// An echo whose own socket holds a storm (4 MiB buffers).
+async fn big_udp_echo() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind(LOCAL).expect("bind");
+    dtls::UdpBuffers::default().apply(&socket);
+    socket.set_nonblocking(true).expect("nonblocking");
+    let socket = UdpSocket::from_std(socket).expect("tokio socket");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// The storm of issue 18 with the default settings: 50 new sources send 64 datagrams each at
+/// once, all before any of their tunnels is open. Every datagram waits for its tunnel and comes
+/// back, in the order it was sent; none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_forwarder_holds_a_storm_of_new_sources_in_order_with_the_defaults() {
+    const SOURCES: usize = 50;
+    const EACH: u64 = 64;
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = big_udp_echo().await;
+    let target: streamproxy_proxy::Destination = echo.to_string().parse().expect("target");
+    let forwarder = UdpForwarder::bind(
+        LOCAL.parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        target,
+    )
+    .await
+    .expect("bind");
+    let running = run_udp(forwarder);
+    let mut sources = Vec::new();
+    for _ in 0..SOURCES {
+        let socket = UdpSocket::bind(LOCAL).await.expect("bind source");
+        socket.connect(running.local).await.expect("connect");
+        sources.push(socket);
+    }
+    let datagram = |source: usize, k: u64| payload(512, (source as u64) << 32 | k);
+    for k in 0..EACH {
+        for (i, socket) in sources.iter().enumerate() {
+            socket.send(&datagram(i, k)).await.expect("send");
+        }
+    }
+    let mut buf = vec![0u8; 65536];
+    for (i, socket) in sources.iter().enumerate() {
+        for k in 0..EACH {
+            let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("source {i}: datagram {k} lost"))
+                .expect("recv");
+            assert_eq!(&buf[..n], &datagram(i, k)[..], "source {i}: datagram {k}");
+        }
+    }
+    let counts = running.stats.snapshot();
+    assert_eq!(counts.dropped_other, 0, "{counts:?}");
+    assert_eq!(counts.datagrams_up, SOURCES as u64 * EACH, "{counts:?}");
+    assert_eq!(counts.tunnels_opened, SOURCES as u64, "{counts:?}");
+    running.stop().await;
+    server.stop().await;
 }

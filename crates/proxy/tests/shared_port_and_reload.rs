@@ -8,7 +8,8 @@ use std::time::Duration;
 use proto::Header;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::{tcp, udp};
-use support::{Pki, allow_all, start, tcp_echo, udp_echo};
+use support::{Pki, allow_all, start};
+use test_support::{tcp_echo, udp_echo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn curl(pki: &Pki, port: u16, path: &str) -> Option<String> {

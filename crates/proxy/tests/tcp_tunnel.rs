@@ -9,7 +9,8 @@ use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::policy::Policy;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::tcp;
-use support::{Pki, allow_all, payload, start, tcp_echo, tcp_sink, wait_until};
+use support::{Pki, allow_all, start, tcp_sink};
+use test_support::{payload, tcp_echo, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `data` through a tunnel to an echo destination and returns what came back.
@@ -442,11 +443,15 @@ async fn a_client_certificate_from_another_ca_fails_the_handshake_and_is_counted
             .await
             .is_err()
     );
-    wait_until(|| {
-        server.metrics.encode().contains(
-            "streamproxy_handshake_failures_total{transport=\"tcp\",reason=\"certificate\"} 1",
-        )
-    })
+    wait_until(
+        "the certificate failure counted",
+        Duration::from_secs(5),
+        || {
+            server.metrics.encode().contains(
+                "streamproxy_handshake_failures_total{transport=\"tcp\",reason=\"certificate\"} 1",
+            )
+        },
+    )
     .await;
     server.stop().await;
 }

@@ -8,7 +8,8 @@ use proto::{Header, Version};
 use streamproxy_proxy::metrics::Transport;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::udp;
-use support::{Pki, allow_all, payload, start, udp_echo, wait_until};
+use support::{Pki, allow_all, start};
+use test_support::{payload, udp_echo, wait_until};
 
 /// Receives one datagram, failing the test after five seconds.
 async fn recv(session: &mut dtls::DtlsSession) -> Option<Vec<u8>> {
@@ -80,7 +81,10 @@ async fn close_notify_frees_the_session_at_once() {
     recv(&mut session).await.expect("echo");
     assert_eq!(server.metrics.active_tunnels(Transport::Udp), 1);
     session.shutdown().await.expect("close_notify");
-    wait_until(|| server.metrics.active_tunnels(Transport::Udp) == 0).await;
+    wait_until("no UDP tunnel active", Duration::from_secs(5), || {
+        server.metrics.active_tunnels(Transport::Udp) == 0
+    })
+    .await;
     server.stop().await;
 }
 
@@ -220,7 +224,10 @@ async fn a_restarted_client_on_the_same_port_gets_a_fresh_session() {
         // Vanish without close_notify: the next session reuses the address.
         drop(session);
     }
-    wait_until(|| server.metrics.active_tunnels(Transport::Udp) == 1).await;
+    wait_until("one UDP tunnel active", Duration::from_secs(5), || {
+        server.metrics.active_tunnels(Transport::Udp) == 1
+    })
+    .await;
     assert_eq!(server.metrics.total_tunnels(Transport::Udp), 2);
     let metrics = server.metrics.clone();
     server.stop().await;

@@ -50,8 +50,9 @@
 //! let ca = tls::CaCerts::from_pem_file("ca.pem")?;
 //! let identity = tls::Identity::from_pem_files("client.pem", "client-key.pem")?;
 //! let tls_config = tls::ClientConfig::builder(&ca, &identity).build()?; // verifies godoxy.agent
+//! let server_addr = "192.0.2.1:8890".parse()?;
 //! let header = Header::new("10.0.0.7", "22")?.with_version(Version::V0_1_0);
-//! let mut stream = proxy::tcp::connect("proxy.example:8890", &tls_config, &header).await?;
+//! let mut stream = proxy::tcp::connect(server_addr, &tls_config, &header).await?;
 //! stream.write_all(b"SSH-2.0-example\r\n").await?;
 //! let mut banner = [0u8; 64];
 //! let n = stream.read(&mut banner).await?;
@@ -62,7 +63,6 @@
 //!     dtls::Identity::from_pem_files("client.pem", "client-key.pem")?,
 //!     dtls::CaCerts::from_pem_file("ca.pem")?,
 //! );
-//! let server_addr = "192.0.2.1:8890".parse()?;
 //! let mut session =
 //!     proxy::udp::connect(server_addr, &dtls_config, &Header::new("10.0.0.53", "53")?).await?;
 //! session.send(b"a DNS query").await?;

@@ -121,13 +121,17 @@ impl DtlsConnector {
         // A freshly registered socket is not known to be writable until the reactor has seen it;
         // without this, the first ClientHello could be dropped (see `io`) and cost a timeout.
         socket.writable().await.map_err(ConnectError::Socket)?;
-        let io = DatagramIo::connected(Arc::new(socket), self.common.mtu.get() as usize);
+        let io = DatagramIo::connected(
+            Arc::new(socket),
+            self.common.mtu.get() as usize,
+            self.common.max_payload.get(),
+        );
         let mut stream = Stream::new(self.ssl()?, io).map_err(ConfigError::Context)?;
         let timeout = self.common.handshake_timeout;
         let done = tokio::time::timeout(timeout, session::handshake(&mut stream)).await;
         match done {
             Ok(r) => r?,
-            Err(_) => return Err(HandshakeError::TimedOut(timeout).into()),
+            Err(_) => return Err(HandshakeError::Timeout(timeout).into()),
         }
         if self.common.resumption && !stream.ssl().session_reused() {
             if let Some(session) = ResumableSession::of(stream.ssl()) {

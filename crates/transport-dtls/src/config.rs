@@ -46,20 +46,36 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1).
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1),
+    /// and checks that the key belongs to the leaf certificate. Errors name the file.
     pub fn from_pem_files(
         cert_path: impl AsRef<Path>,
         key_path: impl AsRef<Path>,
-    ) -> Result<Self, ConfigError> {
-        let chain = read_certs(cert_path.as_ref())?;
-        let key_path = key_path.as_ref();
+    ) -> Result<Self, LoadError> {
+        let (cert_path, key_path) = (cert_path.as_ref(), key_path.as_ref());
+        let chain = read_certs(cert_path)?;
         let pem = read(key_path)?;
-        let key = PKey::private_key_from_pem(&pem).map_err(|source| LoadError::Parse {
+        let key = PKey::private_key_from_pem(&pem).map_err(|source| LoadError::Pem {
             path: key_path.to_owned(),
             what: "private key",
             source,
         })?;
-        Self::new(chain, key)
+        // `read_certs` returns at least one certificate.
+        if let Some(leaf) = chain.first() {
+            let leaf_key = leaf
+                .public_key()
+                .map_err(|source| LoadError::UnusableCertificate {
+                    path: cert_path.to_owned(),
+                    source,
+                })?;
+            if !leaf_key.public_eq(&key) {
+                return Err(LoadError::KeyMismatch {
+                    cert: cert_path.to_owned(),
+                    key: key_path.to_owned(),
+                });
+            }
+        }
+        Ok(Self { chain, key })
     }
 
     /// An identity from parsed parts; checks that the key belongs to the leaf certificate.
@@ -92,8 +108,8 @@ pub struct CaCerts {
 }
 
 impl CaCerts {
-    /// Loads one or more PEM certificates.
-    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    /// Loads one or more PEM certificates. Errors name the file.
+    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
         Ok(Self {
             certs: read_certs(path.as_ref())?,
         })
@@ -132,7 +148,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 
 fn read_certs(path: &Path) -> Result<Vec<X509>, LoadError> {
     let pem = read(path)?;
-    let certs = X509::stack_from_pem(&pem).map_err(|source| LoadError::Parse {
+    let certs = X509::stack_from_pem(&pem).map_err(|source| LoadError::Pem {
         path: path.to_owned(),
         what: "certificate",
         source,

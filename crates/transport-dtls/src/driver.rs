@@ -3,7 +3,7 @@
 //! feeds established peers' bounded queues with `try_send`, starts handshakes and, at the
 //! half-open limit, evicts one.
 //!
-//! Only this module reads the listener's socket, through `recv_batch` (sessions and handshakes
+//! Only this module reads the listener's socket, through `batch::RecvBatch` (sessions and handshakes
 //! only send on it).
 
 use std::collections::{HashMap, VecDeque};
@@ -18,19 +18,23 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use crate::batch::RecvBatch;
 use crate::config::ServerConfig;
 use crate::cookie::CookieJar;
 use crate::demux::{Action, Context, Demux, DropReason, PeerState};
 use crate::handshake::{Handshake, new_server_stream};
 use crate::io::DatagramIo;
 use crate::record::COOKIE_LEN;
-use crate::recv_batch::{self, RecvBatch};
 use crate::session::{DtlsSession, PeerLink};
 use crate::shared::{Shared, bump};
 
+/// Datagrams one `recvmmsg` call receives at most.
+const SLOTS: usize = 32;
+/// Room for one datagram: the largest UDP payload, so nothing is ever truncated.
+const SLOT_LEN: usize = 65536;
 /// Datagrams read per wake-up before the driver looks at its timers again (two `recvmmsg`
 /// calls at most).
-const BATCH: usize = 2 * recv_batch::SLOTS;
+const BATCH: usize = 2 * SLOTS;
 /// How often closed sessions are swept from the table.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Datagram copies are carved out of chunks of this size (amortises allocation).
@@ -130,7 +134,7 @@ impl Driver {
     /// Reads the socket until the listener is dropped and the last peer has gone, or the
     /// socket fails (the error goes to `accept`).
     pub(crate) async fn run(mut self) {
-        let mut batch = RecvBatch::new();
+        let mut batch = RecvBatch::new(SLOTS, SLOT_LEN);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -159,12 +163,19 @@ impl Driver {
     /// Reads what the socket has queued, up to [`BATCH`] datagrams, with as few system calls
     /// as the batch allows.
     fn drain(&mut self, batch: &mut RecvBatch, accepting: bool) -> io::Result<()> {
-        for _ in 0..BATCH / recv_batch::SLOTS {
-            match batch.recv(&self.socket) {
+        for _ in 0..BATCH / SLOTS {
+            match batch.try_recv(&self.socket) {
                 Ok(n) => {
                     for i in 0..n {
-                        if let Some((source, datagram)) = batch.get(i) {
-                            self.on_datagram(source, datagram, accepting);
+                        if let Some(d) = batch.get(i) {
+                            // A cut datagram (none is, with slots of the largest UDP payload)
+                            // and one from a non-IP source are not records for anyone.
+                            match d.source {
+                                Some(source) if !d.truncated => {
+                                    self.on_datagram(source, d.bytes, accepting);
+                                }
+                                _ => bump(&self.shared.counters.bad_datagrams),
+                            }
                         }
                     }
                 }

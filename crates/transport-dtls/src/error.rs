@@ -7,22 +7,24 @@ use std::time::Duration;
 use openssl::error::ErrorStack;
 use openssl::x509::X509VerifyResult;
 
-/// What went wrong reading a PEM file (the same name as in `streamproxy-tls`).
+/// Loading PEM material (a CA file, a certificate chain and its private key) failed.
+///
+/// Every variant names the file it is about, as `streamproxy-tls`'s `LoadError` does.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    /// The file could not be read.
+    /// The file is missing or cannot be read.
     #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why it could not be read (`NotFound` for a missing file).
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid PEM of the expected kind.
     #[error("{} is not a valid PEM {what}", path.display())]
-    Parse {
+    Pem {
         /// The file.
         path: PathBuf,
         /// What was expected: "certificate" or "private key".
@@ -37,14 +39,28 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
+    /// The public key of the end-entity certificate cannot be read.
+    #[error("the certificate in {} is not usable", path.display())]
+    UnusableCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// OpenSSL's error.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The private key does not belong to the certificate.
+    #[error(
+        "the private key in {} does not match the certificate in {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
 }
-
-/// The former name of [`LoadError`].
-#[deprecated(
-    since = "0.1.0",
-    note = "renamed to `LoadError`, as in `streamproxy-tls`"
-)]
-pub type PemError = LoadError;
 
 /// A configuration value or certificate set that OpenSSL refused.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +68,7 @@ pub type PemError = LoadError;
 pub enum ConfigError {
     /// A PEM file could not be loaded.
     #[error(transparent)]
-    Pem(#[from] LoadError),
+    Load(#[from] LoadError),
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate")]
     KeyMismatch,
@@ -111,7 +127,7 @@ pub enum ConfigError {
 pub enum HandshakeError {
     /// The handshake did not finish in time.
     #[error("DTLS handshake timed out after {0:?}")]
-    TimedOut(Duration),
+    Timeout(Duration),
     /// The peer's certificate failed verification (unknown CA, wrong name, expired, ...).
     #[error("peer certificate rejected")]
     PeerCertificate(#[source] X509VerifyResult),

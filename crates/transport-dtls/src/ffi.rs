@@ -1,4 +1,4 @@
-//! The OpenSSL calls the `openssl` crate does not wrap. The only module allowed `unsafe`.
+//! The OpenSSL calls the `openssl` crate does not wrap. With `batch` (the `recvmmsg`/`sendmmsg` calls), the only modules allowed `unsafe`.
 #![allow(unsafe_code)]
 
 use std::time::Duration;

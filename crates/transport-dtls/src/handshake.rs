@@ -107,19 +107,19 @@ impl Handshake {
         let deadline = started + self.timeout;
         let result = tokio::time::timeout_at(deadline, session::handshake(&mut self.stream))
             .await
-            .unwrap_or(Err(HandshakeError::TimedOut(self.timeout)));
+            .unwrap_or(Err(HandshakeError::Timeout(self.timeout)));
         if let Err(e) = result {
             if !self.link.set_failed() {
                 // Evicted meanwhile: counted as that, not as a failure.
                 return;
             }
             bump(&counters.handshakes_failed);
-            if matches!(e, HandshakeError::TimedOut(_)) {
+            if matches!(e, HandshakeError::Timeout(_)) {
                 bump(&counters.handshakes_timed_out);
             }
             // As on TCP: a warning, within a budget. A timeout is a peer that went away (or a
             // flood's silent handshake), not worth a warning each.
-            if matches!(e, HandshakeError::TimedOut(_)) {
+            if matches!(e, HandshakeError::Timeout(_)) {
                 tracing::debug!(peer = %self.source, error = %Chain(&e), "DTLS handshake failed");
             } else if let Some(held_back) = self.shared.failure_log.admit() {
                 tracing::warn!(transport = "udp", peer = %self.source, held_back, error = %Chain(&e), "DTLS handshake failed");

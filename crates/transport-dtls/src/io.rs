@@ -8,10 +8,15 @@
 //! (renegotiation is disabled, so `SSL_write` never reads), so each read side has exactly one
 //! waiting task and its waker is never overwritten by another task.
 //!
-//! Writes never wait: they hand the datagram to the kernel with `try_send`/`try_send_to` and a
-//! full socket buffer drops it, as UDP would (DTLS retransmits handshake flights; application
-//! data is datagrams anyway). Waiting for write readiness is left to the callers, which await
-//! `UdpSocket::writable()` before they poll the session. A write that returned `Pending` would
+//! The client's reads take what its socket has queued with one `recvmmsg` ([`RecvBatch`]) and
+//! hand the datagrams out one per read.
+//!
+//! Writes never wait. After the handshake a write queues its datagram in a [`SendBatch`]
+//! and the caller flushes the batch with [`DatagramIo::flush_out`] once it has written what
+//! it had (one `sendmmsg` for many records); a full batch is flushed first, and a datagram
+//! that finds the batch full and the socket's buffer full is dropped, as UDP would. Waiting for
+//! write readiness is left to the callers, which await `UdpSocket::writable()` before they
+//! poll the session and after a flush that would block. A write that returned `Pending` would
 //! park the caller's waker in the socket's single write-waker slot, which tokio keeps per
 //! socket, not per task: the listener's socket is shared by every session, and a session's
 //! receiving half writes too (close_notify, a retransmitted final flight), so a later write
@@ -34,13 +39,24 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::batch::{RecvBatch, SendBatch};
 use crate::record;
+
+/// Datagrams one read of the client's socket takes at first, and at most once bursts have
+/// grown it (see [`RecvBatch::growing`]).
+const RECV_SLOTS: (usize, usize) = (4, 32);
+/// Room for a record's framing on top of its payload (DTLS 1.2 header, explicit nonce, tag or
+/// padding and MAC).
+pub(crate) const RECORD_OVERHEAD: usize = 256;
+/// Datagrams and bytes written records wait for one flush at most.
+const OUT_DATAGRAMS: usize = 32;
+const OUT_BYTES: usize = 256 * 1024;
 
 /// Where incoming datagrams come from.
 #[derive(Debug)]
 enum Inbox {
-    /// A connected socket owned by this session (client side): read it directly.
-    Socket,
+    /// A connected socket owned by this session (client side): read it in batches.
+    Socket(RecvBatch),
     /// The listener's demultiplexer queues this peer's datagrams (server side); `first` holds
     /// datagrams to read before the queue (the replayed ClientHello exchange).
     Queue {
@@ -57,6 +73,8 @@ pub(crate) struct DatagramIo {
     inbox: Inbox,
     /// Handshake writes waiting to go out as one datagram; `None` once the handshake is over.
     pending: Option<Vec<u8>>,
+    /// Records written after the handshake, waiting for [`flush_out`](Self::flush_out).
+    out: SendBatch,
     mtu: usize,
     /// The listener closed this peer's queue: reads fail from now on.
     detached: bool,
@@ -65,9 +83,11 @@ pub(crate) struct DatagramIo {
 }
 
 impl DatagramIo {
-    /// Client side: a socket connected to the server.
-    pub(crate) fn connected(socket: Arc<UdpSocket>, mtu: usize) -> Self {
-        Self::new(socket, None, Inbox::Socket, mtu)
+    /// Client side: a socket connected to the server, whose records carry up to `max_payload`
+    /// bytes.
+    pub(crate) fn connected(socket: Arc<UdpSocket>, mtu: usize, max_payload: usize) -> Self {
+        let batch = RecvBatch::growing(RECV_SLOTS.0, RECV_SLOTS.1, max_payload + RECORD_OVERHEAD);
+        Self::new(socket, None, Inbox::Socket(batch), mtu)
     }
 
     /// Server side: the listener's socket, sending to `peer`, reading `first` and then the
@@ -88,6 +108,7 @@ impl DatagramIo {
             peer,
             inbox,
             pending: Some(Vec::with_capacity(mtu)),
+            out: SendBatch::new(OUT_DATAGRAMS, OUT_BYTES),
             mtu,
             detached: false,
             read_parked: false,
@@ -147,6 +168,40 @@ impl DatagramIo {
         r
     }
 
+    /// Hands the records written since the last flush to the kernel (one `sendmmsg` for up to
+    /// [`crate::batch::MAX_SLOTS`]). `WouldBlock` when the socket's buffer filled first: the
+    /// rest stays queued, in order, for the next flush.
+    pub(crate) fn flush_out(&mut self) -> io::Result<()> {
+        self.out.try_flush(&self.socket)
+    }
+
+    /// Whether a record of up to `payload` bytes can be written without flushing first.
+    pub(crate) fn has_room(&self, payload: usize) -> bool {
+        !self.out.is_full(payload + RECORD_OVERHEAD)
+    }
+
+    /// Whether written records wait for a flush.
+    pub(crate) fn has_unflushed(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Queues a record for the next flush; flushes first when the batch is full, and drops the
+    /// record (as a full socket buffer would) when that cannot make room.
+    fn queue(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.out.is_full(buf.len()) {
+            match self.flush_out() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tracing::trace!(len = buf.len(), "socket buffer full, datagram dropped");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.push(self.peer, buf);
+        Ok(())
+    }
+
     fn send_now(&self, buf: &[u8]) -> io::Result<()> {
         let sent = match self.peer {
             Some(peer) => self.socket.try_send_to(buf, peer),
@@ -176,7 +231,8 @@ impl DatagramIo {
         }
         match &mut self.pending {
             Some(p) if p.len() + buf.len() <= self.mtu => p.extend_from_slice(buf),
-            _ => self.send_now(buf)?,
+            Some(_) => self.send_now(buf)?,
+            None => self.queue(buf)?,
         }
         Ok(buf.len())
     }
@@ -190,14 +246,23 @@ impl DatagramIo {
         // end of the stream, so skip it.
         loop {
             let datagram = match &mut self.inbox {
-                Inbox::Socket => {
+                Inbox::Socket(batch) => {
                     if buf.remaining() == 0 {
                         return Poll::Ready(Ok(()));
                     }
-                    let before = buf.filled().len();
-                    match self.socket.poll_recv(cx, buf) {
-                        Poll::Ready(Ok(())) if buf.filled().len() == before => continue,
-                        other => return other,
+                    match batch.next_datagram() {
+                        // Longer than any record: not one, whatever is cut.
+                        Some(d) if d.truncated || d.bytes.is_empty() => continue,
+                        Some(d) => {
+                            let n = d.bytes.len().min(buf.remaining());
+                            buf.put_slice(&d.bytes[..n]);
+                            return Poll::Ready(Ok(()));
+                        }
+                        None => match batch.poll_recv(cx, &self.socket) {
+                            Poll::Ready(Ok(_)) => continue,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        },
                     }
                 }
                 Inbox::Queue { first, rx } => match first.pop_front() {

@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod batch;
 mod buffers;
 mod client;
 mod config;
@@ -64,7 +65,6 @@ mod handshake;
 mod io;
 mod listener;
 mod record;
-mod recv_batch;
 mod session;
 mod shared;
 
@@ -74,14 +74,12 @@ pub use config::{
     CaCerts, ClientConfig, DEFAULT_CIPHER_LIST, DEFAULT_HANDSHAKE_TIMEOUT, Identity, MaxPayload,
     Mtu, ServerConfig,
 };
-#[allow(deprecated)]
-pub use error::PemError;
 pub use error::{
     AcceptError, ConfigError, ConnectError, HandshakeError, ListenError, LoadError, RecvError,
     SendError,
 };
 pub use listener::{DtlsListener, ListenerHandle, ListenerStats, PreparedReload};
-pub use session::{DtlsSession, RecvHalf, SendHalf};
+pub use session::{DtlsSession, RecvHalf, SendHalf, SentMany};
 
 /// Re-exported so callers can build identities from parsed certificates and keys.
 pub use openssl;

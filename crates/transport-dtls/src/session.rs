@@ -38,6 +38,34 @@ use crate::error::{HandshakeError, RecvError, SendError};
 use crate::ffi;
 use crate::io::DatagramIo;
 
+/// What [`SendHalf::send_many`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SentMany {
+    /// Records handed to the kernel.
+    pub datagrams: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Payloads skipped: empty, or over the maximum.
+    pub refused: u64,
+}
+
+impl SentMany {
+    fn add(&mut self, len: usize) {
+        self.datagrams += 1;
+        self.bytes += len as u64;
+    }
+}
+
+/// A flush's result: true when everything went, false when the socket's buffer is full.
+fn flushed(r: io::Result<()>) -> Result<bool, SendError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(SendError::Io(e)),
+    }
+}
+
 /// The TLS stream over one peer's datagrams.
 pub(crate) type Stream = tokio_openssl::SslStream<DatagramIo>;
 
@@ -404,8 +432,8 @@ impl SendHalf {
     /// Sends `payload` as one record in one datagram. Refuses (never splits or truncates)
     /// payloads over the configured maximum, and empty ones.
     ///
-    /// Returns once the datagram is handed to the kernel. Like UDP, a datagram may still be
-    /// lost; when the socket buffer is full it is dropped rather than blocking other writers.
+    /// Returns once the datagram is handed to the kernel; like UDP, it may still be lost. When
+    /// the socket's buffer is full, waits for room.
     pub async fn send(&self, payload: &[u8]) -> Result<(), SendError> {
         let max = self.shared.max_payload;
         if payload.len() > max {
@@ -417,48 +445,95 @@ impl SendHalf {
         if payload.is_empty() {
             return Err(SendError::Empty);
         }
-        self.shared.socket.writable().await.map_err(SendError::Io)?;
-        poll_fn(|cx| {
-            let mut stream = self.shared.lock();
-            if ffi::shutdown_state(stream.ssl()) != ShutdownState::empty() {
-                return Poll::Ready(Err(SendError::Closed));
+        self.send_many([payload]).await.map(|_| ())
+    }
+
+    /// Sends each payload as one record in one datagram, in order, handing the records to the
+    /// kernel in batches (one `sendmmsg` for up to 32). Payloads [`send`](Self::send) would
+    /// refuse (empty, or over the maximum) are skipped and counted in [`SentMany::refused`].
+    /// Waits for room when the socket's buffer is full. On an error, records already written
+    /// may have been sent.
+    pub async fn send_many<'a, I>(&self, payloads: I) -> Result<SentMany, SendError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        let mut payloads = payloads.into_iter().peekable();
+        let mut sent = SentMany::default();
+        loop {
+            self.shared.socket.writable().await.map_err(SendError::Io)?;
+            if self.write_some(&mut payloads, &mut sent)? {
+                return Ok(sent);
             }
-            match Pin::new(&mut *stream).poll_write(cx, payload) {
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(send_error(e))),
-                Poll::Pending => {
-                    // Not expected: the adapter's writes never wait and `SSL_write` never reads.
-                    // Nothing holds this task's waker, so come back on the next turn.
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
+        }
+    }
+
+    /// Flushes what earlier calls left, then writes and flushes payloads until they run out
+    /// (true) or the socket's buffer is full (false: wait for room and call again).
+    fn write_some<'a>(
+        &self,
+        payloads: &mut std::iter::Peekable<impl Iterator<Item = &'a [u8]>>,
+        sent: &mut SentMany,
+    ) -> Result<bool, SendError> {
+        let mut stream = self.shared.lock();
+        if ffi::shutdown_state(stream.ssl()) != ShutdownState::empty() {
+            return Err(SendError::Closed);
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if !flushed(stream.get_mut().flush_out())? {
+                return Ok(false);
+            }
+            if payloads.peek().is_none() {
+                return Ok(true);
+            }
+            while let Some(&payload) = payloads.peek() {
+                if payload.is_empty() || payload.len() > self.shared.max_payload {
+                    sent.refused += 1;
+                } else if !stream.get_ref().has_room(payload.len()) {
+                    break;
+                } else {
+                    match Pin::new(&mut *stream).poll_write(&mut cx, payload) {
+                        Poll::Ready(Ok(_)) => sent.add(payload.len()),
+                        Poll::Ready(Err(e)) => return Err(send_error(e)),
+                        // Not expected: the adapter's writes never wait and `SSL_write` never
+                        // reads. Try again after the flush.
+                        Poll::Pending => break,
+                    }
                 }
+                payloads.next();
             }
-        })
-        .await
+        }
     }
 
     /// Sends close_notify (once); the peer's `recv` then returns `Ok(None)`. Does not wait for
     /// the peer's close_notify. Later `send`s fail with [`SendError::Closed`].
     pub async fn shutdown(&self) -> Result<(), SendError> {
-        self.shared.socket.writable().await.map_err(SendError::Io)?;
-        poll_fn(|cx| {
-            let mut stream = self.shared.lock();
-            // Once close_notify is out, `SSL_shutdown` would wait for the peer's: reading, from
-            // the sending side.
-            if ffi::shutdown_state(stream.ssl()).contains(ShutdownState::SENT) {
-                return Poll::Ready(Ok(()));
+        loop {
+            self.shared.socket.writable().await.map_err(SendError::Io)?;
+            if self.shutdown_some()? {
+                return Ok(());
             }
-            match Pin::new(&mut *stream).poll_shutdown(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(send_error(e))),
-                Poll::Pending => {
-                    // As in `send`: nothing holds this task's waker.
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        }
+    }
+
+    /// One attempt of [`shutdown`](Self::shutdown): true once close_notify is with the kernel.
+    fn shutdown_some(&self) -> Result<bool, SendError> {
+        let mut stream = self.shared.lock();
+        if !flushed(stream.get_mut().flush_out())? {
+            return Ok(false);
+        }
+        // Once close_notify is out, `SSL_shutdown` would wait for the peer's: reading, from
+        // the sending side.
+        if ffi::shutdown_state(stream.ssl()).contains(ShutdownState::SENT) {
+            return Ok(true);
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *stream).poll_shutdown(&mut cx) {
+            // Sent whatever else happens: close_notify goes out with the next flush.
+            Poll::Ready(Ok(())) | Poll::Pending => {}
+            Poll::Ready(Err(e)) => return Err(send_error(e)),
+        }
+        flushed(stream.get_mut().flush_out())
     }
 
     /// The peer's address.
@@ -481,27 +556,33 @@ impl RecvHalf {
         poll_fn(|cx| self.poll_recv(cx, buf)).await
     }
 
+    /// Receives one record into `buf` if one is ready, without waiting: `None` when none is.
+    /// What [`recv`](Self::recv) returns otherwise. For draining what has arrived into a batch
+    /// after a `recv`.
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Option<Result<Option<usize>, RecvError>> {
+        if buf.is_empty() {
+            return Some(Err(RecvError::EmptyBuffer));
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_recv(&mut cx, buf) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
     fn poll_recv(
         &self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<Result<Option<usize>, RecvError>> {
-        let capacity = buf.len();
         let mut stream = self.shared.lock();
-        let mut read = ReadBuf::new(buf);
-        let n = match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_error(&stream, e))),
-            Poll::Ready(Ok(())) => read.filled().len(),
-        };
-        if n == 0 {
-            // The adapter never reports the end of its input, so OpenSSL read an alert.
-            return Poll::Ready(end_of_session(&mut stream, cx));
+        let r = poll_record(&mut stream, cx, buf, |stream, e| self.read_error(stream, e));
+        // Reading may have written (an alert, close_notify, a retransmitted final flight): best
+        // effort, as before batching; what does not fit now goes with the next send.
+        if stream.get_ref().has_unflushed() {
+            let _ = stream.get_mut().flush_out();
         }
-        if n == capacity && stream.ssl().pending() > 0 {
-            return Poll::Ready(Err(discard_rest(&mut stream, cx, n, capacity)));
-        }
-        Poll::Ready(Ok(Some(n)))
+        r
     }
 
     fn read_error(&self, stream: &Stream, e: io::Error) -> RecvError {
@@ -532,6 +613,30 @@ impl Drop for RecvHalf {
         // Nobody reads any more: let the listener stop queueing for this peer.
         self.shared.lock().get_mut().close_input();
     }
+}
+
+/// One read of a record into `buf`; `error` says what a failed read means for this half.
+fn poll_record(
+    stream: &mut Stream,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    error: impl FnOnce(&Stream, io::Error) -> RecvError,
+) -> Poll<Result<Option<usize>, RecvError>> {
+    let capacity = buf.len();
+    let mut read = ReadBuf::new(buf);
+    let n = match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(error(stream, e))),
+        Poll::Ready(Ok(())) => read.filled().len(),
+    };
+    if n == 0 {
+        // The adapter never reports the end of its input, so OpenSSL read an alert.
+        return Poll::Ready(end_of_session(stream, cx));
+    }
+    if n == capacity && stream.ssl().pending() > 0 {
+        return Poll::Ready(Err(discard_rest(stream, cx, n, capacity)));
+    }
+    Poll::Ready(Ok(Some(n)))
 }
 
 /// After a read of zero bytes: tokio-openssl reports a received close_notify that way, and also

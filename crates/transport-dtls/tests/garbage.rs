@@ -7,15 +7,14 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamproxy_dtls::{DtlsConnector, DtlsListener, RecvError};
-use support::{
-    Impairment, Relay, echo_server, eventually, payload, pki, random_bytes, with_cookie,
-};
+use support::{Impairment, Relay, echo_server, pki, random_bytes, with_cookie};
+use test_support::{tagged_payload, wait_until};
 use tokio::net::UdpSocket;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn echo_once(session: &mut streamproxy_dtls::DtlsSession, id: u32) {
-    let sent = payload(id, 700);
+    let sent = tagged_payload(id, 700);
     session.send(&sent).await.unwrap();
     let mut buf = vec![0u8; 8155];
     let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
@@ -104,8 +103,16 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
             .await
             .unwrap();
     }
-    eventually(TIMEOUT, || handle.stats().handshakes_evicted >= 64 - 8).await;
-    eventually(TIMEOUT, || handle.stats().half_open <= 8).await;
+    wait_until(
+        "handle.stats().handshakes_evicted >= 64 - 8",
+        TIMEOUT,
+        || handle.stats().handshakes_evicted >= 64 - 8,
+    )
+    .await;
+    wait_until("handle.stats().half_open <= 8", TIMEOUT, || {
+        handle.stats().half_open <= 8
+    })
+    .await;
     let stats = handle.stats();
     assert_eq!(stats.client_hellos_dropped, 0, "{stats:?}");
     assert!(stats.peers <= 9, "{stats:?}");
@@ -128,7 +135,10 @@ async fn survives_garbage_and_hello_floods_while_a_session_keeps_working() {
         .send_to(&with_cookie(&hello, &[0xab; 32], 6), addr)
         .await
         .unwrap();
-    eventually(TIMEOUT, || handle.stats().bad_cookies >= 1).await;
+    wait_until("handle.stats().bad_cookies >= 1", TIMEOUT, || {
+        handle.stats().bad_cookies >= 1
+    })
+    .await;
     echo_once(&mut session, 3).await;
     assert_eq!(handle.stats().handshakes_ok, 2);
 }

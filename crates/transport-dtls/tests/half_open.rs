@@ -6,7 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use streamproxy_dtls::DtlsConnector;
-use support::{cookieless_hello, echo_server, eventually, payload, pki, stalled_peer};
+use support::{cookieless_hello, echo_server, pki, stalled_peer};
+use test_support::{tagged_payload, wait_until};
 
 const LIMIT: usize = 4;
 const STALLED: usize = 6;
@@ -31,9 +32,11 @@ async fn stalled_handshakes_give_way_to_newcomers_and_free_their_state() {
         stalled.push(stalled_peer(addr, &hello).await);
     }
     let evicted_by_flood = (STALLED - LIMIT) as u64;
-    eventually(TIMEOUT, || {
-        handle.stats().handshakes_evicted == evicted_by_flood
-    })
+    wait_until(
+        "handle.stats().handshakes_evicted == evicted_by_flood",
+        TIMEOUT,
+        || handle.stats().handshakes_evicted == evicted_by_flood,
+    )
     .await;
     let stats = handle.stats();
     assert_eq!(stats.half_open, LIMIT, "{stats:?}");
@@ -53,9 +56,11 @@ async fn stalled_handshakes_give_way_to_newcomers_and_free_their_state() {
         socket.send_to(&record, addr).await.unwrap();
     }
     let bad_before = stats.bad_datagrams;
-    eventually(TIMEOUT, || {
-        handle.stats().bad_datagrams == bad_before + evicted_by_flood
-    })
+    wait_until(
+        "handle.stats().bad_datagrams == bad_before + evicted_by_flood",
+        TIMEOUT,
+        || handle.stats().bad_datagrams == bad_before + evicted_by_flood,
+    )
     .await;
 
     // A good client arrives at the limit: it evicts the oldest stalled handshake instead of
@@ -69,7 +74,7 @@ async fn stalled_handshakes_give_way_to_newcomers_and_free_their_state() {
         took < Duration::from_secs(1),
         "the good client waited {took:?} (handshake timeout {HANDSHAKE_TIMEOUT:?})"
     );
-    let sent = payload(1, 700);
+    let sent = tagged_payload(1, 700);
     session.send(&sent).await.unwrap();
     let mut buf = vec![0u8; 2048];
     let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
@@ -84,11 +89,16 @@ async fn stalled_handshakes_give_way_to_newcomers_and_free_their_state() {
 
     // The three stalled handshakes left time out; nothing else is held. Had the evicted ones
     // lingered, they would time out as well.
-    eventually(HANDSHAKE_TIMEOUT + TIMEOUT, || {
-        handle.stats().half_open == 0
+    wait_until(
+        "handle.stats().half_open == 0",
+        HANDSHAKE_TIMEOUT + TIMEOUT,
+        || handle.stats().half_open == 0,
+    )
+    .await;
+    wait_until("handle.stats().peers == 1", TIMEOUT, || {
+        handle.stats().peers == 1
     })
     .await;
-    eventually(TIMEOUT, || handle.stats().peers == 1).await;
     let stats = handle.stats();
     let left = (LIMIT - 1) as u64;
     assert_eq!(stats.handshakes_timed_out, left, "{stats:?}");

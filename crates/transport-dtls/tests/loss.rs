@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use streamproxy_dtls::{DEFAULT_HANDSHAKE_TIMEOUT, DtlsConnector};
-use support::{Impairment, Relay, echo_server, payload, pki};
+use support::{Impairment, Relay, echo_server, pki};
+use test_support::tagged_payload;
 
 const LOSSY: Impairment = Impairment {
     loss: 0.2,
@@ -35,7 +36,7 @@ async fn handshakes_complete_and_data_stays_intact_under_twenty_percent_loss() {
                 .unwrap_or_else(|e| panic!("seed {seed}: {e:?}"));
             const N: u32 = 40;
             for id in 0..N {
-                session.send(&payload(id, 1000)).await.unwrap();
+                session.send(&tagged_payload(id, 1000)).await.unwrap();
             }
             let mut seen = HashSet::new();
             let mut buf = vec![0u8; 8155];
@@ -48,7 +49,7 @@ async fn handshakes_complete_and_data_stays_intact_under_twenty_percent_loss() {
                 assert!(id < N, "seed {seed}: unknown id {id}");
                 assert_eq!(
                     &buf[..n],
-                    &payload(id, 1000)[..],
+                    &tagged_payload(id, 1000)[..],
                     "seed {seed}: corrupted datagram"
                 );
                 assert!(

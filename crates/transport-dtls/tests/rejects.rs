@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use openssl::ssl::{SslContext, SslMethod, SslVerifyMode};
 use streamproxy_dtls::{ConnectError, HandshakeError, connect};
-use support::{echo_server, eventually, pki};
+use support::{echo_server, pki};
+use test_support::wait_until;
 
 fn is_handshake_failure(r: &Result<streamproxy_dtls::DtlsSession, ConnectError>) -> bool {
     matches!(r, Err(ConnectError::Handshake(HandshakeError::Tls(_))))
@@ -28,9 +29,11 @@ async fn rejects_client_without_certificate() {
         r.is_err(),
         "handshake without a client certificate succeeded"
     );
-    eventually(Duration::from_secs(5), || {
-        handle.stats().handshakes_failed >= 1
-    })
+    wait_until(
+        "handle.stats().handshakes_failed >= 1",
+        Duration::from_secs(5),
+        || handle.stats().handshakes_failed >= 1,
+    )
     .await;
     assert_eq!(handle.stats().handshakes_ok, 0);
 }
@@ -42,9 +45,11 @@ async fn rejects_client_certificate_from_another_ca() {
     let config = streamproxy_dtls::ClientConfig::new(pki.identity("other-client"), pki.ca("ca"));
     let r = connect(addr, &config).await;
     assert!(is_handshake_failure(&r), "{r:?}");
-    eventually(Duration::from_secs(5), || {
-        handle.stats().handshakes_failed >= 1
-    })
+    wait_until(
+        "handle.stats().handshakes_failed >= 1",
+        Duration::from_secs(5),
+        || handle.stats().handshakes_failed >= 1,
+    )
     .await;
     assert_eq!(handle.stats().handshakes_ok, 0);
 }
@@ -90,9 +95,11 @@ async fn rejects_cipher_suite_mismatch() {
         .cipher_list("ECDHE-ECDSA-AES256-GCM-SHA384");
     let r = connect(addr, &config).await;
     assert!(is_handshake_failure(&r), "{r:?}");
-    eventually(Duration::from_secs(5), || {
-        handle.stats().handshakes_failed >= 1
-    })
+    wait_until(
+        "handle.stats().handshakes_failed >= 1",
+        Duration::from_secs(5),
+        || handle.stats().handshakes_failed >= 1,
+    )
     .await;
 }
 
@@ -106,11 +113,14 @@ async fn refuses_bad_configuration_naming_the_file() {
     std::fs::write(pki.path("junk.pem"), "not pem").unwrap();
     let err = streamproxy_dtls::CaCerts::from_pem_file(pki.path("junk.pem")).unwrap_err();
     assert!(err.to_string().contains("junk.pem"), "{err}");
-    let err =
-        streamproxy_dtls::Identity::from_pem_files(pki.path("client.pem"), pki.path("server.key"))
-            .unwrap_err();
+    let (client_cert, server_key) = (pki.path("client.pem"), pki.path("server.key"));
+    let err = streamproxy_dtls::Identity::from_pem_files(&client_cert, &server_key).unwrap_err();
     assert!(
-        matches!(err, streamproxy_dtls::ConfigError::KeyMismatch),
+        matches!(
+            &err,
+            streamproxy_dtls::LoadError::KeyMismatch { cert, key }
+                if *cert == client_cert && *key == server_key
+        ),
         "{err:?}"
     );
     let err =
@@ -134,7 +144,12 @@ async fn reload_swaps_material_for_new_handshakes_and_keeps_it_on_error() {
         pki.path("ca.pem"),
     );
     assert!(
-        matches!(bad, Err(streamproxy_dtls::ConfigError::KeyMismatch)),
+        matches!(
+            bad,
+            Err(streamproxy_dtls::ConfigError::Load(
+                streamproxy_dtls::LoadError::KeyMismatch { .. }
+            ))
+        ),
         "{bad:?}"
     );
     let missing = handle.reload_from_pem_files(

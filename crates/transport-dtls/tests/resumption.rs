@@ -153,9 +153,11 @@ async fn a_cached_session_does_not_outlive_the_client_certificate() {
     }
     let failed_before = handle.stats().handshakes_failed;
     let _client = connector.connect(addr).await;
-    support::eventually(std::time::Duration::from_secs(10), || {
-        handle.stats().handshakes_failed > failed_before
-    })
+    test_support::wait_until(
+        "handle.stats().handshakes_failed > failed_before",
+        std::time::Duration::from_secs(10),
+        || handle.stats().handshakes_failed > failed_before,
+    )
     .await;
     let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept());
     assert!(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamproxy_dtls::{DtlsConnector, DtlsListener, MaxPayload, RecvError, SendError, connect};
-use support::{echo_server, eventually, payload, pki};
+use support::{echo_server, pki};
+use test_support::{tagged_payload, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,7 +30,7 @@ async fn echoes_datagrams_of_every_size_both_ways() {
         .into_iter()
         .enumerate()
     {
-        let sent = payload(id as u32, len);
+        let sent = tagged_payload(id as u32, len);
         session.send(&sent).await.unwrap();
         let n = tokio::time::timeout(TIMEOUT, session.recv(&mut buf))
             .await
@@ -60,7 +61,7 @@ async fn server_session_reports_peer_and_subject() {
     assert!(client.peer_subject().unwrap().contains("CN=godoxy.agent"));
     // Server-initiated datagrams, max size both ways.
     let max = server.max_payload();
-    let big = payload(9, max);
+    let big = tagged_payload(9, max);
     server.send(&big).await.unwrap();
     let mut buf = vec![0u8; max];
     let n = client.recv(&mut buf).await.unwrap().unwrap();
@@ -136,7 +137,7 @@ async fn reports_truncation_instead_of_splitting_a_record() {
     let pki = pki();
     let (addr, _h) = echo_server(pki.server_config()).await;
     let mut session = connect(addr, &pki.client_config()).await.unwrap();
-    session.send(&payload(1, 3000)).await.unwrap();
+    session.send(&tagged_payload(1, 3000)).await.unwrap();
     session.send(b"next").await.unwrap();
     let mut small = [0u8; 100];
     let err = session.recv(&mut small).await.unwrap_err();
@@ -167,7 +168,7 @@ async fn many_sessions_on_one_listener_at_once() {
             let mut buf = vec![0u8; 8155];
             let mut resent = 0;
             for (k, len) in [1usize, 1200, 8000, 8155].into_iter().enumerate() {
-                let sent = payload(id * 16 + k as u32, len);
+                let sent = tagged_payload(id * 16 + k as u32, len);
                 // 24 sessions sending 8 KB datagrams at once can overflow a default-sized
                 // socket buffer (212 KB): like any UDP application, resend after a while.
                 loop {
@@ -207,7 +208,7 @@ async fn sends_and_receives_concurrently_from_two_tasks() {
     let writer = tokio::spawn(async move {
         for id in 0..N {
             window_tx.send(()).await.unwrap();
-            tx.send(&payload(id, 200)).await.unwrap();
+            tx.send(&tagged_payload(id, 200)).await.unwrap();
         }
         tx
     });
@@ -220,7 +221,11 @@ async fn sends_and_receives_concurrently_from_two_tasks() {
                 .unwrap()
                 .unwrap()
                 .unwrap();
-            assert_eq!(&buf[..n], &payload(got, 200)[..], "in order on loopback");
+            assert_eq!(
+                &buf[..n],
+                &tagged_payload(got, 200)[..],
+                "in order on loopback"
+            );
             got += 1;
             window_rx.recv().await.unwrap();
         }
@@ -278,7 +283,10 @@ async fn dropping_the_receiving_half_frees_the_address_and_keeps_sending() {
     let (tx, rx) = server.into_split();
     drop(rx);
     // Nobody reads for that address any more: the listener stops queueing for it.
-    eventually(TIMEOUT, || listener.stats().peers == 0).await;
+    wait_until("listener.stats().peers == 0", TIMEOUT, || {
+        listener.stats().peers == 0
+    })
+    .await;
     tx.send(b"one way").await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(TIMEOUT, client.recv(&mut buf))

@@ -39,15 +39,8 @@ impl Acceptor {
         }
     }
 
-    /// Overrides the configuration's handshake timeout for this acceptor. The timeout belongs on
-    /// [`ServerConfigBuilder::handshake_timeout`](crate::ServerConfigBuilder::handshake_timeout),
-    /// where `streamproxy-dtls` has it too; this stays for callers that set it here.
-    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long a handshake may take.
+    /// How long a handshake may take: the configuration's
+    /// [handshake timeout](crate::ServerConfigBuilder::handshake_timeout).
     pub fn handshake_timeout(&self) -> Duration {
         self.timeout
     }

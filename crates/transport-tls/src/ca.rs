@@ -22,13 +22,6 @@ pub struct CaCerts {
     roots: Arc<RootCertStore>,
 }
 
-/// The former name of [`CaCerts`] (the DTLS transport's name for the same thing).
-#[deprecated(
-    since = "0.1.0",
-    note = "renamed to `CaCerts`, as in `streamproxy-dtls`"
-)]
-pub type CaBundle = CaCerts;
-
 impl CaCerts {
     /// Reads the CA certificates of a PEM file.
     ///

@@ -75,13 +75,13 @@ struct Shared {
 }
 
 /// Material read and checked by [`ServerCredentials::prepare`], not yet in force.
-pub struct PreparedCredentials {
+pub struct PreparedReload {
     material: Material,
 }
 
-impl std::fmt::Debug for PreparedCredentials {
+impl std::fmt::Debug for PreparedReload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedCredentials")
+        f.debug_struct("PreparedReload")
             .field("cert", &self.material.paths.cert)
             .finish_non_exhaustive()
     }
@@ -132,15 +132,15 @@ impl ServerCredentials {
     /// Reads and checks the files the material in force was loaded from, without using them
     /// yet: [`commit`](Self::commit) swaps them in. Lets a server check the material of every
     /// transport before any of them changes.
-    pub fn prepare(&self) -> Result<PreparedCredentials, LoadError> {
+    pub fn prepare(&self) -> Result<PreparedReload, LoadError> {
         let paths = self.shared.current.load().paths.clone();
-        Ok(PreparedCredentials {
+        Ok(PreparedReload {
             material: Material::load(paths, &self.shared.provider)?,
         })
     }
 
     /// Swaps in material read by [`prepare`](Self::prepare).
-    pub fn commit(&self, prepared: PreparedCredentials) {
+    pub fn commit(&self, prepared: PreparedReload) {
         let _serial = self.lock();
         let material = prepared.material;
         tracing::info!(

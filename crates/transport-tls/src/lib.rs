@@ -80,16 +80,13 @@ mod pool;
 mod provider;
 mod read_ahead;
 mod server;
-#[cfg(feature = "test-util")]
-pub mod testutil;
 mod versions;
 
 pub use acceptor::{Accepted, Acceptor};
 pub use alpn::{AlpnPolicy, AppProtocol, HTTP11_ALPN};
-#[allow(deprecated)]
-pub use ca::{CaBundle, CaCerts};
+pub use ca::CaCerts;
 pub use client::{ClientConfig, ClientConfigBuilder, connect, connect_to};
-pub use credentials::{PreparedCredentials, ServerCredentials, ServerPaths};
+pub use credentials::{PreparedReload, ServerCredentials, ServerPaths};
 pub use error::{AcceptError, ConfigError, ConnectError, LoadError};
 pub use identity::Identity;
 pub use peer::{CertificateSummary, PeerInfo, SubjectAltName};

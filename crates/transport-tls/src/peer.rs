@@ -34,6 +34,8 @@ pub struct CertificateSummary {
     pub common_name: Option<String>,
     /// The subject alternative names, in certificate order.
     pub sans: Vec<SubjectAltName>,
+    /// The DER encoding of the subject public key info (what a key pin hashes).
+    pub public_key_info: Vec<u8>,
 }
 
 /// One subject alternative name.
@@ -91,6 +93,7 @@ impl CertificateSummary {
             subject: cert.subject().to_string(),
             common_name,
             sans,
+            public_key_info: cert.public_key().raw.to_vec(),
         })
     }
 }

@@ -6,9 +6,9 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use streamproxy_tls::testutil::{KeyFormat, LeafSpec, Usage};
 use streamproxy_tls::{AppProtocol, CaCerts, ClientConfigBuilder, Identity, connect_to};
 use support::{EchoServer, Pki};
+use test_support::{KeyFormat, LeafSpec, Usage};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::Command;
 

@@ -5,11 +5,11 @@ mod support;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use streamproxy_tls::testutil::{KeyFormat, LeafSpec, TestCa, Usage, Validity};
 use streamproxy_tls::{
     CaCerts, ClientConfigBuilder, Identity, LoadError, ServerCredentials, ServerPaths, connect_to,
 };
 use support::{EchoServer, Pki, echo};
+use test_support::{KeyFormat, LeafSpec, TestCa, Usage, Validity};
 
 #[tokio::test]
 async fn keys_load_in_pkcs8_sec1_and_pkcs1_and_work_in_a_handshake() {
@@ -32,7 +32,7 @@ async fn keys_load_in_pkcs8_sec1_and_pkcs1_and_work_in_a_handshake() {
 
         let identity = Identity::from_pem_files(&files.cert, &files.key).expect("identity loads");
         assert_eq!(identity.certificate(), &files.der);
-        let config = ClientConfigBuilder::new(&pki.ca_bundle(), &identity)
+        let config = ClientConfigBuilder::new(&pki.ca_certs(), &identity)
             .build()
             .expect("config");
         let mut stream = connect_to(server.addr, &config).await.expect("handshake");

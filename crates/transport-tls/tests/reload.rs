@@ -2,9 +2,9 @@
 
 mod support;
 
-use streamproxy_tls::testutil::{LeafSpec, TestCa, Usage};
 use streamproxy_tls::{AcceptError, LoadError, ServerPaths, connect_to};
 use support::{EchoServer, Pki, echo};
+use test_support::{LeafSpec, TestCa, Usage};
 
 fn presented(
     stream: &streamproxy_tls::ClientTlsStream<tokio::net::TcpStream>,
@@ -142,7 +142,7 @@ async fn reloading_the_client_ca_changes_who_may_connect() {
     // ...a client of the new CA is admitted...
     let identity = streamproxy_tls::Identity::from_pem_files(&new_client.cert, &new_client.key)
         .expect("identity");
-    let config = streamproxy_tls::ClientConfigBuilder::new(&old.ca_bundle(), &identity)
+    let config = streamproxy_tls::ClientConfigBuilder::new(&old.ca_certs(), &identity)
         .build()
         .expect("config");
     let mut stream = connect_to(server.addr, &config)

@@ -3,9 +3,9 @@
 mod support;
 
 use rustls::HandshakeKind;
-use streamproxy_tls::testutil::{LeafSpec, Usage};
 use streamproxy_tls::{Acceptor, ClientTlsStream, ServerConfigBuilder, connect_to};
 use support::{EchoServer, Pki, echo};
+use test_support::{LeafSpec, Usage};
 use tokio::net::TcpStream;
 
 fn kind(stream: &ClientTlsStream<TcpStream>) -> Option<HandshakeKind> {
@@ -112,7 +112,7 @@ async fn tls12_sessions_resume_with_tickets_too() {
 
 #[tokio::test]
 async fn a_ticket_does_not_outlive_the_client_certificate() {
-    use streamproxy_tls::testutil::Validity;
+    use test_support::Validity;
     use time::OffsetDateTime;
 
     let pki = Pki::new("resume-expiry");

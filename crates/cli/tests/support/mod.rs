@@ -1,9 +1,10 @@
 //! Shared pieces of the tests of the built binary: running it, waiting for its log lines,
-//! certificates, echo destinations and payloads.
+//! certificates from `streamproxy certs`. Echo destinations, payloads and polling come from
+//! `test_support`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -234,46 +235,6 @@ pub fn probe(dir: &Path, server: impl std::fmt::Display, udp: bool) -> Output {
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     streamproxy(&refs)
-}
-
-pub fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            thread::spawn(move || {
-                let mut back = conn.try_clone().expect("clone");
-                let _ = std::io::copy(&mut conn, &mut back);
-                let _ = back.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
-pub fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(&buf[..n], from);
-        }
-    });
-    addr
-}
-
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 pub fn tcp_roundtrip(conn: &mut TcpStream, data: &[u8]) {

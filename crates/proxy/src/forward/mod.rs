@@ -35,6 +35,7 @@
 
 mod live;
 mod metrics;
+mod pending;
 mod reply_watch;
 mod server_addr;
 mod settings;

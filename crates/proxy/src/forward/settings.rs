@@ -37,7 +37,9 @@ pub struct ForwardSettings {
     /// the session); zero never replaces. Default 30 s.
     pub udp_reply_timeout: Duration,
     /// UDP datagrams waiting for their tunnel to open, across all sources; more are dropped.
-    /// Default 1024.
+    /// One source may have at most 256 of them waiting, and all sources together at most
+    /// 16 MiB. Default 4096: a storm of 50 new sources with 64 datagrams in flight each
+    /// (3,200) waits whole.
     pub max_pending: NonZeroUsize,
     /// Buffers of the UDP forwarder's local socket, which takes the bursts of every local
     /// source; `None` keeps the system's default. Default 4 MiB each way.
@@ -53,7 +55,7 @@ impl Default for ForwardSettings {
             keepalive: Some(Keepalive::default()),
             udp_idle_timeout: Duration::from_secs(120),
             udp_reply_timeout: Duration::from_secs(30),
-            max_pending: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            max_pending: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
             udp_buffers: Some(dtls::UdpBuffers::default()),
         }
     }

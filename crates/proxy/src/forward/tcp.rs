@@ -302,6 +302,28 @@ impl Tunnel {
         }
     }
 
+    /// A tunnel with the first of the server's addresses that completes a handshake; the
+    /// error of the last one when none does (as the UDP forwarder tries them).
+    async fn connect_any(
+        &self,
+        addrs: &[SocketAddr],
+        config: &tls::ClientConfig,
+        header: &proto::Header<'_>,
+    ) -> Result<ClientTlsStream<TcpStream>, ClientError> {
+        let mut last = None;
+        for &server in addrs {
+            match crate::tcp::connect(server, config, header).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Resolve(super::ResolveError::NoAddress {
+                server: self.lookup.server().to_string(),
+            })
+        }))
+    }
+
     /// A tunnel to the server for `peer`'s connection: handshake and header within the
     /// connect timeout. `None` when it failed (logged).
     async fn open(&self, peer: SocketAddr) -> Option<ClientTlsStream<TcpStream>> {
@@ -309,7 +331,7 @@ impl Tunnel {
         let connected = tokio::time::timeout(self.connect_timeout, async {
             let header = self.destination.header()?.with_version(self.version);
             let addrs = self.lookup.addrs().await.map_err(ClientError::from)?;
-            crate::tcp::connect(&addrs[..], &config, &header).await
+            self.connect_any(&addrs, &config, &header).await
         })
         .await;
         let server = self.lookup.server();

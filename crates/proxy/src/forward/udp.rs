@@ -1,11 +1,13 @@
 //! The UDP forwarder: one local socket, one DTLS tunnel per source address.
 //!
-//! The receive loop owns the local socket's receiving side. Per datagram it looks the source
-//! up in the [`ConnectionManager`] (lock-free, no allocation) and sends one record. A source
-//! without a tunnel gets one from a creation task (single flight per source through the
-//! manager), so a slow handshake never stalls other sources. Each tunnel has one task reading
-//! the server's records and sending them back to its source. A sweeper frees idle tunnels
-//! with `evict_idle`.
+//! The receive loop owns the local socket's receiving side. It takes what the socket has
+//! queued with one `recvmmsg`; per run of datagrams from one source it looks the source up in
+//! the [`ConnectionManager`] (lock-free, no allocation) and seals them into records that go
+//! out with one `sendmmsg`. A source without a tunnel gets one from an opening task (single
+//! flight per source through the manager), so a slow handshake never stalls other sources;
+//! its datagrams wait in order in [`Pending`] meanwhile. Each tunnel has one task reading the
+//! server's records (in batches) and sending them back to its source in batches. A sweeper
+//! frees idle tunnels with `evict_idle`.
 //!
 //! A tunnel that has carried replies and then gets none while its source keeps sending is
 //! replaced at the source's next datagram once the reply timeout has passed: the server may
@@ -19,12 +21,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use connmgr::{Close, CloseReason, ConnectionManager};
+use dtls::batch::{Datagram, RecvBatch, SendBatch};
 use dtls::{RecvError, RecvHalf, SendError, SendHalf};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pending::{Pending, Queued};
 use super::reply_watch::ReplyWatch;
 use super::{
     BindError, DisplayOpt, ForwardSettings, ForwardStats, LiveConfig, ServerAddr, ServerLookup,
@@ -36,6 +39,14 @@ use crate::udp::session::{self, End, FORWARDER, Stop, is_transient};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams one read of the local socket, or one batch of replies to a source, takes at most.
+const BATCH: usize = 32;
+/// Bytes a batch of replies holds at most before it is flushed.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Datagrams one source may have waiting for its tunnel to open (within `max_pending` for all
+/// sources together): room for a burst of 64 in flight, and more, without one source taking
+/// all of it.
+pub(crate) const PENDING_PER_SOURCE: usize = 256;
 
 /// One source's tunnel: the sending half of its DTLS session and what stops its reader.
 struct Tunnel {
@@ -243,20 +254,20 @@ impl UdpForwarder {
         let dispatch = Dispatch {
             tunnels: Arc::clone(&tunnels),
             opener,
-            pending: Arc::new(Semaphore::new(max_pending)),
+            pending: Arc::new(Pending::new(max_pending, PENDING_PER_SOURCE)),
             limits: Limits::new(reply_timeout, max_tunnels),
             destination,
             stats,
             stopping: stopping.clone(),
             tasks: tasks.clone(),
         };
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut batch = RecvBatch::new(BATCH, MAX_DATAGRAM);
         tokio::pin!(shutdown);
         loop {
-            let (n, source) = tokio::select! {
+            let n = tokio::select! {
                 () = &mut shutdown => break,
-                received = socket.recv_from(&mut buf) => match received {
-                    Ok(received) => received,
+                received = batch.recv(&socket) => match received {
+                    Ok(n) => n,
                     // ICMP errors for earlier replies and the like: the socket lives on.
                     Err(e) if is_transient(&e) => continue,
                     Err(e) => {
@@ -265,7 +276,7 @@ impl UdpForwarder {
                     }
                 },
             };
-            dispatch.datagram(source, &buf[..n]).await;
+            dispatch.batch(&batch, n).await;
         }
         stopping.cancel();
         close_all(&tunnels, &tasks, local).await;
@@ -305,25 +316,32 @@ fn prepare_socket(socket: &UdpSocket, buffers: Option<dtls::UdpBuffers>, stats: 
     }
 }
 
-/// Waits for `source`'s tunnel (opening it if this is the first datagram, or joining the
-/// opening in flight) and sends `datagram` through it; dropped and counted when the tunnel
-/// cannot be opened (logged once, where it was opened).
+/// Opens `source`'s tunnel (or joins the opening in flight), then sends the datagrams that
+/// waited for it, in order, until none waits; drops and counts them when the tunnel cannot be
+/// opened (logged once, where it was opened) or the forwarder stops.
 async fn open_then_forward(
     tunnels: &Tunnels,
     opener: &Opener,
+    pending: &Pending,
     source: SocketAddr,
-    datagram: &[u8],
     stats: &ForwardStats,
     stopping: &CancellationToken,
 ) {
     let make = || async { opener.open(source).await };
     let created = tokio::select! {
-        created = tunnels.get_or_create(source, Instant::now(), make) => created,
-        () = stopping.cancelled() => return,
+        created = tunnels.get_or_create(source, Instant::now(), make) => created.ok(),
+        () = stopping.cancelled() => None,
     };
-    match created {
-        Ok(tunnel) => forward(&tunnel, datagram, stats).await,
-        Err(_) => ForwardStats::add(&stats.0.dropped_other, 1),
+    let Some(tunnel) = created else {
+        ForwardStats::add(&stats.0.dropped_other, pending.drop_all(&source) as u64);
+        return;
+    };
+    loop {
+        let waiting = pending.take(&source);
+        if waiting.is_empty() {
+            return;
+        }
+        forward(&tunnel, waiting.iter().map(bytes::Bytes::as_ref), stats).await;
     }
 }
 
@@ -331,8 +349,8 @@ async fn open_then_forward(
 struct Dispatch {
     tunnels: Arc<Tunnels>,
     opener: Arc<Opener>,
-    /// Bounds the datagrams waiting for their tunnel.
-    pending: Arc<Semaphore>,
+    /// The datagrams waiting for their tunnel, per source.
+    pending: Arc<Pending>,
     limits: Limits,
     destination: Arc<Destination>,
     stats: ForwardStats,
@@ -341,16 +359,44 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    /// Sends a datagram from `source` through its tunnel, or has a task open the tunnel and
-    /// send it then; drops and counts it when it cannot go.
-    async fn datagram(&self, source: SocketAddr, datagram: &[u8]) {
+    /// Hands the `n` datagrams of `batch` on, one run of datagrams from the same source at a
+    /// time, in order.
+    async fn batch(&self, batch: &RecvBatch, n: usize) {
+        let source_of = |i: usize| batch.get(i).and_then(|d| d.source);
+        let mut i = 0;
+        while i < n {
+            let source = source_of(i);
+            let run = i + (i..n).take_while(|&j| source_of(j) == source).count();
+            match source {
+                Some(source) => self.datagrams(source, batch, i..run).await,
+                None => ForwardStats::add(&self.stats.0.dropped_other, (run - i) as u64),
+            }
+            i = run;
+        }
+    }
+
+    /// Sends datagrams `range` of `batch`, all from `source`, through its tunnel, or queues
+    /// them for the task that opens it; drops and counts what cannot go.
+    async fn datagrams(
+        &self,
+        source: SocketAddr,
+        batch: &RecvBatch,
+        range: std::ops::Range<usize>,
+    ) {
         let counters = &self.stats.0;
-        if datagram.is_empty() {
-            ForwardStats::add(&counters.dropped_other, 1);
-            return;
+        let whole = || {
+            range
+                .clone()
+                .filter_map(|i| batch.get(i))
+                .filter_map(whole_datagram)
+        };
+        let cut = range.len() - whole().count();
+        ForwardStats::add(&counters.dropped_other, cut as u64);
+        if self.pending.is_waiting(&source) {
+            return self.queue(source, whole());
         }
         match route(&self.tunnels, source, Instant::now(), self.limits) {
-            Route::Forward(tunnel) => return forward(&tunnel, datagram, &self.stats).await,
+            Route::Forward(tunnel) => return forward(&tunnel, whole(), &self.stats).await,
             Route::Replace { tunnel, unanswered } => {
                 if unanswered {
                     tunnel
@@ -363,25 +409,40 @@ impl Dispatch {
             }
             Route::Open => {}
             Route::Drop(reason) => {
+                let n = whole().count() as u64;
                 ForwardStats::add(&counters.tunnels_refused, 1);
-                ForwardStats::add(&counters.dropped_other, 1);
+                ForwardStats::add(&counters.dropped_other, n);
                 tracing::warn!(transport = "udp", peer = %source, limit = self.limits.max_tunnels, "{reason}; dropping the datagram");
                 return;
             }
         }
-        // The datagram waits for its tunnel in a task of its own, within a bound.
-        let Ok(permit) = Arc::clone(&self.pending).try_acquire_owned() else {
-            ForwardStats::add(&counters.dropped_other, 1);
-            return;
-        };
-        let datagram = datagram.to_vec();
-        let (tunnels, opener) = (Arc::clone(&self.tunnels), Arc::clone(&self.opener));
-        let (stats, stopping) = (self.stats.clone(), self.stopping.clone());
-        self.tasks.spawn(async move {
-            open_then_forward(&tunnels, &opener, source, &datagram, &stats, &stopping).await;
-            drop(permit);
-        });
+        self.queue(source, whole());
     }
+
+    /// Queues datagrams from `source` for its tunnel; the first of a queue starts the task that
+    /// opens the tunnel and sends them.
+    fn queue<'a>(&self, source: SocketAddr, datagrams: impl Iterator<Item = &'a [u8]>) {
+        for datagram in datagrams {
+            match self.pending.push(source, datagram) {
+                Queued::Behind => {}
+                Queued::Dropped => ForwardStats::add(&self.stats.0.dropped_other, 1),
+                Queued::First => {
+                    let (tunnels, opener) = (Arc::clone(&self.tunnels), Arc::clone(&self.opener));
+                    let (stats, stopping) = (self.stats.clone(), self.stopping.clone());
+                    let pending = Arc::clone(&self.pending);
+                    self.tasks.spawn(async move {
+                        open_then_forward(&tunnels, &opener, &pending, source, &stats, &stopping)
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of a datagram that can go through a tunnel: whole (never cut) and not empty.
+fn whole_datagram(d: Datagram<'_>) -> Option<&[u8]> {
+    (!d.truncated && !d.bytes.is_empty()).then_some(d.bytes)
 }
 
 /// The limits the receive loop decides with.
@@ -437,23 +498,24 @@ fn route(tunnels: &Tunnels, source: SocketAddr, now: Instant, limits: Limits) ->
     }
 }
 
-/// Sends one datagram through a tunnel: dropped and counted, never cut, when it is too large.
-async fn forward(tunnel: &Tunnel, datagram: &[u8], stats: &ForwardStats) {
+/// Sends datagrams through a tunnel, in order, in batches: those too large for a record are
+/// dropped and counted, never cut.
+async fn forward<'a>(
+    tunnel: &Tunnel,
+    datagrams: impl Iterator<Item = &'a [u8]>,
+    stats: &ForwardStats,
+) {
     let counters = &stats.0;
-    if datagram.len() > tunnel.max_payload {
-        ForwardStats::add(&counters.dropped_too_large, 1);
-        return;
-    }
-    match tunnel.send.send(datagram).await {
-        Ok(()) => {
-            tunnel.replies.sent(Instant::now());
-            ForwardStats::add(&counters.datagrams_up, 1);
-            ForwardStats::add(&counters.bytes_up, datagram.len() as u64);
-            tunnel
-                .up
-                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+    match tunnel.send.send_many(datagrams).await {
+        Ok(sent) => {
+            if sent.datagrams > 0 {
+                tunnel.replies.sent(Instant::now());
+            }
+            ForwardStats::add(&counters.datagrams_up, sent.datagrams);
+            ForwardStats::add(&counters.bytes_up, sent.bytes);
+            ForwardStats::add(&counters.dropped_too_large, sent.refused);
+            tunnel.up.fetch_add(sent.bytes, Ordering::Relaxed);
         }
-        Err(SendError::TooLarge { .. }) => ForwardStats::add(&counters.dropped_too_large, 1),
         Err(SendError::Closed) => {
             // The server ended the session; the next datagram from this source opens a new one.
             tunnel.stop.stop("closed by the server");
@@ -570,6 +632,9 @@ impl Opener {
 
 /// The tunnel's reader: the server's records, back to the source as datagrams. Logs the
 /// tunnel's end and removes its entry.
+///
+/// Waits for one record, takes the records already received behind it (no waiting, at most
+/// [`BATCH`]) and sends them to the source with one `sendmmsg`, in order.
 async fn replies(
     mut recv: RecvHalf,
     tunnel: Arc<Tunnel>,
@@ -580,35 +645,28 @@ async fn replies(
     stats: ForwardStats,
 ) {
     let started = Instant::now();
-    let counters = &stats.0;
     let mut down = 0u64;
     let mut buf = vec![0u8; tunnel.max_payload];
+    let mut out = SendBatch::new(BATCH, BATCH_BYTES);
     let end = loop {
         let received = tokio::select! {
             () = tunnel.stop.stopped() => break End::Stopped(tunnel.stop.reason("stopped")),
             received = recv.recv(&mut buf) => received,
         };
-        let n = match received {
-            Ok(Some(n)) => n,
-            Ok(None) => break End::PeerClosed,
-            Err(RecvError::Truncated { .. }) => {
-                ForwardStats::add(&counters.dropped_too_large, 1);
-                continue;
+        let end = take_replies(received, &mut recv, &mut buf, source, &mut out, &stats);
+        if !out.is_empty() {
+            tunnel.replies.answered();
+            if let Some(tunnels) = tunnels.upgrade() {
+                tunnels.touch(&source, Instant::now());
             }
-            Err(e) => break End::Recv(e),
-        };
-        tunnel.replies.answered();
-        if let Some(tunnels) = tunnels.upgrade() {
-            tunnels.touch(&source, Instant::now());
+            let flushed = flush_replies(&mut out, &socket, &stats).await;
+            down += flushed.0;
+            if let Err(e) = flushed.1 {
+                break End::Socket(e);
+            }
         }
-        match socket.send_to(&buf[..n], source).await {
-            Ok(_) => {
-                down += n as u64;
-                ForwardStats::add(&counters.datagrams_down, 1);
-                ForwardStats::add(&counters.bytes_down, n as u64);
-            }
-            Err(e) if is_transient(&e) => ForwardStats::add(&counters.dropped_other, 1),
-            Err(e) => break End::Socket(e),
+        if let Some(end) = end {
+            break end;
         }
     };
     tunnel.stop.stop("stopped");
@@ -618,9 +676,60 @@ async fn replies(
     if let Some(tunnels) = tunnels.upgrade() {
         tunnels.remove_if_same(&source, &tunnel).await;
     }
-    ForwardStats::add(&counters.tunnels_closed, 1);
+    ForwardStats::add(&stats.0.tunnels_closed, 1);
     let up = tunnel.up.load(Ordering::Relaxed);
     log_close(source, &destination, (up, down), started.elapsed(), &end);
+}
+
+/// Queues `first` and the records ready behind it for `source` in `out` (a full batch ends
+/// the take); the tunnel's end if one of them ends it.
+fn take_replies(
+    first: Result<Option<usize>, RecvError>,
+    recv: &mut RecvHalf,
+    buf: &mut [u8],
+    source: SocketAddr,
+    out: &mut SendBatch,
+    stats: &ForwardStats,
+) -> Option<End> {
+    let mut received = Some(first);
+    while let Some(r) = received.take() {
+        match r {
+            Ok(Some(n)) => {
+                out.push(Some(source), &buf[..n]);
+            }
+            Ok(None) => return Some(End::PeerClosed),
+            Err(RecvError::Truncated { .. }) => {
+                ForwardStats::add(&stats.0.dropped_too_large, 1);
+            }
+            Err(e) => return Some(End::Recv(e)),
+        }
+        if out.len() < BATCH && !out.is_full(buf.len()) {
+            received = recv.try_recv(buf);
+        }
+    }
+    None
+}
+
+/// Sends the batch to its source, waiting for room; counts what went. A datagram the socket
+/// refuses (an ICMP answer to an earlier one) is dropped, counted, and the rest go on.
+/// Returns the bytes sent and the socket's failure, if it failed.
+async fn flush_replies(
+    out: &mut SendBatch,
+    socket: &UdpSocket,
+    stats: &ForwardStats,
+) -> (u64, std::io::Result<()>) {
+    let r = loop {
+        match out.flush(socket).await {
+            Err(e) if is_transient(&e) => continue,
+            r => break r,
+        }
+    };
+    let sent = out.take_sent();
+    let counters = &stats.0;
+    ForwardStats::add(&counters.datagrams_down, sent.datagrams);
+    ForwardStats::add(&counters.bytes_down, sent.bytes);
+    ForwardStats::add(&counters.dropped_other, sent.failed);
+    (sent.bytes, r)
 }
 
 /// The tunnel's close line. A server that ends a session it never answered on refused it (or

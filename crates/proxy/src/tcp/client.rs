@@ -1,11 +1,12 @@
 //! The TCP client: a TLS connection to the server that carries one tunnel.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use proto::Header;
 use tls::{ClientConfig, ClientTlsStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::TcpStream;
 
 use crate::client::{ClientError, HealthError};
 
@@ -19,13 +20,14 @@ use crate::client::{ClientError, HealthError};
 /// # async fn example(config: tls::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
 /// use proto::Header;
 /// use tokio::io::AsyncWriteExt;
+/// let server = "192.0.2.1:8890".parse()?;
 /// let mut stream =
-///     streamproxy_proxy::tcp::connect("192.0.2.1:8890", &config, &Header::new("10.0.0.7", "22")?).await?;
+///     streamproxy_proxy::tcp::connect(server, &config, &Header::new("10.0.0.7", "22")?).await?;
 /// stream.write_all(b"SSH-2.0-example\r\n").await?;
 /// # Ok(()) }
 /// ```
-pub async fn connect<A: ToSocketAddrs>(
-    server: A,
+pub async fn connect(
+    server: SocketAddr,
     config: &ClientConfig,
     header: &Header<'_>,
 ) -> Result<ClientTlsStream<TcpStream>, ClientError> {
@@ -38,8 +40,8 @@ pub async fn connect<A: ToSocketAddrs>(
 
 /// A health check over TLS: handshake, send the close-flag header, and expect the server to
 /// close the connection cleanly (close_notify, no data) within `timeout`.
-pub async fn health_check<A: ToSocketAddrs>(
-    server: A,
+pub async fn health_check(
+    server: SocketAddr,
     config: &ClientConfig,
     timeout: Duration,
 ) -> Result<(), HealthError> {

@@ -40,14 +40,13 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    /// A server accepting on `listener`, handshaking with `acceptor` (whose handshake timeout
-    /// is set from the handler's settings) and serving tunnels with `handler`.
+    /// A server accepting on `listener`, handshaking with `acceptor` (under the handshake
+    /// timeout of its TLS configuration) and serving tunnels with `handler`.
     pub fn new(
         listener: TcpListener,
         acceptor: tls::Acceptor,
         handler: StreamHandler,
     ) -> TcpServer {
-        let acceptor = acceptor.with_handshake_timeout(handler.settings().handshake_timeout);
         TcpServer {
             listener,
             acceptor,

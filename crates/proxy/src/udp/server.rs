@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use connmgr::{Close, CloseReason, ConnectionManager, GetError};
+use dtls::batch::{Datagram, RecvBatch, SendBatch};
 use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
 
 use prometheus_client::metrics::counter::Counter;
@@ -345,8 +346,16 @@ async fn client_silence(counters: &Counters, timeout: Duration) {
     }
 }
 
+/// Datagrams one batch carries at most, each way.
+const BATCH: usize = 32;
+/// Bytes a batch of datagrams to the destination holds at most before it is flushed.
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// Forwards the client's records to the destination. `buf` starts with `prefix` bytes (a
 /// PROXY protocol header, or none) that go in front of every datagram.
+///
+/// Waits for one record, takes the records already queued behind it (no waiting, at most
+/// [`BATCH`]), and sends them to the destination in one `sendmmsg`, in order.
 async fn relay_up(
     recv: &mut RecvHalf,
     buf: &mut [u8],
@@ -356,29 +365,80 @@ async fn relay_up(
     client: &SocketAddr,
     counters: &Counters,
 ) -> End {
+    let mut out = SendBatch::new(BATCH, BATCH_BYTES);
     loop {
-        let n = match recv.recv(&mut buf[prefix..]).await {
-            Ok(Some(n)) => n,
-            Ok(None) => return End::PeerClosed,
-            Err(RecvError::Replaced) => return End::Replaced,
-            Err(RecvError::Truncated { .. }) => continue,
-            Err(e) => return End::Recv(e),
-        };
-        let now = Instant::now();
-        sessions.touch(client, now);
-        counters.heard_from_client(now);
-        match destination.send(&buf[..prefix + n]).await {
-            Ok(_) => {
-                counters.up.fetch_add(n as u64, Ordering::Relaxed);
-                counters.metrics.0.inc_by(n as u64);
+        let first = recv.recv(&mut buf[prefix..]).await;
+        let end = take_records(first, recv, buf, prefix, &mut out);
+        if !out.is_empty() {
+            let now = Instant::now();
+            sessions.touch(client, now);
+            counters.heard_from_client(now);
+            if let Err(e) = flush_up(&mut out, destination, prefix, counters).await {
+                return End::Socket(e);
             }
-            // A destination that is not listening answers with ICMP; the session lives on.
-            Err(e) if is_transient(&e) => {}
-            Err(e) => return End::Socket(e),
+        }
+        if let Some(end) = end {
+            return end;
         }
     }
 }
 
+/// Queues `first` and the records ready behind it in `out` (a full batch ends the take);
+/// the session's end if one of them ends it.
+fn take_records(
+    first: Result<Option<usize>, RecvError>,
+    recv: &mut RecvHalf,
+    buf: &mut [u8],
+    prefix: usize,
+    out: &mut SendBatch,
+) -> Option<End> {
+    let mut received = Some(first);
+    while let Some(r) = received.take() {
+        match r {
+            Ok(Some(n)) => {
+                out.push(None, &buf[..prefix + n]);
+            }
+            Ok(None) => return Some(End::PeerClosed),
+            Err(RecvError::Replaced) => return Some(End::Replaced),
+            Err(RecvError::Truncated { .. }) => {}
+            Err(e) => return Some(End::Recv(e)),
+        }
+        if out.len() < BATCH && !out.is_full(prefix + buf.len()) {
+            received = recv.try_recv(&mut buf[prefix..]);
+        }
+    }
+    None
+}
+
+/// Sends the batch to the destination, waiting for room; counts what went (without the
+/// prefix). A datagram the destination refuses (ICMP answers to earlier ones) is dropped and
+/// the rest go on.
+async fn flush_up(
+    out: &mut SendBatch,
+    destination: &UdpSocket,
+    prefix: usize,
+    counters: &Counters,
+) -> std::io::Result<()> {
+    let r = loop {
+        match out.flush(destination).await {
+            Err(e) if is_transient(&e) => continue,
+            r => break r,
+        }
+    };
+    let sent = out.take_sent();
+    let bytes = sent.bytes - sent.datagrams * prefix as u64;
+    counters.up.fetch_add(bytes, Ordering::Relaxed);
+    counters.metrics.0.inc_by(bytes);
+    r
+}
+
+/// The bytes of a whole, non-empty datagram (what a record can carry).
+fn forwardable(d: Datagram<'_>) -> Option<&[u8]> {
+    (!d.truncated && !d.bytes.is_empty()).then_some(d.bytes)
+}
+
+/// Forwards the destination's datagrams to the client: what the socket has queued is taken
+/// with one `recvmmsg` and sealed into records that go out with one `sendmmsg`, in order.
 async fn relay_down(
     send: &SendHalf,
     max_payload: usize,
@@ -388,32 +448,31 @@ async fn relay_down(
     metrics: &Metrics,
     counters: &Counters,
 ) -> End {
-    // One byte more than a record carries, so that a datagram too large to forward is seen
-    // as such (the kernel truncates what does not fit) and dropped rather than cut.
-    let mut buf = vec![0u8; max_payload + 1];
+    // A slot of a record's payload: a longer datagram is received cut, seen as such, and
+    // dropped rather than forwarded cut. Few slots until the destination bursts.
+    let mut batch = RecvBatch::growing(4, BATCH, max_payload);
     loop {
-        let n = match destination.recv(&mut buf).await {
-            Ok(n) => n,
+        match batch.recv(destination).await {
+            Ok(_) => {}
             Err(e) if is_transient(&e) => continue,
             Err(e) => return End::Socket(e),
-        };
-        if n == 0 {
-            // DTLS records cannot be empty: nothing to forward.
-            metrics.datagram_dropped(Transport::Udp, "empty");
-            continue;
         }
-        if n > max_payload {
-            metrics.datagram_dropped(Transport::Udp, "too_large");
-            continue;
+        for d in batch.iter() {
+            if d.bytes.is_empty() {
+                // DTLS records cannot be empty: nothing to forward.
+                metrics.datagram_dropped(Transport::Udp, "empty");
+            } else if d.truncated {
+                metrics.datagram_dropped(Transport::Udp, "too_large");
+            }
         }
         sessions.touch(client, Instant::now());
-        match send.send(&buf[..n]).await {
-            Ok(()) => {
-                counters.down.fetch_add(n as u64, Ordering::Relaxed);
-                counters.metrics.1.inc_by(n as u64);
-            }
-            Err(SendError::TooLarge { .. }) => {
-                metrics.datagram_dropped(Transport::Udp, "too_large");
+        match send.send_many(batch.iter().filter_map(forwardable)).await {
+            Ok(sent) => {
+                counters.down.fetch_add(sent.bytes, Ordering::Relaxed);
+                counters.metrics.1.inc_by(sent.bytes);
+                for _ in 0..sent.refused {
+                    metrics.datagram_dropped(Transport::Udp, "too_large");
+                }
             }
             Err(SendError::Closed) => return End::PeerClosed,
             Err(e) => return End::Send(e),

@@ -1,32 +1,36 @@
-//! Shared test fixtures: certificates, echo destinations and a running server.
+//! Shared test fixtures that need this crate's types: the PKI's server and client
+//! configurations and a running server. Payloads, echo destinations, polling and the PKI itself
+//! come from `test_support`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use streamproxy_proxy::metrics::Metrics;
 use streamproxy_proxy::policy::Policy;
 use streamproxy_proxy::server::{CertPaths, Reloader, Server};
 use streamproxy_proxy::settings::Settings;
-use tls::testutil::{CertFiles, TestCa};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A CA with a server certificate and a client certificate.
-pub struct Pki {
-    pub ca: TestCa,
-    pub server: CertFiles,
-    pub client: CertFiles,
+/// [`test_support::Pki`] (a CA with a server certificate and a client certificate `agent-1`)
+/// with the server's paths and the clients' configurations.
+pub struct Pki(test_support::Pki);
+
+impl Deref for Pki {
+    type Target = test_support::Pki;
+
+    fn deref(&self) -> &test_support::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     pub fn new() -> Pki {
-        let ca = TestCa::new("proxy-test");
-        let server = ca.server("server");
-        let client = ca.client("client", "agent-1");
-        Pki { ca, server, client }
+        Pki(test_support::Pki::named("proxy-test"))
     }
 
     pub fn cert_paths(&self) -> CertPaths {
@@ -125,22 +129,6 @@ pub async fn start_with(builder: streamproxy_proxy::server::ServerBuilder) -> Ru
     }
 }
 
-/// A TCP echo server; returns its address. Each connection echoes until EOF, then closes.
-pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// A TCP destination that records everything it receives and reports it when the
 /// connection ends.
 pub async fn tcp_sink() -> (SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
@@ -160,45 +148,6 @@ pub async fn tcp_sink() -> (SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
     (addr, rx)
 }
 
-/// A UDP echo server; returns its address.
-pub async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
-/// A deterministic pseudo-random payload.
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 pub fn allow_all() -> Policy {
     Policy::allow_all([])
-}
-
-/// Polls a condition on the server's state (set by its tasks after the client has seen the
-/// outcome), for at most five seconds.
-pub async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 5 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }

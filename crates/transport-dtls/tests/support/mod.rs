@@ -1,6 +1,9 @@
-//! Shared test support: a generated PKI, configurations, an echo server, a lossy relay.
+//! Shared test support that needs this crate's types: the PKI's files as DTLS material, an
+//! echo server, a lossy relay, hand-made ClientHellos. Certificates, payloads and polling come
+//! from `test_support`.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,26 +12,40 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
 use streamproxy_dtls::{
     CaCerts, ClientConfig, DtlsConnector, DtlsListener, DtlsSession, Identity, ListenerHandle,
     ServerConfig,
 };
+use test_support::{CertFiles, LeafSpec, TestCa, Usage, Validity};
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
-/// Files of a generated PKI: one CA with a server and a client, and another CA with a client
-/// and a server of its own.
+/// A generated PKI: one CA with a server (`server`) and a client (`client`, common name
+/// `agent-client`), and another CA with a client (`other-client`, `intruder`) and a server of
+/// its own (`other-server`), from `test_support`.
 pub struct Pki {
-    pub dir: tempfile::TempDir,
+    ca: TestCa,
+    other: TestCa,
+    leaves: HashMap<String, CertFiles>,
 }
 
 impl Pki {
+    /// The file a test names: `ca.pem` and `other-ca.pem` are the CAs, `<leaf>.pem` and
+    /// `<leaf>.key` a certificate and its key; any other name is a file in the CA's directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        match name {
+            "ca.pem" => return self.ca.ca_path().to_owned(),
+            "other-ca.pem" => return self.other.ca_path().to_owned(),
+            _ => {}
+        }
+        let leaf = |ext: &str| self.leaves.get(name.strip_suffix(ext)?);
+        if let Some(files) = leaf(".pem") {
+            files.cert.clone()
+        } else if let Some(files) = leaf(".key") {
+            files.key.clone()
+        } else {
+            self.ca.dir().join(name)
+        }
     }
 
     pub fn identity(&self, name: &str) -> Identity {
@@ -52,84 +69,29 @@ impl Pki {
     }
 }
 
-fn issuer(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    CertifiedIssuer::self_signed(params, key).unwrap()
-}
-
-fn leaf(
-    dir: &std::path::Path,
-    name: &str,
-    cn: &str,
-    server: bool,
-    ca: &CertifiedIssuer<'static, KeyPair>,
-    not_after: Option<time::OffsetDateTime>,
-) {
-    let sans = if server {
-        vec![cn.to_owned()]
-    } else {
-        Vec::new()
-    };
-    let mut params = CertificateParams::new(sans).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "streamproxy tests");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if let Some(end) = not_after {
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        params.not_after = end;
-    }
-    params.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-}
-
-/// Generates the PKI into a fresh temporary directory.
+/// Generates the PKI into fresh temporary directories.
 pub fn pki() -> Pki {
     pki_with_client_until(None)
 }
 
 /// The PKI, with a client certificate that expires at `not_after`.
 pub fn pki_with_client_until(not_after: Option<time::OffsetDateTime>) -> Pki {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = issuer("streamproxy test CA");
-    let other = issuer("some other CA");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.path().join("other-ca.pem"), other.pem()).unwrap();
-    leaf(
-        dir.path(),
-        "server",
-        proto::DEFAULT_SERVER_NAME,
-        true,
-        &ca,
-        None,
-    );
-    leaf(dir.path(), "client", "agent-client", false, &ca, not_after);
-    leaf(dir.path(), "other-client", "intruder", false, &other, None);
-    leaf(
-        dir.path(),
-        "other-server",
-        proto::DEFAULT_SERVER_NAME,
-        true,
-        &other,
-        None,
-    );
-    Pki { dir }
+    let ca = TestCa::new("streamproxy-dtls");
+    let other = TestCa::new("some other CA");
+    let mut client = LeafSpec::new("client", "agent-client", Usage::Client);
+    if let Some(end) = not_after {
+        client = client.validity(Validity::Until(end));
+    }
+    let leaves = HashMap::from([
+        ("server".to_owned(), ca.server("server")),
+        ("client".to_owned(), ca.issue(&client)),
+        (
+            "other-client".to_owned(),
+            other.client("other-client", "intruder"),
+        ),
+        ("other-server".to_owned(), other.server("other-server")),
+    ]);
+    Pki { ca, other, leaves }
 }
 
 /// Echoes every record back until the peer closes; then closes too.
@@ -156,17 +118,6 @@ pub async fn echo_server(config: ServerConfig) -> (SocketAddr, ListenerHandle) {
         }
     });
     (addr, handle)
-}
-
-/// A payload whose content identifies it: `len` bytes derived from `id`.
-pub fn payload(id: u32, len: usize) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..len)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(id) as u8)
-        .collect();
-    if len >= 4 {
-        v[..4].copy_from_slice(&id.to_be_bytes());
-    }
-    v
 }
 
 /// Impairments applied by [`Relay`], per direction.
@@ -320,19 +271,6 @@ pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill_bytes(&mut v);
     v
-}
-
-/// Waits until `f` holds, polling every few milliseconds (for counters updated by other tasks),
-/// failing after `limit`.
-pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A minimal blocking DTLS client built directly on OpenSSL, for peers our own client refuses

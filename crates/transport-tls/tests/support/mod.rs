@@ -1,32 +1,37 @@
-//! Shared pieces of the integration tests: a PKI, an echo server on a loopback port, clients.
+//! Shared pieces of the integration tests that need this crate's types: the PKI's TLS
+//! material, an echo server behind an `Acceptor`, raw rustls clients. The PKI itself comes from
+//! `test_support`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use streamproxy_tls::testutil::{CertFiles, TestCa};
 use streamproxy_tls::{
     AcceptError, Acceptor, AlpnPolicy, CaCerts, ClientConfig, ClientConfigBuilder, Identity,
     PeerInfo, ServerConfigBuilder, ServerCredentials, ServerPaths,
 };
+use test_support::CertFiles;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// A CA with a server certificate and a client certificate `agent-1`.
-pub struct Pki {
-    pub ca: TestCa,
-    pub server: CertFiles,
-    pub client: CertFiles,
+/// [`test_support::Pki`] (a CA with a server certificate and a client certificate `agent-1`)
+/// with its material loaded by this crate.
+pub struct Pki(test_support::Pki);
+
+impl Deref for Pki {
+    type Target = test_support::Pki;
+
+    fn deref(&self) -> &test_support::Pki {
+        &self.0
+    }
 }
 
 impl Pki {
     pub fn new(name: &str) -> Self {
-        let ca = TestCa::new(name);
-        let server = ca.server("server");
-        let client = ca.client("client", "agent-1");
-        Self { ca, server, client }
+        Self(test_support::Pki::named(name))
     }
 
     pub fn server_paths(&self) -> ServerPaths {
@@ -37,8 +42,8 @@ impl Pki {
         ServerCredentials::load(self.server_paths()).expect("server credentials")
     }
 
-    pub fn ca_bundle(&self) -> CaCerts {
-        CaCerts::from_pem_file(self.ca.ca_path()).expect("CA bundle")
+    pub fn ca_certs(&self) -> CaCerts {
+        CaCerts::from_pem_file(self.ca.ca_path()).expect("CA certificates")
     }
 
     pub fn client_identity(&self) -> Identity {
@@ -47,7 +52,7 @@ impl Pki {
 
     /// A client builder trusting this CA and presenting `agent-1`.
     pub fn client_builder(&self) -> ClientConfigBuilder {
-        ClientConfigBuilder::new(&self.ca_bundle(), &self.client_identity())
+        ClientConfigBuilder::new(&self.ca_certs(), &self.client_identity())
     }
 
     pub fn client_config(&self) -> ClientConfig {

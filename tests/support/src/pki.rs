@@ -1,22 +1,17 @@
-//! Test certificates: a throwaway CA and certificates it issues, written as PEM files.
+//! Test certificates: a throwaway CA and the certificates it issues, written as PEM files.
 //!
-//! Enabled by the `test-util` feature, for the tests of this crate and of the crates built on
-//! it (add `tls = { workspace = true, features = ["test-util"] }` to `[dev-dependencies]`).
 //! Every key is generated when the test runs (ECDSA P-256 like GoDoxy's, or RSA 2048 for
 //! PKCS#1 files); nothing is committed. The files live in a temporary directory removed when the
 //! [`TestCa`] is dropped.
 //!
-//! These helpers panic on failure: they only ever run inside tests.
-//!
 //! ```
-//! use streamproxy_tls::testutil::TestCa;
-//! use streamproxy_tls::{ServerCredentials, ServerPaths};
+//! use streamproxy_test_support::{Pki, TestCa};
 //!
-//! let ca = TestCa::new("example");
-//! let server = ca.server("server");
-//! let credentials =
-//!     ServerCredentials::load(ServerPaths::new(&server.cert, &server.key, ca.ca_path()))?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! let pki = Pki::new();
+//! assert!(pki.ca.ca_path().exists() && pki.server.key.exists());
+//! let other = TestCa::new("other");
+//! let intruder = other.client("intruder", "agent-1");
+//! assert_ne!(intruder.der, pki.client.der);
 //! ```
 
 use std::fs;
@@ -29,6 +24,44 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
 use time::{Duration, OffsetDateTime};
+
+/// The name GoDoxy's agents verify (`proto::DEFAULT_SERVER_NAME`, written out here because this
+/// crate depends on no crate of the workspace): server certificates carry it.
+pub const SERVER_NAME: &str = "godoxy.agent";
+
+/// A CA with a server certificate (`server.crt`, for [`SERVER_NAME`], `localhost` and
+/// `127.0.0.1`) and a client certificate (`client.crt`, common name `agent-1`).
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA, which can issue more certificates (and reissue the server's for a rotation).
+    pub ca: TestCa,
+    /// The server's certificate files.
+    pub server: CertFiles,
+    /// The client's certificate files.
+    pub client: CertFiles,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+impl Pki {
+    /// A fresh CA named `test`, with its server and client.
+    pub fn new() -> Pki {
+        Pki::named("test")
+    }
+
+    /// A fresh CA named `name` (CAs with different names have different subjects), with its
+    /// server and client.
+    pub fn named(name: &str) -> Pki {
+        let ca = TestCa::new(name);
+        let server = ca.server("server");
+        let client = ca.client("client", "agent-1");
+        Pki { ca, server, client }
+    }
+}
 
 /// A certificate authority with its own temporary directory.
 pub struct TestCa {
@@ -139,7 +172,7 @@ impl TestCa {
     /// `ca.crt` in a new temporary directory.
     pub fn new(name: &str) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("streamproxy-tls-")
+            .prefix("streamproxy-test-")
             .tempdir()
             .expect("create a temporary directory");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -188,13 +221,11 @@ impl TestCa {
 
     /// A server certificate for `godoxy.agent`, `localhost` and `127.0.0.1`, named `stem`.
     pub fn server(&self, stem: &str) -> CertFiles {
-        self.issue(
-            &LeafSpec::new(stem, proto::DEFAULT_SERVER_NAME, Usage::Server).sans(&[
-                proto::DEFAULT_SERVER_NAME,
-                "localhost",
-                "127.0.0.1",
-            ]),
-        )
+        self.issue(&LeafSpec::new(stem, SERVER_NAME, Usage::Server).sans(&[
+            SERVER_NAME,
+            "localhost",
+            "127.0.0.1",
+        ]))
     }
 
     /// A client certificate with common name `common_name` and a DNS SAN of the same name,
