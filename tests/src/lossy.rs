@@ -60,6 +60,20 @@ pub struct RelayStats {
     first_record_dropped: AtomicBool,
 }
 
+impl std::fmt::Display for RelayStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        write!(
+            f,
+            "relay saw {} dropped {} duplicated {} reordered {}",
+            get(&self.seen),
+            get(&self.dropped),
+            get(&self.duplicated),
+            get(&self.reordered)
+        )
+    }
+}
+
 /// A running relay; its sockets close when it is dropped.
 pub struct Relay {
     /// The address clients should use.

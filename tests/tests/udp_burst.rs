@@ -14,7 +14,6 @@ use streamproxy::proto::Header;
 use streamproxy::proxy::settings::Settings;
 use streamproxy::proxy::udp;
 use streamproxy_e2e::fixture::{self, Pki, allow_all};
-use tokio::net::UdpSocket;
 
 const SESSIONS: usize = 50;
 const DATAGRAMS: u32 = 200;
@@ -22,19 +21,10 @@ const IN_FLIGHT: u32 = 64;
 const SIZE: usize = 512;
 
 /// An echo whose own socket does not drop the burst.
-async fn big_echo() -> SocketAddr {
+fn big_echo() -> SocketAddr {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     UdpBuffers::default().apply(&socket);
-    socket.set_nonblocking(true).expect("nonblocking");
-    let socket = UdpSocket::from_std(socket).expect("tokio socket");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
+    test_support::udp_echo_on(socket)
 }
 
 fn datagram(session: usize, seq: u32) -> Vec<u8> {
@@ -94,7 +84,7 @@ async fn fifty_sessions_bursting_at_once_lose_nothing() {
     let pki = Pki::new();
     let settings = Settings::default().drain_period(Duration::from_millis(200));
     let server = fixture::start(pki.builder(allow_all(), settings)).await;
-    let echo = big_echo().await;
+    let echo = big_echo();
     let config = Arc::new(pki.dtls_client());
     let runs: Vec<_> = (0..SESSIONS)
         .map(|s| tokio::spawn(run_session(server.udp, Arc::clone(&config), echo, s)))

@@ -618,19 +618,10 @@ async fn udp_forwarder_replaces_a_tunnel_the_server_stopped_answering() {
 }
 
 /// An echo whose own socket holds a storm (4 MiB buffers).
-async fn big_udp_echo() -> SocketAddr {
+fn big_udp_echo() -> SocketAddr {
     let socket = std::net::UdpSocket::bind(LOCAL).expect("bind");
     dtls::UdpBuffers::default().apply(&socket);
-    socket.set_nonblocking(true).expect("nonblocking");
-    let socket = UdpSocket::from_std(socket).expect("tokio socket");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
+    test_support::udp_echo_on(socket)
 }
 
 /// The storm of issue 18 with the default settings: 50 new sources send 64 datagrams each at
@@ -642,7 +633,7 @@ async fn udp_forwarder_holds_a_storm_of_new_sources_in_order_with_the_defaults()
     const EACH: u64 = 64;
     let pki = Pki::new();
     let server = start(&pki, allow_all(), Settings::default()).await;
-    let echo = big_udp_echo().await;
+    let echo = big_udp_echo();
     let target: streamproxy_proxy::Destination = echo.to_string().parse().expect("target");
     let forwarder = UdpForwarder::bind(
         LOCAL.parse().expect("addr"),

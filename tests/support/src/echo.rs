@@ -24,7 +24,14 @@ pub async fn tcp_echo() -> SocketAddr {
 
 /// A UDP echo destination on a loopback port: every datagram goes back to its sender.
 pub async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    udp_echo_on(std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+}
+
+/// A UDP echo destination on `socket`, set up as the caller needs (larger buffers for a
+/// burst, say): every datagram goes back to its sender.
+pub fn udp_echo_on(socket: std::net::UdpSocket) -> SocketAddr {
+    socket.set_nonblocking(true).expect("nonblocking");
+    let socket = UdpSocket::from_std(socket).expect("tokio socket");
     let addr = socket.local_addr().expect("addr");
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];

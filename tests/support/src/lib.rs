@@ -26,7 +26,7 @@ mod pki;
 mod wait;
 
 #[cfg(feature = "tokio")]
-pub use echo::{tcp_echo, udp_echo};
+pub use echo::{tcp_echo, udp_echo, udp_echo_on};
 pub use payload::{payload, tagged_payload};
 #[cfg(feature = "pki")]
 pub use pki::{CertFiles, KeyFormat, LeafSpec, Pki, SERVER_NAME, TestCa, Usage, Validity};
