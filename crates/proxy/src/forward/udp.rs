@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use connmgr::{Close, CloseReason, ConnectionManager};
 use dtls::batch::{Datagram, RecvBatch, SendBatch};
-use dtls::{RecvError, RecvHalf, SendError, SendHalf};
+use dtls::{RecvHalf, SendError, SendHalf};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,12 +35,10 @@ use super::{
 use crate::client::ClientError;
 use crate::destination::Destination;
 use crate::dial::{Resolve, SystemResolver};
-use crate::udp::session::{self, End, FORWARDER, Stop, is_transient};
+use crate::udp::session::{self, BATCH, End, FORWARDER, Stop, is_transient};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams one read of the local socket, or one batch of replies to a source, takes at most.
-const BATCH: usize = 32;
 /// Bytes a batch of replies holds at most before it is flushed.
 const BATCH_BYTES: usize = 256 * 1024;
 /// Datagrams one source may have waiting for its tunnel to open (within `max_pending` for all
@@ -653,7 +651,15 @@ async fn replies(
             () = tunnel.stop.stopped() => break End::Stopped(tunnel.stop.reason("stopped")),
             received = recv.recv(&mut buf) => received,
         };
-        let end = take_replies(received, &mut recv, &mut buf, source, &mut out, &stats);
+        let end = session::take_ready(
+            received,
+            &mut recv,
+            &mut buf,
+            0,
+            Some(source),
+            &mut out,
+            || ForwardStats::add(&stats.0.dropped_too_large, 1),
+        );
         if !out.is_empty() {
             tunnel.replies.answered();
             if let Some(tunnels) = tunnels.upgrade() {
@@ -679,35 +685,6 @@ async fn replies(
     ForwardStats::add(&stats.0.tunnels_closed, 1);
     let up = tunnel.up.load(Ordering::Relaxed);
     log_close(source, &destination, (up, down), started.elapsed(), &end);
-}
-
-/// Queues `first` and the records ready behind it for `source` in `out` (a full batch ends
-/// the take); the tunnel's end if one of them ends it.
-fn take_replies(
-    first: Result<Option<usize>, RecvError>,
-    recv: &mut RecvHalf,
-    buf: &mut [u8],
-    source: SocketAddr,
-    out: &mut SendBatch,
-    stats: &ForwardStats,
-) -> Option<End> {
-    let mut received = Some(first);
-    while let Some(r) = received.take() {
-        match r {
-            Ok(Some(n)) => {
-                out.push(Some(source), &buf[..n]);
-            }
-            Ok(None) => return Some(End::PeerClosed),
-            Err(RecvError::Truncated { .. }) => {
-                ForwardStats::add(&stats.0.dropped_too_large, 1);
-            }
-            Err(e) => return Some(End::Recv(e)),
-        }
-        if out.len() < BATCH && !out.is_full(buf.len()) {
-            received = recv.try_recv(buf);
-        }
-    }
-    None
 }
 
 /// Sends the batch to its source, waiting for room; counts what went. A datagram the socket

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use connmgr::{Close, CloseReason, ConnectionManager, GetError};
 use dtls::batch::{Datagram, RecvBatch, SendBatch};
-use dtls::{DtlsListener, DtlsSession, RecvError, RecvHalf, SendError, SendHalf};
+use dtls::{DtlsListener, DtlsSession, RecvHalf, SendError, SendHalf};
 
 use prometheus_client::metrics::counter::Counter;
 use proto::Header;
@@ -27,7 +27,7 @@ use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::request::{ReadHeaderError, Request};
 use crate::shutdown::Tasks;
 use crate::tunnel::{Client, Connection, Tunnel};
-use crate::udp::session::{self, End, SERVER, Stop, is_transient};
+use crate::udp::session::{self, BATCH, End, SERVER, Stop, is_transient};
 
 /// The destination side of one UDP session: a connected socket, and the signal that ends the
 /// session when the manager closes it (idle eviction, shutdown, a replacing session).
@@ -346,8 +346,6 @@ async fn client_silence(counters: &Counters, timeout: Duration) {
     }
 }
 
-/// Datagrams one batch carries at most, each way.
-const BATCH: usize = 32;
 /// Bytes a batch of datagrams to the destination holds at most before it is flushed.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -368,7 +366,7 @@ async fn relay_up(
     let mut out = SendBatch::new(BATCH, BATCH_BYTES);
     loop {
         let first = recv.recv(&mut buf[prefix..]).await;
-        let end = take_records(first, recv, buf, prefix, &mut out);
+        let end = session::take_ready(first, recv, buf, prefix, None, &mut out, || {});
         if !out.is_empty() {
             let now = Instant::now();
             sessions.touch(client, now);
@@ -381,33 +379,6 @@ async fn relay_up(
             return end;
         }
     }
-}
-
-/// Queues `first` and the records ready behind it in `out` (a full batch ends the take);
-/// the session's end if one of them ends it.
-fn take_records(
-    first: Result<Option<usize>, RecvError>,
-    recv: &mut RecvHalf,
-    buf: &mut [u8],
-    prefix: usize,
-    out: &mut SendBatch,
-) -> Option<End> {
-    let mut received = Some(first);
-    while let Some(r) = received.take() {
-        match r {
-            Ok(Some(n)) => {
-                out.push(None, &buf[..prefix + n]);
-            }
-            Ok(None) => return Some(End::PeerClosed),
-            Err(RecvError::Replaced) => return Some(End::Replaced),
-            Err(RecvError::Truncated { .. }) => {}
-            Err(e) => return Some(End::Recv(e)),
-        }
-        if out.len() < BATCH && !out.is_full(prefix + buf.len()) {
-            received = recv.try_recv(&mut buf[prefix..]);
-        }
-    }
-    None
 }
 
 /// Sends the batch to the destination, waiting for room; counts what went (without the

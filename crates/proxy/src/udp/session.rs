@@ -7,11 +7,13 @@
 //! made-up instants.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use connmgr::CloseReason;
-use dtls::{RecvError, SendError};
+use dtls::batch::SendBatch;
+use dtls::{RecvError, RecvHalf, SendError};
 use tokio_util::sync::CancellationToken;
 
 /// Errors a UDP socket reports for an earlier datagram (ICMP port unreachable and the like);
@@ -164,6 +166,40 @@ pub(crate) async fn sweep<K, C, E>(
         }
         sessions.evict_idle(Instant::now(), idle).await;
     }
+}
+
+/// Datagrams one batch carries at most, each way.
+pub(crate) const BATCH: usize = 32;
+
+/// Queues `first` and the records ready behind it in `out`, to `to` (`None` on a connected
+/// socket), each behind the `prefix` bytes already at the start of `buf`; a full batch ends
+/// the take. A record cut by `buf` is left out and reported to `truncated`. Returns the
+/// session's end if one of the records ends it.
+pub(crate) fn take_ready(
+    first: Result<Option<usize>, RecvError>,
+    recv: &mut RecvHalf,
+    buf: &mut [u8],
+    prefix: usize,
+    to: Option<SocketAddr>,
+    out: &mut SendBatch,
+    mut truncated: impl FnMut(),
+) -> Option<End> {
+    let mut received = Some(first);
+    while let Some(r) = received.take() {
+        match r {
+            Ok(Some(n)) => {
+                out.push(to, &buf[..prefix + n]);
+            }
+            Ok(None) => return Some(End::PeerClosed),
+            Err(RecvError::Replaced) => return Some(End::Replaced),
+            Err(RecvError::Truncated { .. }) => truncated(),
+            Err(e) => return Some(End::Recv(e)),
+        }
+        if out.len() < BATCH && !out.is_full(buf.len()) {
+            received = recv.try_recv(&mut buf[prefix..]);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
