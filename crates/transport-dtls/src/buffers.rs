@@ -125,6 +125,23 @@ pub fn socket_inode(socket: &impl AsFd) -> io::Result<u64> {
 /// [`kernel_drops`] of the socket with inode `inode` (from [`socket_inode`]); `NotFound` once
 /// the socket is closed. Lets a metrics reader follow a socket without holding it open.
 pub fn kernel_drops_by_inode(inode: u64) -> io::Result<u64> {
+    // The kernel writes the tables a page at a time and resumes by position, so sockets
+    // opened or closed between two pages can hide a live one from one reading; a closed one
+    // is missing from every reading.
+    let mut result = read_drops(inode);
+    for _ in 1..READINGS {
+        match result {
+            Err(ref e) if e.kind() == io::ErrorKind::NotFound => result = read_drops(inode),
+            _ => break,
+        }
+    }
+    result
+}
+
+/// Readings of the tables before a socket is taken for closed.
+const READINGS: usize = 3;
+
+fn read_drops(inode: u64) -> io::Result<u64> {
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let text = match std::fs::read_to_string(table) {
             Ok(text) => text,
