@@ -93,11 +93,18 @@ pub(crate) struct Stack {
 impl Stack {
     /// CPU time (user + system) the contender's processes have used so far, in seconds.
     pub(crate) fn cpu_seconds(&self) -> Result<f64> {
-        let mut total = 0.0;
+        Ok(self.cpu_time()?.total())
+    }
+
+    /// CPU time the contender's processes have used so far, in user space and in the kernel.
+    pub(crate) fn cpu_time(&self) -> Result<CpuTime> {
+        let mut sum = CpuTime::default();
         for proc in &self.procs {
-            total += cpu_seconds(proc.pid())?;
+            let t = cpu_time(proc.pid())?;
+            sum.user += t.user;
+            sum.system += t.system;
         }
-        Ok(total)
+        Ok(sum)
     }
 
     /// Sessions the server side refused so far, from its log: streamproxy's `rejected
@@ -222,9 +229,30 @@ pub(crate) fn drops_since(before: &HashMap<u64, u64>, after: &HashMap<u64, u64>)
         .sum()
 }
 
-/// User + system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in clock
-/// ticks of 1/100 s, which is what Linux reports to user space on every architecture).
+/// CPU time of a process (all its threads), in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CpuTime {
+    /// In user space.
+    pub(crate) user: f64,
+    /// In the kernel on the process's behalf: system calls, and the network stack's work
+    /// that runs in their context (on loopback, the receiving side's softirq processing).
+    pub(crate) system: f64,
+}
+
+impl CpuTime {
+    pub(crate) fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// User + system CPU time of a process, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    Ok(cpu_time(pid)?.total())
+}
+
+/// User and system CPU time of a process, from /proc/PID/stat (fields 14 and 15, in clock
+/// ticks of 1/100 s, which is what Linux reports to user space on every architecture).
+pub(crate) fn cpu_time(pid: u32) -> Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces: count fields after its closing paren.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -236,7 +264,10 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
             .parse::<f64>()?)
     };
     // After the paren, field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    Ok(CpuTime {
+        user: ticks(11)? / 100.0,
+        system: ticks(12)? / 100.0,
+    })
 }
 
 /// Starts `contender` forwarding `transport` traffic to `127.0.0.1:target`.

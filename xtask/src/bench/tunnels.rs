@@ -90,38 +90,64 @@ const TUNNELS: &[Contender] = &[
     Contender::HaproxyTls,
 ];
 
-/// Application write sizes of the bulk scenarios, with their metric ids (rate, CPU, calls).
-const BULK_WRITES: [(usize, [&str; 3]); 3] = [
+/// Metric ids of a TCP throughput scenario: rate, then its [`CostIds`].
+type ThroughputIds = (&'static str, CostIds);
+
+/// Application write sizes of the bulk scenarios, with their metric ids.
+const BULK_WRITES: [(usize, ThroughputIds); 3] = [
     (
         16 << 10,
-        ["tcp_bulk_16k", "tcp_bulk_16k_cpu", "tcp_bulk_16k_syscalls"],
+        (
+            "tcp_bulk_16k",
+            CostIds::with_kernel(
+                "tcp_bulk_16k_cpu",
+                "tcp_bulk_16k_kernel",
+                "tcp_bulk_16k_syscalls",
+            ),
+        ),
     ),
     (
         64 << 10,
-        ["tcp_bulk_64k", "tcp_bulk_64k_cpu", "tcp_bulk_64k_syscalls"],
+        (
+            "tcp_bulk_64k",
+            CostIds::with_kernel(
+                "tcp_bulk_64k_cpu",
+                "tcp_bulk_64k_kernel",
+                "tcp_bulk_64k_syscalls",
+            ),
+        ),
     ),
     (
         256 << 10,
-        [
+        (
             "tcp_bulk_256k",
-            "tcp_bulk_256k_cpu",
-            "tcp_bulk_256k_syscalls",
-        ],
+            CostIds::with_kernel(
+                "tcp_bulk_256k_cpu",
+                "tcp_bulk_256k_kernel",
+                "tcp_bulk_256k_syscalls",
+            ),
+        ),
     ),
 ];
 
 /// Metric ids of the parallel scenarios, in the order of [`Sizes::parallel`].
-const PARALLEL_IDS: [[&str; 3]; 2] = [
-    [
+const PARALLEL_IDS: [ThroughputIds; 2] = [
+    (
         "tcp_parallel_8",
-        "tcp_parallel_8_cpu",
-        "tcp_parallel_8_syscalls",
-    ],
-    [
+        CostIds::with_kernel(
+            "tcp_parallel_8_cpu",
+            "tcp_parallel_8_kernel",
+            "tcp_parallel_8_syscalls",
+        ),
+    ),
+    (
         "tcp_parallel_32",
-        "tcp_parallel_32_cpu",
-        "tcp_parallel_32_syscalls",
-    ],
+        CostIds::with_kernel(
+            "tcp_parallel_32_cpu",
+            "tcp_parallel_32_kernel",
+            "tcp_parallel_32_syscalls",
+        ),
+    ),
 ];
 /// The UDP contenders: the two tunnels, the plain relay (no crypto) and plain loopback.
 const UDP: &[Contender] = &[
@@ -375,6 +401,41 @@ impl UdpScenario {
     }
 }
 
+/// The cost rows of a TCP throughput scenario titled `title`: CPU per GiB, its kernel part,
+/// system calls per MiB, for the contenders that run processes of their own.
+fn cost_rows(costs: CostIds, title: &str) -> Vec<Metric> {
+    let mut rows = vec![
+        Metric::new(
+            costs.cpu,
+            format!("{title}, CPU per GiB, both sides (s)"),
+            TCP_PROCS,
+        )
+        .lower()
+        .optional(),
+    ];
+    if let Some(kernel) = costs.kernel {
+        rows.push(
+            Metric::new(
+                kernel,
+                format!("{title}, of which in the kernel (s)"),
+                TCP_PROCS,
+            )
+            .lower()
+            .optional(),
+        );
+    }
+    rows.push(
+        Metric::new(
+            costs.calls,
+            format!("{title}, system calls per MiB, both sides"),
+            TCP_PROCS,
+        )
+        .lower()
+        .optional(),
+    );
+    rows
+}
+
 /// The rows of the table, in order.
 fn metrics(s: &Sizes) -> Vec<Metric> {
     let mib = |b: u64| b >> 20;
@@ -389,64 +450,45 @@ fn metrics(s: &Sizes) -> Vec<Metric> {
     };
     let more = Target::Ratio;
     [].into_iter()
-        .chain(BULK_WRITES.iter().flat_map(|&(write, [rate, cpu, calls])| {
+        .chain(BULK_WRITES.iter().flat_map(|&(write, (rate, costs))| {
             let shape = format!("{} one way in {} KiB writes", size(s.bulk), write >> 10);
-            [
+            let mut rows = vec![
                 Metric::new(rate, format!("1. TCP bulk, {shape} (MB/s)"), TCP)
                     .target(Target::RatioAnd(1.5, Contender::HaproxyTls, 1.2)),
-                Metric::new(
-                    cpu,
-                    format!(
-                        "1. TCP bulk, {} KiB writes, CPU per GiB, both sides (s)",
-                        write >> 10
-                    ),
-                    TCP_PROCS,
-                )
-                .lower()
-                .optional(),
-                Metric::new(
-                    calls,
-                    format!(
-                        "1. TCP bulk, {} KiB writes, system calls per MiB, both sides",
-                        write >> 10
-                    ),
-                    TCP_PROCS,
-                )
-                .lower()
-                .optional(),
-            ]
+            ];
+            rows.extend(cost_rows(
+                costs,
+                &format!("1. TCP bulk, {} KiB writes", write >> 10),
+            ));
+            rows
         }))
-        .chain(s.parallel.iter().zip(PARALLEL_IDS).flat_map(
-            |(&(streams, each), [rate, cpu, calls])| {
-                [
-                    Metric::new(
-                        rate,
-                        format!(
-                            "2. TCP parallel, {streams} × {} (aggregate MB/s)",
-                            size(each)
-                        ),
-                        TCP,
-                    )
-                    .target(Target::RatioAnd(1.5, Contender::HaproxyTls, 1.2)),
-                    Metric::new(
-                        cpu,
-                        format!("2. TCP parallel, {streams} tunnels, CPU per GiB, both sides (s)"),
-                        TCP_PROCS,
-                    )
-                    .lower()
-                    .optional(),
-                    Metric::new(
-                        calls,
-                        format!(
-                            "2. TCP parallel, {streams} tunnels, system calls per MiB, both sides"
-                        ),
-                        TCP_PROCS,
-                    )
-                    .lower()
-                    .optional(),
-                ]
-            },
-        ))
+        .chain(
+            s.parallel
+                .iter()
+                .zip(PARALLEL_IDS)
+                .flat_map(|(&(streams, each), (rate, costs))| {
+                    let mut rows = vec![
+                        Metric::new(
+                            rate,
+                            format!(
+                                "2. TCP parallel, {streams} × {} (aggregate MB/s)",
+                                size(each)
+                            ),
+                            TCP,
+                        )
+                        .target(Target::RatioAnd(
+                            1.5,
+                            Contender::HaproxyTls,
+                            1.2,
+                        )),
+                    ];
+                    rows.extend(cost_rows(
+                        costs,
+                        &format!("2. TCP parallel, {streams} tunnels"),
+                    ));
+                    rows
+                }),
+        )
         .chain([
             Metric::new(
                 "tcp_setup_rate",
@@ -625,9 +667,36 @@ fn start(
     }
 }
 
+/// Metric ids of what a measurement cost the contender: CPU (and the kernel's part of it, when
+/// the scenario reports it) and system calls.
+#[derive(Clone, Copy)]
+struct CostIds {
+    cpu: &'static str,
+    kernel: Option<&'static str>,
+    calls: &'static str,
+}
+
+impl CostIds {
+    const fn new(cpu: &'static str, calls: &'static str) -> Self {
+        Self {
+            cpu,
+            kernel: None,
+            calls,
+        }
+    }
+
+    const fn with_kernel(cpu: &'static str, kernel: &'static str, calls: &'static str) -> Self {
+        Self {
+            cpu,
+            kernel: Some(kernel),
+            calls,
+        }
+    }
+}
+
 /// CPU time and system calls of a contender's processes over one measurement.
 struct Counted {
-    cpu: Option<f64>,
+    cpu: Option<contenders::CpuTime>,
     calls: Option<contenders::SyscallCount>,
 }
 
@@ -641,7 +710,7 @@ impl Counted {
         }
         let calls = st.count_syscalls();
         Ok(Counted {
-            cpu: Some(st.cpu_seconds()?),
+            cpu: Some(st.cpu_time()?),
             calls,
         })
     }
@@ -651,13 +720,12 @@ impl Counted {
         self,
         st: &Stack,
         bytes: u64,
-        cpu_id: &'static str,
-        calls_id: &'static str,
+        ids: CostIds,
         values: &mut Vec<(&'static str, f64)>,
     ) -> Result<()> {
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let mib = bytes as f64 / (1u64 << 20) as f64;
-        self.finish_per(st, gib, mib, [cpu_id, calls_id], values)
+        self.finish_per(st, gib, mib, ids, values)
     }
 
     /// Adds CPU seconds per `cpu_units` and system calls per `call_units` (when counted).
@@ -666,15 +734,19 @@ impl Counted {
         st: &Stack,
         cpu_units: f64,
         call_units: f64,
-        [cpu_id, calls_id]: [&'static str; 2],
+        ids: CostIds,
         values: &mut Vec<(&'static str, f64)>,
     ) -> Result<()> {
         if let Some(before) = self.cpu {
-            values.push((cpu_id, (st.cpu_seconds()? - before) / cpu_units));
+            let after = st.cpu_time()?;
+            values.push((ids.cpu, (after.total() - before.total()) / cpu_units));
+            if let Some(id) = ids.kernel {
+                values.push((id, (after.system - before.system) / cpu_units));
+            }
         }
         if let Some(calls) = self.calls {
             match calls.stop() {
-                Ok(n) => values.push((calls_id, n / call_units)),
+                Ok(n) => values.push((ids.calls, n / call_units)),
                 Err(e) => eprintln!("bench: no system call count: {e:#}"),
             }
         }
@@ -698,7 +770,13 @@ fn udp_flow(st: &Stack, u: &UdpScenario, flow: load::Flow) -> Result<Vec<(&'stat
         let own = contenders::cpu_seconds(std::process::id())? - own_cpu;
         values.push((id, own * 1e6 / echoed));
     }
-    counted.finish_per(st, echoed / 1e6, echoed, [cpu, calls], &mut values)?;
+    counted.finish_per(
+        st,
+        echoed / 1e6,
+        echoed,
+        CostIds::new(cpu, calls),
+        &mut values,
+    )?;
     if st.server_pid.is_some() {
         values.push((
             drops,
@@ -746,23 +824,23 @@ pub(crate) fn run(quick: bool, only: Option<&str>) -> Result<()> {
     };
     let s = &sizes;
 
-    for &(write, [rate, cpu, calls]) in &BULK_WRITES {
+    for &(write, (rate, costs)) in &BULK_WRITES {
         let name = format!("TCP bulk {} KiB", write >> 10);
         bench.scenario(&name, TCP, Transport::Tcp, dest.tcp_sink, |st| {
             let counted = Counted::start(st)?;
             let mb = load::bulk(st.port, s.bulk, write)?;
             let mut values = vec![(rate, mb)];
-            counted.finish(st, s.bulk, cpu, calls, &mut values)?;
+            counted.finish(st, s.bulk, costs, &mut values)?;
             Ok(values)
         });
     }
-    for (&(streams, each), [rate, cpu, calls]) in s.parallel.iter().zip(PARALLEL_IDS) {
+    for (&(streams, each), (rate, costs)) in s.parallel.iter().zip(PARALLEL_IDS) {
         let name = format!("TCP parallel {streams}");
         bench.scenario(&name, TCP, Transport::Tcp, dest.tcp_sink, |st| {
             let counted = Counted::start(st)?;
             let mb = load::parallel(st.port, streams, each)?;
             let mut values = vec![(rate, mb)];
-            counted.finish(st, each * streams as u64, cpu, calls, &mut values)?;
+            counted.finish(st, each * streams as u64, costs, &mut values)?;
             Ok(values)
         });
     }
