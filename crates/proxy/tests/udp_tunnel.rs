@@ -2,13 +2,16 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use proto::{Header, Version};
 use streamproxy_proxy::metrics::Transport;
+use streamproxy_proxy::proxy_protocol::ProxyProtocol;
+use streamproxy_proxy::server::Server;
 use streamproxy_proxy::settings::Settings;
 use streamproxy_proxy::udp;
-use support::{Pki, allow_all, start};
+use support::{Pki, allow_all, start, start_on};
 use test_support::{payload, udp_echo, wait_until};
 
 /// Receives one datagram, failing the test after five seconds.
@@ -346,5 +349,56 @@ async fn a_silent_client_is_closed_while_the_destination_keeps_sending() {
         "closed after {lived:?}"
     );
     streaming.abort();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_server_tells_the_destination_the_address_the_client_reached() {
+    let pki = Pki::new();
+    let builder = Server::builder(allow_all(), pki.cert_paths()).proxy_protocol(ProxyProtocol::V2);
+    let server = start_on(builder, "0.0.0.0:0".parse().expect("addr")).await;
+    let port = server.udp.expect("udp").port();
+    // Not the address the kernel would answer 127.0.0.1 from: the server must answer from it.
+    let reached = SocketAddr::from(([127, 0, 0, 2], port));
+    let destination = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let to = destination.local_addr().expect("addr");
+    let header = Header::with_port("127.0.0.1", to.port()).expect("header");
+    let mut session = udp::connect(reached, &pki.dtls_client(), &header)
+        .await
+        .expect("a session through 127.0.0.2");
+    session.send(b"who am I").await.expect("send");
+    let mut buf = [0u8; 512];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), destination.recv_from(&mut buf))
+        .await
+        .expect("a datagram within 5 s")
+        .expect("recv");
+    let datagram = &buf[..n];
+    // PROXY v2, PROXY command, UDP over IPv4: source, destination, their ports, then TLVs.
+    assert_eq!(&datagram[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(datagram[12..14], [0x21, 0x12]);
+    let at = |range: std::ops::Range<usize>| &datagram[range];
+    let ipv4 = |range| std::net::Ipv4Addr::from(<[u8; 4]>::try_from(at(range)).expect("4 bytes"));
+    let port_at = |range| u16::from_be_bytes(<[u8; 2]>::try_from(at(range)).expect("2 bytes"));
+    let source = SocketAddr::from((ipv4(16..20), port_at(24..26)));
+    let told = SocketAddr::from((ipv4(20..24), port_at(26..28)));
+    assert_eq!(source, session.local_addr());
+    assert_eq!(
+        told, reached,
+        "the header names the address the client reached"
+    );
+    let len = usize::from(u16::from_be_bytes([datagram[14], datagram[15]]));
+    assert_eq!(&datagram[16 + len..], b"who am I");
+    // And the answer comes back through 127.0.0.2.
+    destination
+        .send_to(b"you are you", from)
+        .await
+        .expect("send");
+    assert_eq!(
+        recv(&mut session).await.as_deref(),
+        Some(&b"you are you"[..])
+    );
+    session.shutdown().await.expect("close");
     server.stop().await;
 }

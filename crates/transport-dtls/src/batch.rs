@@ -3,9 +3,10 @@
 //!
 //! The one batch-I/O module of the data path: the listener's driver, a session's writes and
 //! the client's reads (in this crate), and the proxy's destination and local sockets use it.
-//! It sets no socket option: datagrams larger than the path MTU are still fragmented by IP
-//! (DTLS records of up to 16 KiB rely on that), which is why it is written here on `libc`
-//! rather than taken from a crate that turns don't-fragment on.
+//! It never turns don't-fragment on (the one socket option it sets is
+//! [`report_destinations`]'s, when asked): datagrams larger than the path MTU are still
+//! fragmented by IP (DTLS records of up to 16 KiB rely on that), which is why it is written
+//! here on `libc` rather than taken from a crate that turns don't-fragment on.
 //!
 //! Both halves cost no extra call on an idle socket. [`RecvBatch::try_recv`] that receives
 //! fewer datagrams than it has slots has emptied the socket's queue, so it clears tokio's
@@ -18,6 +19,18 @@
 //! kernel builds and routes the run once and cuts it into the same datagrams. GSO sets no
 //! don't-fragment either; a path whose MTU is below the segment size refuses it (`EINVAL`), and
 //! the batch then sends datagrams that long one by one.
+//!
+//! On a socket bound to an unspecified address (`0.0.0.0`, `::`) the kernel picks each reply's
+//! source address by route, which need not be the address the peer sent to (a second address
+//! on an interface, `127.0.0.2`, a Docker bridge, an IPv6 host's other addresses); a peer whose
+//! socket is connected drops a reply from another address. So, on request, the two halves
+//! carry addresses too: [`report_destinations`] asks the kernel for each datagram's local
+//! destination (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and a [`RecvBatch`] made
+//! [`with_destinations`](RecvBatch::with_destinations) reads it into
+//! [`Datagram::destination`]; [`SendBatch::push_from`] and [`try_send_from`] send from a given
+//! local address (an `IP_PKTINFO` or `IPV6_PKTINFO` control message, beside `UDP_SEGMENT` in
+//! a GSO run, and a run never mixes sources). Sockets bound to one address need none of it and
+//! pay nothing: no control buffers on receive, no control message on send.
 //!
 //! ```no_run
 //! # use tokio::net::UdpSocket;
@@ -44,7 +57,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::task::{Context, Poll};
 
@@ -59,6 +72,11 @@ pub const MAX_SLOTS: usize = 64;
 pub struct Datagram<'a> {
     /// Where it came from (`None` when the source is not an IP address).
     pub source: Option<SocketAddr>,
+    /// The local address it was sent to, when the batch reads destinations
+    /// ([`RecvBatch::with_destinations`]) and the socket reports them ([`report_destinations`]);
+    /// else `None`. In the family of `source`: on a dual-stack IPv6 socket an IPv4 datagram's
+    /// is IPv4-mapped, like its source.
+    pub destination: Option<IpAddr>,
     /// Its bytes, at most the batch's slot length.
     pub bytes: &'a [u8],
     /// The datagram was longer than a slot and was cut: callers drop it rather than pass on
@@ -70,8 +88,14 @@ pub struct Datagram<'a> {
 struct Meta {
     len: usize,
     source: Option<SocketAddr>,
+    destination: Option<IpAddr>,
     truncated: bool,
 }
+
+/// Room for the control messages of one received datagram, aligned for `cmsghdr`: an
+/// `IPV6_PKTINFO` (`CMSG_SPACE(20)`, 40 bytes on 64-bit Linux) and an `IP_PKTINFO` (32), with
+/// room to spare.
+type RecvControl = [u64; 16];
 
 /// Calls in a row that use at most a quarter of a grown batch before it halves.
 const QUIET_CALLS: u32 = 64;
@@ -82,6 +106,10 @@ pub struct RecvBatch {
     buf: Box<[u8]>,
     slot_len: usize,
     meta: Vec<Meta>,
+    /// One control buffer per slot when the batch reads destinations; else empty.
+    controls: Vec<RecvControl>,
+    /// Whether the batch reads destinations ([`with_destinations`](Self::with_destinations)).
+    destinations: bool,
     /// The slots a batch that keeps filling up grows to.
     max_slots: usize,
     /// The slots it started with, which a batch that has gone quiet shrinks back to.
@@ -121,12 +149,25 @@ impl RecvBatch {
             buf: vec![0; slots * slot_len].into_boxed_slice(),
             slot_len,
             meta: vec![Meta::default(); slots],
+            controls: Vec::new(),
+            destinations: false,
             max_slots: max_slots.clamp(slots, MAX_SLOTS),
             min_slots: slots,
             quiet_calls: 0,
             len: 0,
             cursor: 0,
         }
+    }
+
+    /// The same batch, reading each datagram's local destination into
+    /// [`Datagram::destination`] from the control message the kernel adds when the socket asks
+    /// for it ([`report_destinations`]). Costs a control buffer of 128 bytes per slot, and the
+    /// kernel's work of filling it: only for sockets bound to an unspecified address, which need
+    /// it to answer from the address a peer sent to.
+    pub fn with_destinations(mut self) -> Self {
+        self.destinations = true;
+        self.controls = vec![[0; 16]; self.meta.len()];
+        self
     }
 
     /// How many datagrams the next call can receive.
@@ -156,6 +197,9 @@ impl RecvBatch {
     fn reallocate(&mut self, slots: usize) {
         self.buf = vec![0; slots * self.slot_len].into_boxed_slice();
         self.meta = vec![Meta::default(); slots];
+        if self.destinations {
+            self.controls = vec![[0; 16]; slots];
+        }
     }
 
     /// Receives what `socket` has queued, up to the batch's slots, replacing what the batch
@@ -167,10 +211,15 @@ impl RecvBatch {
         self.cursor = 0;
         let fd = socket.as_raw_fd();
         let slots = self.meta.len();
-        let (buf, meta, slot_len, len) =
-            (&mut self.buf, &mut self.meta, self.slot_len, &mut self.len);
+        let (buf, meta, controls, slot_len, len) = (
+            &mut self.buf,
+            &mut self.meta,
+            &mut self.controls,
+            self.slot_len,
+            &mut self.len,
+        );
         let result = socket.try_io(Interest::READABLE, || {
-            *len = recvmmsg(fd, buf, slot_len, meta)?;
+            *len = recvmmsg(fd, buf, slot_len, meta, controls)?;
             if *len < slots {
                 // The queue is empty now: let tokio clear the readiness this call consumed.
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -230,6 +279,7 @@ impl RecvBatch {
         let start = i * self.slot_len;
         Some(Datagram {
             source: meta.source,
+            destination: meta.destination,
             bytes: self.buf.get(start..start + meta.len.min(self.slot_len))?,
             truncated: meta.truncated,
         })
@@ -257,8 +307,15 @@ impl RecvBatch {
     }
 }
 
-/// One non-blocking `recvmmsg` into the slots of `buf`; fills `meta` in order.
-fn recvmmsg(fd: RawFd, buf: &mut [u8], slot_len: usize, meta: &mut [Meta]) -> io::Result<usize> {
+/// One non-blocking `recvmmsg` into the slots of `buf`; fills `meta` in order, with each
+/// datagram's destination when `controls` has a buffer for its slot (else none is asked for).
+fn recvmmsg(
+    fd: RawFd,
+    buf: &mut [u8],
+    slot_len: usize,
+    meta: &mut [Meta],
+    controls: &mut [RecvControl],
+) -> io::Result<usize> {
     let slots = meta.len().min(MAX_SLOTS).min(buf.len() / slot_len);
     // SAFETY: all-zero bytes are valid values of these plain C structs.
     let mut addrs: [libc::sockaddr_storage; MAX_SLOTS] = unsafe { zeroed() };
@@ -275,10 +332,15 @@ fn recvmmsg(fd: RawFd, buf: &mut [u8], slot_len: usize, meta: &mut [Meta]) -> io
         hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &raw mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        if let Some(control) = controls.get_mut(i) {
+            hdrs[i].msg_hdr.msg_control = control.as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = size_of::<RecvControl>() as _;
+        }
     }
     // SAFETY: the first `slots` headers point at live, distinct buffers (`buf`'s slots, `iovs`,
-    // `addrs`) that outlive the call and are as long as the headers say; the call does not
-    // block (`MSG_DONTWAIT`) and keeps no pointer after it returns.
+    // `addrs`, `controls` when it has any) that outlive the call and are as long as the
+    // headers say; the call does not block (`MSG_DONTWAIT`) and keeps no pointer after it
+    // returns.
     let n = unsafe {
         libc::recvmmsg(
             fd,
@@ -293,13 +355,100 @@ fn recvmmsg(fd: RawFd, buf: &mut [u8], slot_len: usize, meta: &mut [Meta]) -> io
     }
     let n = n as usize;
     for (i, slot) in meta.iter_mut().take(n).enumerate() {
+        let source = from_sockaddr(&addrs[i]);
         *slot = Meta {
             len: hdrs[i].msg_len as usize,
-            source: from_sockaddr(&addrs[i]),
+            source,
+            destination: destination_of(&hdrs[i].msg_hdr).map(|ip| in_family_of(ip, source)),
             truncated: hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         };
     }
     Ok(n)
+}
+
+/// The destination address of the `IPV6_PKTINFO` or `IP_PKTINFO` control message of a received
+/// message (the former when both are there); `None` without either, or without control buffer.
+fn destination_of(hdr: &libc::msghdr) -> Option<IpAddr> {
+    if hdr.msg_control.is_null() {
+        return None;
+    }
+    let mut found = None;
+    // SAFETY: `hdr` is as `recvmmsg` left it: `msg_control` points at a live control buffer
+    // of which the kernel filled `msg_controllen` bytes, so `CMSG_FIRSTHDR` and `CMSG_NXTHDR`
+    // return headers that lie inside it, or null. A header's data is read only when its
+    // `cmsg_len` covers the structure read, and read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while let Some(c) = cmsg.as_ref() {
+            let data = libc::CMSG_DATA(cmsg);
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if carries::<libc::in6_pktinfo>(c) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if carries::<libc::in_pktinfo>(c) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    found = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        info.ipi_addr.s_addr,
+                    ))));
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    found
+}
+
+/// Whether the control message `cmsg` is long enough to carry a `T`.
+fn carries<T>(cmsg: &libc::cmsghdr) -> bool {
+    // SAFETY: a pure computation on a constant.
+    let len = unsafe { libc::CMSG_LEN(size_of::<T>() as u32) };
+    // `cmsg_len` is a `size_t` on glibc, a `socklen_t` on musl.
+    cmsg.cmsg_len >= len as _
+}
+
+/// `ip` in the family of `peer`: IPv4-mapped when `peer` is an IPv6 address and `ip` an IPv4
+/// one (an `IP_PKTINFO` on a dual-stack socket), IPv4 when the reverse.
+fn in_family_of(ip: IpAddr, peer: Option<SocketAddr>) -> IpAddr {
+    match (ip, peer) {
+        (IpAddr::V4(v4), Some(SocketAddr::V6(_))) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (IpAddr::V6(v6), Some(SocketAddr::V4(_))) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        _ => ip,
+    }
+}
+
+/// Asks the kernel to report the local address each datagram `socket` receives was sent to,
+/// for a [`RecvBatch`] made [`with_destinations`](RecvBatch::with_destinations), when `socket`
+/// is bound to an unspecified address (`0.0.0.0`, `::`): `IP_PKTINFO` on an IPv4 socket,
+/// `IPV6_RECVPKTINFO` on an IPv6 one (which reports IPv4 datagrams on a dual-stack socket as
+/// IPv4-mapped addresses). True when it did; a socket bound to one address is left alone
+/// (false): everything it receives was sent to that address, and its replies come from it.
+pub fn report_destinations(socket: &UdpSocket) -> io::Result<bool> {
+    let local = socket.local_addr()?;
+    if !local.ip().is_unspecified() {
+        return Ok(false);
+    }
+    let (level, name) = match local {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live `c_int`, the value these options take, passed with its size; the
+    // call keeps no pointer after it returns.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
 }
 
 /// A socket address the kernel wrote, as a Rust one (`None` for other families).
@@ -380,6 +529,8 @@ struct Item {
     start: usize,
     len: usize,
     to: Option<SocketAddr>,
+    /// The local address to send from; `None`: the kernel's choice.
+    from: Option<IpAddr>,
 }
 
 /// Datagrams waiting to be sent with one `sendmmsg`, in the order they were pushed.
@@ -417,6 +568,21 @@ impl SendBatch {
     /// Queues a copy of `datagram` for `to` (`None`: the socket's connected peer). False, and
     /// nothing queued, when the batch is full: flush it first.
     pub fn push(&mut self, to: Option<SocketAddr>, datagram: &[u8]) -> bool {
+        self.push_from(to, None, datagram)
+    }
+
+    /// [`push`](Self::push), sent from the local address `from` (`None`: the one the kernel
+    /// picks): how a socket bound to an unspecified address answers a peer from the address
+    /// the peer sent to ([`Datagram::destination`]). An IPv4 or IPv4-mapped `from` goes as
+    /// `IP_PKTINFO` (`ipi_spec_dst`), which an IPv4 socket and a dual-stack IPv6 socket's
+    /// IPv4 path both read, an IPv6 one as `IPV6_PKTINFO` (`ipi6_addr`); the kernel refuses
+    /// the datagram (`EINVAL`) when `from` is not one of the host's addresses.
+    pub fn push_from(
+        &mut self,
+        to: Option<SocketAddr>,
+        from: Option<IpAddr>,
+        datagram: &[u8],
+    ) -> bool {
         if !self.is_empty() && !self.fits(datagram.len()) {
             return false;
         }
@@ -424,6 +590,7 @@ impl SendBatch {
             start: self.buf.len(),
             len: datagram.len(),
             to,
+            from,
         });
         self.buf.extend_from_slice(datagram);
         true
@@ -576,8 +743,9 @@ fn gso_refused(e: &io::Error) -> bool {
 }
 
 /// How many of `items` (at least one, if any) one message carries: with GSO, a run to one
-/// destination of datagrams of one size, the last of which may be shorter (what the kernel
-/// cuts one buffer into), when that size is below `gso_below`; else one datagram.
+/// destination from one source of datagrams of one size, the last of which may be shorter
+/// (what the kernel cuts one buffer into), when that size is below `gso_below`; else one
+/// datagram.
 fn run_len(items: &[Item], gso_below: usize) -> usize {
     let Some(first) = items.first() else {
         return 0;
@@ -588,7 +756,8 @@ fn run_len(items: &[Item], gso_below: usize) -> usize {
     let (mut n, mut bytes) = (1, first.len);
     for item in &items[1..] {
         let fits = n < GSO_SEGMENTS && bytes + item.len <= GSO_BYTES;
-        if !fits || item.to != first.to || item.len == 0 || item.len > first.len {
+        let same_path = item.to == first.to && item.from == first.from;
+        if !fits || !same_path || item.len == 0 || item.len > first.len {
             break;
         }
         n += 1;
@@ -600,9 +769,9 @@ fn run_len(items: &[Item], gso_below: usize) -> usize {
     n
 }
 
-/// Room for one `UDP_SEGMENT` control message (`CMSG_SPACE(2)` is 24 on 64-bit Linux), aligned
-/// for `cmsghdr`.
-type Control = [u64; 4];
+/// Room for the control messages of one sent message, aligned for `cmsghdr`: a `UDP_SEGMENT`
+/// (`CMSG_SPACE(2)`, 24 bytes on 64-bit Linux) and an `IPV6_PKTINFO` (40) or `IP_PKTINFO` (32).
+type Control = [u64; 8];
 
 /// One non-blocking `sendmmsg` of up to [`MAX_SLOTS`] messages, each one datagram of `items`
 /// or a GSO run of them (see [`run_len`]); their bytes, consecutive, in `buf`. Returns how
@@ -614,7 +783,7 @@ fn sendmmsg(fd: RawFd, buf: &[u8], items: &[Item], gso_below: usize) -> io::Resu
     let mut iovs: [libc::iovec; MAX_SLOTS] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_SLOTS] = unsafe { zeroed() };
-    let mut controls: [Control; MAX_SLOTS] = [[0; 4]; MAX_SLOTS];
+    let mut controls: [Control; MAX_SLOTS] = [[0; 8]; MAX_SLOTS];
     let mut runs = [0usize; MAX_SLOTS];
     let (mut msgs, mut k) = (0, 0);
     while msgs < MAX_SLOTS && k < items.len() {
@@ -636,9 +805,8 @@ fn sendmmsg(fd: RawFd, buf: &[u8], items: &[Item], gso_below: usize) -> io::Resu
             hdr.msg_name = (&raw mut addrs[msgs].0).cast();
             hdr.msg_namelen = addrs[msgs].1;
         }
-        if run > 1 {
-            set_segment(hdr, &mut controls[msgs], first.len);
-        }
+        let segment = (run > 1).then_some(first.len);
+        set_control(hdr, &mut controls[msgs], segment, first.from);
         runs[msgs] = run;
         msgs += 1;
         k += run;
@@ -661,22 +829,117 @@ fn sendmmsg(fd: RawFd, buf: &[u8], items: &[Item], gso_below: usize) -> io::Resu
     Ok(runs.iter().take(n as usize).sum())
 }
 
-/// Makes `hdr` a GSO send of `segment`-byte datagrams, its control message in `control`.
-fn set_segment(hdr: &mut libc::msghdr, control: &mut Control, segment: usize) {
-    hdr.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: a pure computation on a constant.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-    hdr.msg_controllen = space.min(size_of::<Control>()) as _;
-    // SAFETY: `hdr` points at `control`, large and aligned enough for one `cmsghdr` with two
-    // bytes of data (`space` ≤ its size), so the first header and its data lie inside it;
-    // the data pointer is written unaligned.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+/// Gives `hdr` its control messages, in `control`: the GSO segment size when `segment` is
+/// set, the source address when `from` is (see [`SendBatch::push_from`]); none without either.
+fn set_control(
+    hdr: &mut libc::msghdr,
+    control: &mut Control,
+    segment: Option<usize>,
+    from: Option<IpAddr>,
+) {
+    let mut used = 0;
+    if let Some(segment) = segment {
+        // At most `GSO_BYTES`, below `u16::MAX`.
+        used = put_cmsg(control, used, libc::SOL_UDP, UDP_SEGMENT, segment as u16);
     }
+    match from.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => {
+            // SAFETY: all-zero bytes are a valid `in_pktinfo` (interface 0: any).
+            let mut info: libc::in_pktinfo = unsafe { zeroed() };
+            info.ipi_spec_dst.s_addr = u32::from(v4).to_be();
+            used = put_cmsg(control, used, libc::IPPROTO_IP, libc::IP_PKTINFO, info);
+        }
+        Some(IpAddr::V6(v6)) => {
+            // SAFETY: all-zero bytes are a valid `in6_pktinfo` (interface 0: any).
+            let mut info: libc::in6_pktinfo = unsafe { zeroed() };
+            info.ipi6_addr.s6_addr = v6.octets();
+            used = put_cmsg(control, used, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info);
+        }
+        None => {}
+    }
+    if used > 0 {
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = used as _;
+    }
+}
+
+/// Writes a control message of `level` and `kind` carrying `value` at byte `at` of `control`
+/// and returns where the next one goes; writes nothing (and returns `at`) when it would not
+/// fit, which [`Control`]'s size rules out for the messages [`set_control`] writes.
+fn put_cmsg<T: Copy>(
+    control: &mut Control,
+    at: usize,
+    level: libc::c_int,
+    kind: libc::c_int,
+    value: T,
+) -> usize {
+    // SAFETY: pure computations on a constant.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(size_of::<T>() as u32) as usize,
+            libc::CMSG_LEN(size_of::<T>() as u32) as usize,
+        )
+    };
+    if at + space > size_of::<Control>() {
+        return at;
+    }
+    // SAFETY: `at` is 0 or the sum of earlier `CMSG_SPACE`s, a multiple of `cmsghdr`'s
+    // alignment within `control` (itself aligned for it), and `space` bytes from `at` lie
+    // inside `control`: room for the header and `value` behind it, written unaligned.
+    unsafe {
+        let cmsg = control
+            .as_mut_ptr()
+            .cast::<u8>()
+            .add(at)
+            .cast::<libc::cmsghdr>();
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = len as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<T>(), value);
+    }
+    at + space
+}
+
+/// Sends one datagram to `to` from the local address `from` (see [`SendBatch::push_from`])
+/// at once, without waiting: `WouldBlock` when the socket's buffer is full. Without `from`, a
+/// plain `sendto`. For a datagram that goes alone (a handshake flight, a HelloVerifyRequest).
+pub fn try_send_from(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    datagram: &[u8],
+) -> io::Result<usize> {
+    if from.is_none() {
+        return socket.try_send_to(datagram, to);
+    }
+    let fd = socket.as_raw_fd();
+    socket.try_io(Interest::WRITABLE, || sendmsg(fd, datagram, to, from))
+}
+
+/// One non-blocking `sendmsg` of `datagram` to `to`, from `from` when set.
+fn sendmsg(fd: RawFd, datagram: &[u8], to: SocketAddr, from: Option<IpAddr>) -> io::Result<usize> {
+    let (mut addr, addr_len) = to_sockaddr(to);
+    let mut iov = libc::iovec {
+        // The kernel only reads through it.
+        iov_base: datagram.as_ptr().cast_mut().cast(),
+        iov_len: datagram.len(),
+    };
+    let mut control: Control = [0; 8];
+    // SAFETY: all-zero bytes are a valid `msghdr` (no name, no data, no control).
+    let mut hdr: libc::msghdr = unsafe { zeroed() };
+    hdr.msg_name = (&raw mut addr).cast();
+    hdr.msg_namelen = addr_len;
+    hdr.msg_iov = &raw mut iov;
+    hdr.msg_iovlen = 1;
+    set_control(&mut hdr, &mut control, None, from);
+    // SAFETY: `hdr` points at live buffers (`addr`, `iov` and through it `datagram`, `control`)
+    // that outlive the call and are as long as it says; the kernel only reads them; the call
+    // does not block (`MSG_DONTWAIT`) and keeps no pointer after it returns.
+    let n = unsafe { libc::sendmsg(fd, &raw const hdr, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

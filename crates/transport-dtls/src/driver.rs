@@ -5,10 +5,20 @@
 //!
 //! Only this module reads the listener's socket, through `batch::RecvBatch` (sessions and handshakes
 //! only send on it).
+//!
+//! On a socket bound to an unspecified address (`0.0.0.0`, `::`) the batch reads each
+//! datagram's local destination, and everything sent to a peer goes from the address it
+//! reached: a HelloVerifyRequest from the address its ClientHello was sent to; a handshake,
+//! and the session it makes, from the address of the ClientHello that started it (its
+//! `DatagramIo` holds it, and the session reports it as its local address). Later datagrams of
+//! that peer to another local address are still delivered (peers are keyed by their source
+//! address) but answered from the first: a client's connected socket talks to one server
+//! address, and a client that moves to another starts a new handshake, which takes the new
+//! address.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -18,7 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::batch::RecvBatch;
+use crate::batch::{self, RecvBatch};
 use crate::config::ServerConfig;
 use crate::cookie::CookieJar;
 use crate::demux::{Action, Context, Demux, DropReason, PeerState};
@@ -108,18 +118,23 @@ pub(crate) struct Driver {
     handshakes: VecDeque<InFlight>,
     pool: BytesMut,
     config: ServerConfig,
+    /// The socket reports each datagram's local destination (it is bound to an unspecified
+    /// address): answers go from there.
+    destinations: bool,
 }
 
 impl Driver {
-    /// A driver for `socket`, handing finished sessions to `accept_tx`.
+    /// A driver for `socket`, handing finished sessions to `accept_tx`. Asks the kernel for
+    /// each datagram's destination when `socket` is bound to an unspecified address.
     pub(crate) fn new(
         socket: UdpSocket,
         shared: Arc<Shared>,
         accept_tx: mpsc::Sender<Result<DtlsSession, io::Error>>,
         cookies: CookieJar,
         config: ServerConfig,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        let destinations = batch::report_destinations(&socket)?;
+        Ok(Self {
             socket: Arc::new(socket),
             shared,
             accept_tx,
@@ -128,13 +143,17 @@ impl Driver {
             handshakes: VecDeque::new(),
             pool: BytesMut::new(),
             config,
-        }
+            destinations,
+        })
     }
 
     /// Reads the socket until the listener is dropped and the last peer has gone, or the
     /// socket fails (the error goes to `accept`).
     pub(crate) async fn run(mut self) {
         let mut batch = RecvBatch::new(SLOTS, SLOT_LEN);
+        if self.destinations {
+            batch = batch.with_destinations();
+        }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,7 +191,8 @@ impl Driver {
                             // and one from a non-IP source are not records for anyone.
                             match d.source {
                                 Some(source) if !d.truncated => {
-                                    self.on_datagram(source, d.bytes, accepting);
+                                    let local = d.destination;
+                                    self.on_datagram(source, local, d.bytes, accepting);
                                 }
                                 _ => bump(&self.shared.counters.bad_datagrams),
                             }
@@ -261,7 +281,15 @@ impl Driver {
             .store(self.peers.len(), Ordering::Relaxed);
     }
 
-    fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8], accepting: bool) {
+    /// Acts on one datagram from `source`, sent to the local address `local` (known on a socket
+    /// bound to an unspecified address, where answers go from it).
+    fn on_datagram(
+        &mut self,
+        source: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+        accepting: bool,
+    ) {
         let counters = &self.shared.counters;
         let peer = match self.peers.get(&source) {
             None => PeerState::Unknown,
@@ -285,7 +313,7 @@ impl Driver {
             Action::HelloVerify => {
                 let hvr = self.demux.hello_verify_request();
                 // Best effort, like any datagram: the client retransmits its ClientHello.
-                if self.socket.try_send_to(hvr, source).is_ok() {
+                if batch::try_send_from(&self.socket, source, local, hvr).is_ok() {
                     bump(&counters.hello_verify_sent);
                 }
             }
@@ -307,7 +335,8 @@ impl Driver {
                     }
                 }
                 let second = self.copy(datagram);
-                self.start(source, random, cookie, Bytes::from(first_hello), second);
+                let hellos = [Bytes::from(first_hello), second];
+                self.start(source, local, random, cookie, hellos);
             }
             Action::Drop(reason) => {
                 let counter = match reason {
@@ -346,21 +375,24 @@ impl Driver {
         self.pool.split().freeze()
     }
 
+    /// Starts the handshake of `source`, answered from `local`, replaying `hellos` (the
+    /// cookieless ClientHello the cookie was computed for, then the one that carried it).
     fn start(
         &mut self,
         source: SocketAddr,
+        local: Option<IpAddr>,
         random: [u8; 32],
         cookie: [u8; COOKIE_LEN],
-        first: Bytes,
-        second: Bytes,
+        hellos: [Bytes; 2],
     ) {
         let ctx = self.shared.context();
         let (tx, rx) = mpsc::channel(self.config.limits.peer_queue);
         let io = DatagramIo::demultiplexed(
             self.socket.clone(),
             source,
+            local,
             self.config.common.mtu.get() as usize,
-            VecDeque::from([first, second]),
+            VecDeque::from(hellos),
             rx,
         );
         let stream = match new_server_stream(&ctx, &self.config, cookie, io) {

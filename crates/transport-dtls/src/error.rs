@@ -235,6 +235,11 @@ pub enum ListenError {
     /// Generating the cookie secret failed.
     #[error("cannot generate the cookie secret")]
     Random(#[source] openssl::error::ErrorStack),
+    /// The socket is bound to an unspecified address and refused to report the local address
+    /// of each datagram (`IP_PKTINFO`, `IPV6_RECVPKTINFO`), without which its answers could
+    /// come from an address the client did not send to.
+    #[error("cannot ask the UDP socket for each datagram's local address (IP_PKTINFO)")]
+    Destinations(#[source] io::Error),
 }
 
 /// [`DtlsListener::accept`](crate::DtlsListener::accept) failed.

@@ -22,6 +22,11 @@
 //! receiving half writes too (close_notify, a retransmitted final flight), so a later write
 //! from another task would replace that waker and strand the first writer.
 //!
+//! On a listener bound to an unspecified address, every datagram to the peer, during the
+//! handshake and after it, goes from the local address the peer reached (`from`, see
+//! [`crate::batch::SendBatch::push_from`]): the kernel's choice may be another one, which a
+//! client's connected socket drops.
+//!
 //! During the handshake, writes are coalesced up to the MTU and sent when the handshake step
 //! returns: OpenSSL retransmits a flight one message per datagram, and a flight of five
 //! datagrams over a path losing 20% arrives whole only a third of the time; packed into one
@@ -29,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::batch::{RecvBatch, SendBatch};
+use crate::batch::{self, RecvBatch, SendBatch};
 use crate::record;
 
 /// Datagrams one read of the client's socket takes at first, and at most once bursts have
@@ -70,6 +75,9 @@ pub(crate) struct DatagramIo {
     socket: Arc<UdpSocket>,
     /// `None`: the socket is connected to the peer.
     peer: Option<SocketAddr>,
+    /// The local address datagrams go out from; `None`: the kernel's choice (a socket bound to
+    /// one address, or the client's connected socket).
+    from: Option<IpAddr>,
     inbox: Inbox,
     /// Handshake writes waiting to go out as one datagram; `None` once the handshake is over.
     pending: Option<Vec<u8>>,
@@ -90,22 +98,27 @@ impl DatagramIo {
         Self::new(socket, None, Inbox::Socket(batch), mtu)
     }
 
-    /// Server side: the listener's socket, sending to `peer`, reading `first` and then the
-    /// demultiplexer's queue for this peer.
+    /// Server side: the listener's socket, sending to `peer` from the local address `from`
+    /// (`None`: the kernel's choice), reading `first` and then the demultiplexer's queue for
+    /// this peer.
     pub(crate) fn demultiplexed(
         socket: Arc<UdpSocket>,
         peer: SocketAddr,
+        from: Option<IpAddr>,
         mtu: usize,
         first: VecDeque<Bytes>,
         rx: mpsc::Receiver<Bytes>,
     ) -> Self {
-        Self::new(socket, Some(peer), Inbox::Queue { first, rx }, mtu)
+        let mut io = Self::new(socket, Some(peer), Inbox::Queue { first, rx }, mtu);
+        io.from = from;
+        io
     }
 
     fn new(socket: Arc<UdpSocket>, peer: Option<SocketAddr>, inbox: Inbox, mtu: usize) -> Self {
         Self {
             socket,
             peer,
+            from: None,
             inbox,
             pending: Some(Vec::with_capacity(mtu)),
             out: SendBatch::new(OUT_DATAGRAMS, OUT_BYTES),
@@ -118,6 +131,15 @@ impl DatagramIo {
     /// The socket datagrams are sent on (and, on the client, received from).
     pub(crate) fn socket(&self) -> &Arc<UdpSocket> {
         &self.socket
+    }
+
+    /// The local end of this peer's datagrams: the address the peer reached, with the socket's
+    /// port, when they go out from one; else the socket's address.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        let bound = self.socket.local_addr()?;
+        Ok(self
+            .from
+            .map_or(bound, |ip| SocketAddr::new(ip, bound.port())))
     }
 
     /// Whether the listener stopped feeding this peer (reads then fail with
@@ -198,13 +220,13 @@ impl DatagramIo {
                 Err(e) => return Err(e),
             }
         }
-        self.out.push(self.peer, buf);
+        self.out.push_from(self.peer, self.from, buf);
         Ok(())
     }
 
     fn send_now(&self, buf: &[u8]) -> io::Result<()> {
         let sent = match self.peer {
-            Some(peer) => self.socket.try_send_to(buf, peer),
+            Some(peer) => batch::try_send_from(&self.socket, peer, self.from, buf),
             None => self.socket.try_send(buf),
         };
         match sent {

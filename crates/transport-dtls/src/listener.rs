@@ -3,6 +3,16 @@
 //! task per handshake (see `handshake`), finished sessions handed out by
 //! [`DtlsListener::accept`]. [`ListenerHandle`] reads the counters and reloads the certificate
 //! material while the listener runs.
+//!
+//! A listener bound to an unspecified address (`0.0.0.0`, `::`) answers each client from the
+//! address the client reached: it asks the kernel for every datagram's local destination
+//! (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and sends each of a peer's datagrams (HelloVerifyRequest,
+//! handshake flights, alerts, records) from the address of its first ClientHello (see
+//! `driver`); [`DtlsSession::local_addr`] is that address with the listener's port. Left to
+//! the kernel, the source would be the address of the route back to the client, which on a
+//! host with several addresses (`127.0.0.2`, a second address on an interface, a Docker
+//! bridge, IPv6) need not be the one the client sent to, and a client's connected socket
+//! drops datagrams from any other. A listener bound to one address needs none of this.
 
 use std::io;
 use std::net::SocketAddr;
@@ -165,6 +175,10 @@ impl std::fmt::Debug for PreparedReload {
 
 /// A DTLS server on one UDP socket. Dropping it stops new handshakes; sessions already
 /// accepted keep working (the driver task runs until the last one ends).
+///
+/// Bound to an unspecified address (`0.0.0.0:PORT`, `[::]:PORT`), it answers each client
+/// from the address the client reached, which its session reports as
+/// [`local_addr`](DtlsSession::local_addr) (see the module documentation).
 #[derive(Debug)]
 pub struct DtlsListener {
     accepted: mpsc::Receiver<Result<DtlsSession, io::Error>>,
@@ -187,7 +201,8 @@ impl DtlsListener {
             .map_err(ListenError::Random)?;
         let (accept_tx, accepted) = mpsc::channel(config.limits.accept_backlog);
         let shared = Arc::new(Shared::new(ctx, config.clone()));
-        let driver = Driver::new(socket, shared.clone(), accept_tx, cookies, config);
+        let driver = Driver::new(socket, shared.clone(), accept_tx, cookies, config)
+            .map_err(ListenError::Destinations)?;
         tokio::spawn(driver.run());
         Ok(Self {
             accepted,

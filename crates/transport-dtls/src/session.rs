@@ -323,10 +323,11 @@ impl DtlsSession {
         handshake: Option<std::time::Duration>,
     ) -> Self {
         let socket = stream.get_ref().socket().clone();
+        let local = stream.get_ref().local_addr().unwrap_or(peer);
         let ssl = stream.ssl();
         let info = Info {
             peer,
-            local: socket.local_addr().unwrap_or(peer),
+            local,
             peer_subject: ssl
                 .peer_certificate()
                 .map(|c| format_name(c.subject_name())),
@@ -377,7 +378,10 @@ impl DtlsSession {
         self.send.shared.info.peer
     }
 
-    /// The local address of the socket.
+    /// The local address of the session: the socket's, except on a listener bound to an
+    /// unspecified address (`0.0.0.0`, `::`), where it is the address the client sent its
+    /// handshake to, with the listener's port (IPv4-mapped on a dual-stack socket, like
+    /// [`peer_addr`](Self::peer_addr)).
     pub fn local_addr(&self) -> SocketAddr {
         self.send.shared.info.local
     }

@@ -106,11 +106,16 @@ pub async fn start(pki: &Pki, policy: Policy, settings: Settings) -> Running {
 }
 
 pub async fn start_with(builder: streamproxy_proxy::server::ServerBuilder) -> Running {
+    start_on(builder, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+/// [`start_with`] on `addr` (port 0: one the system picks).
+pub async fn start_on(
+    builder: streamproxy_proxy::server::ServerBuilder,
+    addr: SocketAddr,
+) -> Running {
     init_logs();
-    let server = builder
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("server binds");
+    let server = builder.bind(addr).await.expect("server binds");
     let (stop, stopped) = oneshot::channel::<()>();
     let tcp = server.tcp_addr();
     let udp = server.udp_addr();

@@ -333,6 +333,7 @@ fn item(start: usize, len: usize, port: u16) -> Item {
         start,
         len,
         to: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        from: None,
     }
 }
 
@@ -432,4 +433,169 @@ fn an_emptied_batch_gives_back_the_room_of_a_burst_of_large_datagrams() {
     let (send, _) = scripted(vec![]);
     out.flush_with(send).unwrap();
     assert!(out.buf.capacity() >= 100, "small batches keep their room");
+}
+
+#[test]
+fn a_gso_run_never_mixes_sources() {
+    let from = |item: Item, ip: Option<[u8; 4]>| Item {
+        from: ip.map(IpAddr::from),
+        ..item
+    };
+    let two = Some([127, 0, 0, 2]);
+    let three = Some([127, 0, 0, 3]);
+    let run = [
+        from(item(0, 10, 1), two),
+        from(item(10, 10, 1), two),
+        from(item(20, 10, 1), three),
+        from(item(30, 10, 1), three),
+    ];
+    assert_eq!(run_len(&run, usize::MAX), 2, "a new source ends the run");
+    assert_eq!(run_len(&run[2..], usize::MAX), 2);
+    let chosen_then_given = [item(0, 10, 1), from(item(10, 10, 1), two)];
+    assert_eq!(run_len(&chosen_then_given, usize::MAX), 1);
+}
+
+#[test]
+fn a_destination_in_the_other_family_follows_the_source() {
+    let v4: IpAddr = "127.0.0.2".parse().unwrap();
+    let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+    let v6_peer: SocketAddr = "[::ffff:127.0.0.1]:9".parse().unwrap();
+    let v4_peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(in_family_of(v4, Some(v6_peer)), mapped);
+    assert_eq!(in_family_of(mapped, Some(v4_peer)), v4);
+    assert_eq!(in_family_of(v4, Some(v4_peer)), v4);
+    assert_eq!(in_family_of(mapped, None), mapped);
+}
+
+/// A socket on `ip` port 0 whose client end is connected to `to` (the address it reached the
+/// server by), or `None` where the machine has no such address.
+async fn client_connected_to(ip: &str, to: SocketAddr) -> Option<UdpSocket> {
+    let socket = UdpSocket::bind((ip.parse::<IpAddr>().ok()?, 0))
+        .await
+        .ok()?;
+    socket.connect(to).await.ok()?;
+    Some(socket)
+}
+
+/// Receives one datagram with its destination from `server`, which must report one.
+async fn receive_with_destination(server: &UdpSocket) -> (SocketAddr, IpAddr, Vec<u8>) {
+    let mut batch = RecvBatch::new(4, 100).with_destinations();
+    batch.recv(server).await.unwrap();
+    let d = batch.get(0).unwrap();
+    (d.source.unwrap(), d.destination.unwrap(), d.bytes.to_vec())
+}
+
+/// Answers `to` three times from `from` in one GSO run, and once alone; `client`, connected to
+/// `from`, must get exactly those. With `unsourced_first`, a reply with the kernel's choice of
+/// source goes first: where that is another address, the connected client drops it.
+async fn answer_from(
+    server: &UdpSocket,
+    client: &UdpSocket,
+    to: SocketAddr,
+    from: IpAddr,
+    unsourced_first: bool,
+) {
+    let mut out = SendBatch::new(8, 1 << 16);
+    if unsourced_first {
+        assert!(out.push(Some(to), b"kernel's choice"));
+    }
+    for i in 0..3u8 {
+        assert!(out.push_from(Some(to), Some(from), &[i; 20]));
+    }
+    out.flush(server).await.unwrap();
+    assert_eq!(out.take_sent().datagrams, 3 + u64::from(unsourced_first));
+    assert_eq!(
+        out.gso_below,
+        usize::MAX,
+        "the kernel took the GSO run with its source"
+    );
+    let got = receive(&mut RecvBatch::new(8, 100), client, 3).await;
+    let bytes: Vec<Vec<u8>> = got.into_iter().map(|g| g.1).collect();
+    assert_eq!(bytes, vec![vec![0; 20], vec![1; 20], vec![2; 20]]);
+    let sole = try_send_from(server, to, Some(from), b"alone").unwrap();
+    assert_eq!(sole, 5);
+    let got = receive(&mut RecvBatch::new(8, 100), client, 1).await;
+    assert_eq!(got[0].1, b"alone");
+    assert_eq!(
+        RecvBatch::new(8, 100).try_recv(client).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock,
+        "nothing else arrived"
+    );
+}
+
+#[tokio::test]
+async fn a_wildcard_socket_learns_where_each_datagram_went_and_answers_from_there() {
+    let server = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    assert!(report_destinations(&server).unwrap());
+    let port = server.local_addr().unwrap().port();
+    let reached = SocketAddr::from(([127, 0, 0, 2], port));
+    let client = client_connected_to("127.0.0.1", reached).await.unwrap();
+    client.send(b"hello").await.unwrap();
+    let (source, destination, bytes) = receive_with_destination(&server).await;
+    assert_eq!(source, client.local_addr().unwrap());
+    assert_eq!(destination, reached.ip());
+    assert_eq!(bytes, b"hello");
+    // Left to the kernel, the answer comes from another address, which the client's
+    // connected socket drops (an unconnected one sees where it came from).
+    let open = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    open.send_to(b"hi", reached).await.unwrap();
+    let (open_source, _, _) = receive_with_destination(&server).await;
+    server.send_to(b"reply", open_source).await.unwrap();
+    let (_, replied_from) = open.recv_from(&mut [0; 16]).await.unwrap();
+    assert_ne!(
+        replied_from, reached,
+        "the kernel chose the address reached"
+    );
+    answer_from(&server, &client, source, destination, true).await;
+}
+
+#[tokio::test]
+async fn a_socket_bound_to_one_address_reports_no_destinations() {
+    let (rx, tx) = pair().await;
+    assert!(!report_destinations(&rx).unwrap());
+    tx.send_to(b"x", rx.local_addr().unwrap()).await.unwrap();
+    let mut batch = RecvBatch::new(4, 100).with_destinations();
+    batch.recv(&rx).await.unwrap();
+    assert_eq!(batch.get(0).unwrap().destination, None);
+    let mut plain = RecvBatch::new(4, 100);
+    tx.send_to(b"y", rx.local_addr().unwrap()).await.unwrap();
+    plain.recv(&rx).await.unwrap();
+    assert_eq!(plain.get(0).unwrap().destination, None);
+}
+
+/// A UDP socket on `[::]:0` that takes IPv4 too (`IPV6_V6ONLY` off), if the machine allows.
+fn dual_stack_socket() -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, None)?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+#[tokio::test]
+async fn a_dual_stack_socket_answers_ipv4_and_ipv6_peers_from_the_address_they_reached() {
+    let Ok(server) = dual_stack_socket() else {
+        eprintln!("skipped: this machine has no dual-stack [::] socket");
+        return;
+    };
+    assert!(report_destinations(&server).unwrap());
+    let port = server.local_addr().unwrap().port();
+    let via_v4 = SocketAddr::from(([127, 0, 0, 2], port));
+    let client = client_connected_to("127.0.0.1", via_v4).await.unwrap();
+    client.send(b"v4").await.unwrap();
+    let (source, destination, _) = receive_with_destination(&server).await;
+    assert_eq!(destination, "::ffff:127.0.0.2".parse::<IpAddr>().unwrap());
+    answer_from(&server, &client, source, destination, true).await;
+    let via_v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let Some(client) = client_connected_to("::1", via_v6).await else {
+        eprintln!("skipped the IPv6 part: no ::1 here");
+        return;
+    };
+    client.send(b"v6").await.unwrap();
+    let (source, destination, _) = receive_with_destination(&server).await;
+    assert_eq!(destination, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    // ::1 is the only IPv6 loopback address, the kernel's choice too: this part checks that an
+    // IPV6_PKTINFO source goes through, not that it changes the source.
+    answer_from(&server, &client, source, destination, false).await;
 }
