@@ -25,6 +25,9 @@ impl Tasks {
         F: Future<Output = ()> + Send + 'static,
     {
         let force = self.force.clone();
+        // Boxed: `select!` moves its futures into a tuple of its own, so a task held by value
+        // here would be stored twice in the spawned future (a TCP tunnel's is about 6 KiB).
+        let task = Box::pin(task);
         self.tracker.spawn(async move {
             tokio::select! {
                 () = task => {}
