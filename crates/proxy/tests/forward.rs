@@ -1,6 +1,7 @@
 //! The client-side forwarders against a real server: byte-exact relaying, one tunnel per
-//! connection or source, failures closing the local side, oversize datagrams, idle eviction,
-//! shutdown, and a server name resolved again for every tunnel.
+//! connection or source, a wildcard UDP forwarder answering from the address each source
+//! reached, failures closing the local side, oversize datagrams, idle eviction, shutdown, and a
+//! server name resolved again for every tunnel.
 
 mod support;
 
@@ -283,6 +284,55 @@ async fn udp_forwarder_gives_every_source_its_own_tunnel_and_answers_it() {
         assert_eq!(counts.datagrams_down, 63);
         running.stop().await;
     }
+    server.stop().await;
+}
+
+/// Two applications reach a forwarder bound to `0.0.0.0` at once, one through `127.0.0.2` (not
+/// the address the kernel would answer `127.0.0.1` from), one through `127.0.0.1`. Their
+/// sockets are connected, so they drop datagrams from any address but the one they sent to:
+/// each gets its echoes only if its tunnel answers from the address it reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_forwarder_on_a_wildcard_address_answers_each_source_from_the_address_it_reached() {
+    let pki = Pki::new();
+    let server = start(&pki, allow_all(), Settings::default()).await;
+    let echo = udp_echo().await;
+    let forwarder = UdpForwarder::bind(
+        "0.0.0.0:0".parse().expect("addr"),
+        server.udp.expect("udp"),
+        pki.dtls_client(),
+        echo.to_string().parse().expect("target"),
+    )
+    .await
+    .expect("bind");
+    let running = run_udp(forwarder);
+    let port = running.local.port();
+    let mut sources = Vec::new();
+    for reached in [[127, 0, 0, 2], [127, 0, 0, 1]] {
+        let socket = UdpSocket::bind(LOCAL).await.expect("bind source");
+        let reached = SocketAddr::from((reached, port));
+        socket.connect(reached).await.expect("connect");
+        sources.push((reached, socket));
+    }
+    let mut buf = vec![0u8; 65536];
+    for k in 0..10u64 {
+        // Both sources send before either reads: their tunnels open, and carry, side by side.
+        let datagram = |i: u64| payload(100 + (k as usize * 397) % 4000, k + 100 * i);
+        for (i, (_, socket)) in sources.iter().enumerate() {
+            socket.send(&datagram(i as u64)).await.expect("send");
+        }
+        for (i, (reached, socket)) in sources.iter().enumerate() {
+            let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no echo of datagram {k} through {reached}"))
+                .expect("recv");
+            assert_eq!(&buf[..n], &datagram(i as u64)[..], "through {reached}");
+        }
+    }
+    let counts = running.stats.snapshot();
+    assert_eq!(counts.tunnels_opened, 2, "{counts:?}");
+    assert_eq!(counts.datagrams_down, 20, "{counts:?}");
+    assert_eq!(counts.dropped_other, 0, "{counts:?}");
+    running.stop().await;
     server.stop().await;
 }
 

@@ -6,7 +6,8 @@
 //! A [`UdpForwarder`] reads one local UDP socket; every source address gets its own DTLS
 //! tunnel, kept in a [`ConnectionManager`](connmgr::ConnectionManager) (created once even when
 //! datagrams race, freed after an idle timeout), and the destination's replies go back to
-//! that source.
+//! that source; bound to an unspecified address (`0.0.0.0`, `::`), it sends them from the
+//! local address the source reached, which a source's connected socket requires.
 //!
 //! Both follow the server's shape: an already-bound socket and a shutdown future go in, one
 //! task per tunnel, limits by count (refuse, never queue), one log line when a tunnel ends.

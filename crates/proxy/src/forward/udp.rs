@@ -13,9 +13,23 @@
 //! replaced at the source's next datagram once the reply timeout has passed: the server may
 //! have restarted and forgotten the session (DTLS gives no way to say so), and a source that
 //! never pauses would otherwise never reach the idle timeout.
+//!
+//! A local socket bound to an unspecified address (`0.0.0.0`, `::`) answers each source from
+//! the address the source reached. Left to the kernel, a reply's source address would follow
+//! the route back (`127.0.0.1` for an application that sent to `127.0.0.2`, the primary
+//! address of a multi-homed host for one that sent to another), and an application whose
+//! socket is connected drops a datagram from any address but the one it sent to. So the
+//! receive loop reads each datagram's local destination (`IP_PKTINFO`, `IPV6_RECVPKTINFO`,
+//! through `dtls::batch`), and a tunnel sends every reply from the destination of the datagram
+//! that opened it, like the DTLS listener answers a client from the address of its first
+//! ClientHello. A source's later datagrams to another of the host's addresses still go
+//! through its tunnel but are answered from the first: a connected socket talks to one
+//! address, and a source whose tunnel is replaced (closed, idle, unanswered) takes the
+//! address of the datagram that opens the new one. A socket bound to one address asks for
+//! nothing and sends no control message: its replies come from that address.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -35,7 +49,7 @@ use super::{
 use crate::client::ClientError;
 use crate::destination::Destination;
 use crate::dial::{Resolve, SystemResolver};
-use crate::udp::session::{self, BATCH, End, FORWARDER, Stop, is_transient};
+use crate::udp::session::{self, BATCH, End, FORWARDER, Path, Stop, is_transient};
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
@@ -53,6 +67,9 @@ struct Tunnel {
     stop: Stop,
     up: AtomicU64,
     replies: ReplyWatch,
+    /// The local address replies go from: the one the datagram that opened the tunnel was sent
+    /// to, on a socket bound to an unspecified address; else `None` (the socket's own).
+    local: Option<IpAddr>,
 }
 
 impl Close for Tunnel {
@@ -66,6 +83,11 @@ impl Close for Tunnel {
 type Tunnels = ConnectionManager<SocketAddr, Tunnel, ClientError>;
 
 /// Reads one local UDP socket and forwards each source's datagrams through its own tunnel.
+///
+/// Bound to an unspecified address (`0.0.0.0:PORT`, `[::]:PORT`), it answers each source from
+/// the local address the datagram that opened the source's tunnel was sent to, so that local
+/// applications may use any of the host's addresses, connected sockets included; bound to one
+/// address, from that address.
 pub struct UdpForwarder {
     socket: Arc<UdpSocket>,
     server: ServerAddr,
@@ -259,7 +281,7 @@ impl UdpForwarder {
             stopping: stopping.clone(),
             tasks: tasks.clone(),
         };
-        let mut batch = RecvBatch::new(BATCH, MAX_DATAGRAM);
+        let mut batch = recv_batch(&socket, local);
         tokio::pin!(shutdown);
         loop {
             let n = tokio::select! {
@@ -314,18 +336,35 @@ fn prepare_socket(socket: &UdpSocket, buffers: Option<dtls::UdpBuffers>, stats: 
     }
 }
 
-/// Opens `source`'s tunnel (or joins the opening in flight), then sends the datagrams that
-/// waited for it, in order, until none waits; drops and counts them when the tunnel cannot be
-/// opened (logged once, where it was opened) or the forwarder stops.
+/// The receive loop's batch: on a socket bound to an unspecified address, one that reads each
+/// datagram's local destination (which the kernel is asked to report), so that replies go
+/// from the address their source sent to. Should the kernel refuse, replies go from the
+/// address it picks, as on a socket without the option, and a warning says so.
+fn recv_batch(socket: &UdpSocket, local: Option<SocketAddr>) -> RecvBatch {
+    let batch = RecvBatch::new(BATCH, MAX_DATAGRAM);
+    match dtls::batch::report_destinations(socket) {
+        Ok(true) => batch.with_destinations(),
+        Ok(false) => batch,
+        Err(e) => {
+            tracing::warn!(transport = "udp", local = %DisplayOpt(local), error = %crate::explain::ErrorChain(&e), "the local socket cannot report the address each datagram was sent to; replies go from the address the kernel picks, which an application that sent to another address of this host drops if its socket is connected");
+            batch
+        }
+    }
+}
+
+/// Opens `source`'s tunnel (or joins the opening in flight), answering from `local`, then
+/// sends the datagrams that waited for it, in order, until none waits; drops and counts them
+/// when the tunnel cannot be opened (logged once, where it was opened) or the forwarder stops.
 async fn open_then_forward(
     tunnels: &Tunnels,
     opener: &Opener,
     pending: &Pending,
     source: SocketAddr,
+    local: Option<IpAddr>,
     stats: &ForwardStats,
     stopping: &CancellationToken,
 ) {
-    let make = || async { opener.open(source).await };
+    let make = || async { opener.open(source, local).await };
     let created = tokio::select! {
         created = tunnels.get_or_create(source, Instant::now(), make) => created.ok(),
         () = stopping.cancelled() => None,
@@ -382,19 +421,16 @@ impl Dispatch {
         range: std::ops::Range<usize>,
     ) {
         let counters = &self.stats.0;
-        let whole = || {
-            range
-                .clone()
-                .filter_map(|i| batch.get(i))
-                .filter_map(whole_datagram)
-        };
+        let whole = || range.clone().filter_map(|i| batch.get(i)).filter(is_whole);
         let cut = range.len() - whole().count();
         ForwardStats::add(&counters.dropped_other, cut as u64);
         if self.pending.is_waiting(&source) {
             return self.queue(source, whole());
         }
         match route(&self.tunnels, source, Instant::now(), self.limits) {
-            Route::Forward(tunnel) => return forward(&tunnel, whole(), &self.stats).await,
+            Route::Forward(tunnel) => {
+                return forward(&tunnel, whole().map(bytes_of), &self.stats).await;
+            }
             Route::Replace { tunnel, unanswered } => {
                 if unanswered {
                     tunnel
@@ -418,19 +454,22 @@ impl Dispatch {
     }
 
     /// Queues datagrams from `source` for its tunnel; the first of a queue starts the task that
-    /// opens the tunnel and sends them.
-    fn queue<'a>(&self, source: SocketAddr, datagrams: impl Iterator<Item = &'a [u8]>) {
+    /// opens the tunnel, which answers from the address that datagram reached, and sends them.
+    fn queue<'a>(&self, source: SocketAddr, datagrams: impl Iterator<Item = Datagram<'a>>) {
         for datagram in datagrams {
-            match self.pending.push(source, datagram) {
+            match self.pending.push(source, datagram.bytes) {
                 Queued::Behind => {}
                 Queued::Dropped => ForwardStats::add(&self.stats.0.dropped_other, 1),
                 Queued::First => {
                     let (tunnels, opener) = (Arc::clone(&self.tunnels), Arc::clone(&self.opener));
                     let (stats, stopping) = (self.stats.clone(), self.stopping.clone());
                     let pending = Arc::clone(&self.pending);
+                    let local = datagram.destination;
                     self.tasks.spawn(async move {
-                        open_then_forward(&tunnels, &opener, &pending, source, &stats, &stopping)
-                            .await;
+                        open_then_forward(
+                            &tunnels, &opener, &pending, source, local, &stats, &stopping,
+                        )
+                        .await;
                     });
                 }
             }
@@ -438,9 +477,15 @@ impl Dispatch {
     }
 }
 
-/// The bytes of a datagram that can go through a tunnel: whole (never cut) and not empty.
-fn whole_datagram(d: Datagram<'_>) -> Option<&[u8]> {
-    (!d.truncated && !d.bytes.is_empty()).then_some(d.bytes)
+/// Whether a datagram can go through a tunnel: whole (never cut) and not empty.
+fn is_whole(d: &Datagram<'_>) -> bool {
+    !d.truncated && !d.bytes.is_empty()
+}
+
+/// A datagram's bytes (a function, not a closure: the receive loop's future must be `Send`
+/// for every lifetime, which a closure's inferred signature is not).
+fn bytes_of(d: Datagram<'_>) -> &[u8] {
+    d.bytes
 }
 
 /// The limits the receive loop decides with.
@@ -587,7 +632,13 @@ impl Opener {
         }))
     }
 
-    async fn open(&self, source: SocketAddr) -> Result<Arc<Tunnel>, ClientError> {
+    /// Opens `source`'s tunnel, whose replies go from the local address `local` (see
+    /// [`Tunnel::local`]), and starts its reader.
+    async fn open(
+        &self,
+        source: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Result<Arc<Tunnel>, ClientError> {
         let connected = match (self.destination.header(), self.lookup.addrs().await) {
             (Ok(header), Ok(addrs)) => {
                 self.connect_any(&addrs, &header.with_version(self.version))
@@ -613,6 +664,7 @@ impl Opener {
             stop: Stop::default(),
             up: AtomicU64::new(0),
             replies: ReplyWatch::new(Instant::now()),
+            local,
         });
         tracing::debug!(transport = "udp", peer = %source, destination = %self.destination, "tunnel open");
         self.tasks.spawn(replies(
@@ -632,7 +684,8 @@ impl Opener {
 /// tunnel's end and removes its entry.
 ///
 /// Waits for one record, takes the records already received behind it (no waiting, at most
-/// [`BATCH`]) and sends them to the source with one `sendmmsg`, in order.
+/// [`BATCH`]) and sends them to the source with one `sendmmsg`, in order, from the tunnel's
+/// local address.
 async fn replies(
     mut recv: RecvHalf,
     tunnel: Arc<Tunnel>,
@@ -646,20 +699,18 @@ async fn replies(
     let mut down = 0u64;
     let mut buf = vec![0u8; tunnel.max_payload];
     let mut out = SendBatch::new(BATCH, BATCH_BYTES);
+    let path = Path {
+        to: Some(source),
+        from: tunnel.local,
+    };
     let end = loop {
         let received = tokio::select! {
             () = tunnel.stop.stopped() => break End::Stopped(tunnel.stop.reason("stopped")),
             received = recv.recv(&mut buf) => received,
         };
-        let end = session::take_ready(
-            received,
-            &mut recv,
-            &mut buf,
-            0,
-            Some(source),
-            &mut out,
-            || ForwardStats::add(&stats.0.dropped_too_large, 1),
-        );
+        let end = session::take_ready(received, &mut recv, &mut buf, 0, path, &mut out, || {
+            ForwardStats::add(&stats.0.dropped_too_large, 1)
+        });
         if !out.is_empty() {
             tunnel.replies.answered();
             if let Some(tunnels) = tunnels.upgrade() {

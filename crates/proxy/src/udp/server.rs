@@ -27,7 +27,7 @@ use crate::proxy_protocol::Transport as ProxyTransport;
 use crate::request::{ReadHeaderError, Request};
 use crate::shutdown::Tasks;
 use crate::tunnel::{Client, Connection, Tunnel};
-use crate::udp::session::{self, BATCH, End, SERVER, Stop, is_transient};
+use crate::udp::session::{self, BATCH, End, Path, SERVER, Stop, is_transient};
 
 /// The destination side of one UDP session: a connected socket, and the signal that ends the
 /// session when the manager closes it (idle eviction, shutdown, a replacing session).
@@ -366,7 +366,7 @@ async fn relay_up(
     let mut out = SendBatch::new(BATCH, BATCH_BYTES);
     loop {
         let first = recv.recv(&mut buf[prefix..]).await;
-        let end = session::take_ready(first, recv, buf, prefix, None, &mut out, || {});
+        let end = session::take_ready(first, recv, buf, prefix, Path::CONNECTED, &mut out, || {});
         if !out.is_empty() {
             let now = Instant::now();
             sessions.touch(client, now);

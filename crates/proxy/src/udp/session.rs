@@ -7,7 +7,7 @@
 //! made-up instants.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -171,16 +171,34 @@ pub(crate) async fn sweep<K, C, E>(
 /// Datagrams one batch carries at most, each way.
 pub(crate) const BATCH: usize = 32;
 
-/// Queues `first` and the records ready behind it in `out`, to `to` (`None` on a connected
-/// socket), each behind the `prefix` bytes already at the start of `buf`; a full batch ends
-/// the take. A record cut by `buf` is left out and reported to `truncated`. Returns the
-/// session's end if one of the records ends it.
+/// Where the datagrams of a [`take_ready`] go on the plain socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Path {
+    /// The peer (`None`: the socket's connected peer).
+    pub(crate) to: Option<SocketAddr>,
+    /// The local address they go from (`None`: the one the kernel picks), for a socket bound
+    /// to an unspecified address (see [`SendBatch::push_from`]).
+    pub(crate) from: Option<IpAddr>,
+}
+
+impl Path {
+    /// A connected socket's peer, from the socket's address.
+    pub(crate) const CONNECTED: Path = Path {
+        to: None,
+        from: None,
+    };
+}
+
+/// Queues `first` and the records ready behind it in `out`, along `path`, each behind the
+/// `prefix` bytes already at the start of `buf`; a full batch ends the take. A record cut by
+/// `buf` is left out and reported to `truncated`. Returns the session's end if one of the
+/// records ends it.
 pub(crate) fn take_ready(
     first: Result<Option<usize>, RecvError>,
     recv: &mut RecvHalf,
     buf: &mut [u8],
     prefix: usize,
-    to: Option<SocketAddr>,
+    path: Path,
     out: &mut SendBatch,
     mut truncated: impl FnMut(),
 ) -> Option<End> {
@@ -188,7 +206,7 @@ pub(crate) fn take_ready(
     while let Some(r) = received.take() {
         match r {
             Ok(Some(n)) => {
-                out.push(to, &buf[..prefix + n]);
+                out.push_from(path.to, path.from, &buf[..prefix + n]);
             }
             Ok(None) => return Some(End::PeerClosed),
             Err(RecvError::Replaced) => return Some(End::Replaced),
